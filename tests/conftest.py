@@ -1,0 +1,65 @@
+"""Shared fixtures. Tests never leave 127.0.0.1 and never contact a model hub."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import copy  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from unicurate.config import parse_recipe  # noqa: E402
+from unicurate.sampleweb import SampleWeb  # noqa: E402
+
+SLOW = 1.5  # the sample web's slow case; recipes below time out after 0.5 s
+
+
+@pytest.fixture(scope="session")
+def web():
+    """The sample web (60 images + broken cases), served for the whole session."""
+    with SampleWeb(n_images=60, seed=0, slow_seconds=SLOW) as w:
+        yield w
+
+
+def base_recipe(input_path, output_path, **sections) -> dict:
+    data = {
+        "pipeline": "curate",
+        "input": {"path": str(input_path)},
+        "output": {"path": str(output_path), "rows_per_shard": 25},
+        "download": {"timeout": 0.5, "max_seconds": 5, "thread_count": 16, "allow_private_networks": True},
+        "resize": {"image_size": 256, "encode_quality": 90},
+        "filters": {"min_width": 64, "min_height": 64, "max_aspect_ratio": 3.0, "caption_min_words": 1},
+        "models": {"profile": "tiny"},
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(copy.deepcopy(values))
+    return data
+
+
+@pytest.fixture
+def make_recipe():
+    def make(input_path, output_path, **sections):
+        return parse_recipe(base_recipe(input_path, output_path, **sections))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def web_input(web, tmp_path_factory) -> Path:
+    return web.write_input(tmp_path_factory.mktemp("web") / "urls.parquet")
+
+
+@pytest.fixture(scope="session")
+def curated(web, web_input, tmp_path_factory):
+    """One curate run over the sample web, shared by the read-only tests."""
+    from unicurate.pipelines.runner import run_curate
+
+    out = tmp_path_factory.mktemp("curated")
+    recipe = parse_recipe(base_recipe(web_input, out))
+    manifest = run_curate(recipe, say=lambda _m: None)
+    return out, manifest

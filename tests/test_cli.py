@@ -1,0 +1,94 @@
+"""The unicurate command as a user runs it (subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def unicurate(*args, cwd=None, timeout=240):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "unicurate.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_malformed_recipe_fails_before_work_naming_field(tmp_path):
+    r = tmp_path / "bad.yaml"
+    r.write_text("pipeline: curate\ninput: {path: x.parquet}\noutput: {path: out}\nresize: {resize_mode: stretch}\n")
+    res = unicurate("run", str(r), cwd=tmp_path)
+    assert res.returncode == 2
+    assert "resize.resize_mode" in res.stderr and "keep_ratio" in res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_input_column_is_one_clear_error(tmp_path):
+    (tmp_path / "in.csv").write_text("href,caption\nhttp://127.0.0.1/a.jpg,hi\n")
+    r = tmp_path / "r.yaml"
+    r.write_text("pipeline: curate\ninput: {path: in.csv}\noutput: {path: out}\n")
+    res = unicurate("run", str(r), cwd=tmp_path)
+    assert res.returncode == 2
+    assert "in.csv: no url column 'url'" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_unknown_beam_option_is_refused(tmp_path):
+    (tmp_path / "in.txt").write_text("http://127.0.0.1:9/a.jpg\n")
+    r = tmp_path / "r.yaml"
+    r.write_text("pipeline: curate\ninput: {path: in.txt, caption_col: null}\noutput: {path: out}\n")
+    res = unicurate("run", str(r), "--", "--direct_num_wrkers", "2", cwd=tmp_path)
+    assert res.returncode == 2 and "direct_num_wrkers" in res.stderr
+
+
+def test_run_with_overrides_prints_funnel_and_validates(web_input, tmp_path):
+    r = tmp_path / "r.yaml"
+    r.write_text(
+        "pipeline: curate\ninput: {path: placeholder.parquet}\noutput: {path: placeholder}\n"
+        "download: {timeout: 0.5, allow_private_networks: true}\n"
+        "filters: {min_width: 64, min_height: 64, max_aspect_ratio: 3, caption_min_words: 1}\n"
+    )
+    out = tmp_path / "out"
+    res = unicurate("run", str(r), "--input", str(web_input), "--output", str(out), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "kept (after dedup)" in res.stdout and "reject reasons" in res.stdout
+    assert "[unicurate] worker" in res.stderr  # progress while it runs
+    manifest = json.loads((out / "manifest.json").read_text())
+    c = manifest["counts"]
+    assert f"kept {c['kept']} + rejected {c['rejected']} = {c['inputs']}" in res.stdout
+    ok = unicurate("validate", str(out))
+    assert ok.returncode == 0 and ok.stdout.startswith("OK")
+    next(out.glob("kept/part-*.parquet")).unlink()
+    bad = unicurate("validate", str(out))
+    assert bad.returncode == 1 and "missing" in bad.stderr
+
+
+def test_demo_and_quickstart_multiprocessing(tmp_path):
+    """The README's quickstart: the demo, then the same recipe on two worker processes."""
+    res = unicurate("demo", "--output", str(tmp_path / "demo"), cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "every broken case was rejected with its expected reason" in res.stdout
+    for reason in ("http_error", "timeout", "not_an_image", "decode_error", "duplicate", "too_small",
+                   "aspect_ratio", "robots_disallowed", "empty_response", "duplicate_url", "caption_too_short"):
+        assert f"  {reason} " in res.stdout, reason
+    assert unicurate("validate", str(tmp_path / "demo")).returncode == 0
+
+    res = unicurate("run", str(ROOT / "configs" / "quickstart.yaml"), "--",
+                    "--direct_num_workers", "2", "--direct_running_mode", "multi_processing",
+                    cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "workers: 2, mode: multi_processing" in res.stdout
+    assert unicurate("validate", str(tmp_path / "unicurate-demo")).returncode == 0
+    m = json.loads((tmp_path / "unicurate-demo" / "manifest.json").read_text())
+    d = json.loads((tmp_path / "demo" / "manifest.json").read_text())
+    assert m["counts"] == d["counts"] and m["funnel"]["reasons"] == d["funnel"]["reasons"]
+
+
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["--version"]])
+def test_help(args):
+    res = unicurate(*args)
+    assert res.returncode == 0 and "unicurate" in res.stdout

@@ -1,0 +1,177 @@
+"""End to end: the Beam curate pipeline against the sample web on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from unicurate.manifests import manifest as mf
+from unicurate.manifests.validate import validate
+from unicurate.pipelines.runner import run_curate
+from unicurate.schema import CURATED_SCHEMA, REASON_CODES
+
+
+def _all_rows(out: Path) -> pl.DataFrame:
+    return pl.concat([pl.read_parquet(str(out / sub / "*.parquet")) for sub in ("kept", "rejected")])
+
+
+def _digests(out: Path) -> dict[str, str]:
+    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(out.glob("*/part-*.parquet"))}
+
+
+def test_every_case_ends_as_one_row_with_expected_outcome(web, curated):
+    out, manifest = curated
+    df = _all_rows(out)
+    assert df.height == len(web.cases) == manifest["counts"]["inputs"]
+    assert df["key"].n_unique() == df.height
+    by_url = {r["url"]: r for r in df.iter_rows(named=True)}
+    urls = [web.base_url + c.path for c in web.cases]
+    dup_url_case = next(c for c in web.cases if c.expected == "duplicate_url")
+    for case in web.cases:
+        url = web.base_url + case.path
+        if case is dup_url_case:
+            row = df.filter((pl.col("url") == url) & (pl.col("caption") == case.caption)).row(0, named=True)
+        elif urls.count(url) > 1:
+            row = df.filter((pl.col("url") == url) & (pl.col("caption") == case.caption)).row(0, named=True)
+        else:
+            row = by_url[url]
+        if case.expected == "kept":
+            assert row["status"] == "kept", (case.name, row["reject_reasons"], row["error"])
+            assert row["reject_reasons"] == [] and row["image"] is not None
+        else:
+            assert row["status"] == "rejected", case.name
+            assert case.expected in row["reject_reasons"], (case.name, row["reject_reasons"], row["error"])
+            assert all(r in REASON_CODES for r in row["reject_reasons"])
+    # download/decode failures carry a readable message; filter rejections keep their measurements
+    slow = by_url[web.base_url + "/special/slow.jpg"]
+    assert "timed out" in slow["error"]
+    banner = by_url[web.base_url + "/special/banner.jpg"]
+    assert (banner["original_width"], banner["original_height"]) == (1600, 80) and banner["error"] is None
+    assert banner["image"] is None  # rejected rows keep no image bytes by default
+
+
+def test_invariant_and_manifest(curated):
+    out, manifest = curated
+    c = manifest["counts"]
+    assert c["inputs"] == c["kept"] + c["rejected"]
+    assert manifest["schema_version"] == "curated/1"
+    assert manifest["recipe"]["resize"]["image_size"] == 256
+    assert len(manifest["recipe_hash"]) == 64
+    stages = {s["stage"]: s["rows"] for s in manifest["funnel"]["stages"]}
+    assert stages["dedup"] == c["kept"]
+    assert stages["input"] >= stages["download"] >= stages["decode"] >= stages["filter"] >= stages["dedup"]
+    for shard in manifest["shards"]["kept"] + manifest["shards"]["rejected"]:
+        p = out / shard["path"]
+        assert hashlib.sha256(p.read_bytes()).hexdigest() == shard["sha256"]
+        assert pq.ParquetFile(p).metadata.num_rows == shard["rows"]
+    assert validate(str(out)).ok
+
+
+def test_shards_read_back_with_pyarrow_and_polars(curated):
+    out, _ = curated
+    kept = sorted(out.glob("kept/part-*-of-*.parquet"))
+    assert kept and all(p.name.startswith("part-") for p in kept)
+    table = pq.read_table(kept[0])
+    assert table.schema.remove_metadata().equals(CURATED_SCHEMA.remove_metadata())
+    assert pq.ParquetFile(kept[0]).metadata.row_group(0).column(0).compression == "ZSTD"
+    df = pl.read_parquet(str(out / "kept" / "*.parquet"))
+    assert (df["status"] == "kept").all()
+    for row in df.head(5).iter_rows(named=True):
+        img = Image.open(io.BytesIO(row["image"]))
+        assert img.size == (row["width"], row["height"]) and img.format == "JPEG"
+        assert min(row["width"], row["height"]) <= 256
+        assert hashlib.sha256(row["image"]).hexdigest() != row["sha256"]  # sha256 is of the download
+        assert json.loads(row["metadata"])["license"].startswith("CC")
+    exif = df.filter(pl.col("url").str.ends_with("exif-rotated.jpg")).row(0, named=True)
+    assert (exif["original_width"], exif["original_height"]) == (300, 400)
+
+
+def test_rerun_into_same_folder_is_identical(curated, web_input, make_recipe):
+    out, _ = curated
+    before = _digests(out)
+    run_curate(make_recipe(web_input, out), say=lambda _m: None)
+    assert _digests(out) == before
+    assert validate(str(out)).ok
+
+
+def test_multiprocess_run_matches_and_stale_shards_removed(curated, web_input, make_recipe, tmp_path):
+    out, _ = curated
+    other = tmp_path / "mp"
+    # a leftover from an earlier run with another shard count must disappear
+    (other / "kept").mkdir(parents=True)
+    (other / "kept" / "part-00007-of-00009.parquet").write_bytes(b"stale")
+    manifest = run_curate(make_recipe(web_input, other), ["--direct_num_workers", "2",
+                                                          "--direct_running_mode", "multi_processing"],
+                          say=lambda _m: None)
+    assert manifest["beam_options"]["direct_running_mode"] == "multi_processing"
+    assert "kept/part-00007-of-00009.parquet" in manifest["removed_stale_shards"]
+    assert _digests(other) == _digests(out)
+    assert validate(str(other)).ok
+
+
+def test_keep_rejected_images_and_near_dedup(web, web_input, make_recipe, tmp_path):
+    out = tmp_path / "opts"
+    recipe = make_recipe(web_input, out, output={"keep_rejected_images": True},
+                         filters={"dedup": {"exact": True, "near": True, "max_distance": 4}})
+    run_curate(recipe, say=lambda _m: None)
+    df = _all_rows(out)
+    banner = df.filter(pl.col("url").str.ends_with("banner.jpg")).row(0, named=True)
+    assert banner["image"] is not None and banner["status"] == "rejected"
+    dup = df.filter(pl.col("url").str.ends_with("copy-of-first.jpg")).row(0, named=True)
+    first = df.filter(pl.col("url").str.ends_with("/img/img-000.jpg")).row(0, named=True)
+    assert dup["reject_reasons"] == ["duplicate"] and dup["duplicate_of"] == first["key"]
+    assert first["status"] == "kept"
+    # generated scenes are distinct: near-dedup at distance 4 must not eat them
+    assert df.filter(pl.col("reject_reasons").list.contains("near_duplicate")).height <= 2
+    assert validate(str(out)).ok
+
+
+def test_validate_detects_tampering(curated, tmp_path):
+    import shutil
+
+    src, _ = curated
+    out = tmp_path / "copy"
+    shutil.copytree(src, out)
+    shard = sorted(out.glob("kept/part-*.parquet"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    rep = validate(str(out))
+    assert not rep.ok and any(shard.name in p and "sha256" in p for p in rep.problems)
+
+    shard.unlink()
+    rep = validate(str(out))
+    assert any("missing" in p for p in rep.problems)
+
+    shutil.copy(sorted(out.glob("rejected/part-*.parquet"))[0], out / "rejected" / "part-00099-of-00100.parquet")
+    rep = validate(str(out))
+    assert any("not listed in the manifest" in p for p in rep.problems)
+
+    m = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").unlink()
+    assert any("did not finish" in p for p in validate(str(out)).problems)
+    m["counts"]["inputs"] += 1
+    (out / "manifest.json").write_text(json.dumps(m))
+    assert any("inputs" in p and "kept" in p for p in validate(str(out)).problems)
+
+
+def test_unfinished_run_has_no_manifest(curated, tmp_path, make_recipe):
+    # A run that fails before finishing (here: its input vanished) leaves the folder without a manifest.
+    import shutil
+
+    from unicurate.pipelines.ingest import InputError
+
+    src, _ = curated
+    out = tmp_path / "again"
+    shutil.copytree(src, out)
+    with pytest.raises(InputError):
+        run_curate(make_recipe(tmp_path / "nothing-*.parquet", out), say=lambda _m: None)
+    assert (out / mf.MANIFEST_NAME).exists()  # preflight fails before touching the output

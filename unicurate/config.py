@@ -1,0 +1,293 @@
+"""Typed YAML recipes.
+
+A recipe is validated completely before any work starts. Any wrong key, type or
+value produces one :class:`RecipeError` whose message names the field (dotted
+path), what was given and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class RecipeError(ValueError):
+    """A recipe could not be read or is invalid. The message is for the user."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+InputFormat = Literal["auto", "parquet", "csv", "tsv", "jsonl", "txt"]
+ResizeMode = Literal["no", "keep_ratio", "center_crop", "border", "keep_ratio_largest"]
+Interpolation = Literal["nearest", "linear", "bilinear", "cubic", "bicubic", "area", "lanczos", "lanczos4"]
+
+
+class InputConfig(_Section):
+    """Where the image-text pairs come from."""
+
+    path: Union[str, list[str]] = Field(
+        description="file, glob or list of them; local or any Beam filesystem (gs://...)"
+    )
+    format: InputFormat = Field("auto", description="auto = from the file extension")
+    url_col: str = Field("url", description="column holding the image URL (img2dataset's url_col)")
+    caption_col: str | None = Field(
+        "caption", description="column holding the caption (img2dataset's caption_col); null for none"
+    )
+    source: str | None = Field(
+        None, description="name recorded in the `source` column; default: the input file's name"
+    )
+    carry_columns: Union[Literal["all", "none"], list[str]] = Field(
+        "all", description="extra input columns carried into the `metadata` JSON column"
+    )
+
+    @property
+    def paths(self) -> list[str]:
+        return [self.path] if isinstance(self.path, str) else list(self.path)
+
+    @field_validator("path")
+    @classmethod
+    def _non_empty(cls, v):
+        if (isinstance(v, str) and not v.strip()) or (isinstance(v, list) and not v):
+            raise ValueError("must name at least one file or glob")
+        return v
+
+
+class OutputConfig(_Section):
+    path: str = Field(description="output folder (local or gs://); shards + manifest.json go here")
+    rows_per_shard: int = Field(5000, ge=1, description="target rows per Parquet shard")
+    row_group_rows: int = Field(256, ge=1, description="rows per Parquet row group")
+    keep_rejected_images: bool = Field(False, description="store image bytes of rejected rows too")
+
+
+class DownloadConfig(_Section):
+    timeout: float = Field(10.0, gt=0, description="socket timeout in seconds (img2dataset's timeout)")
+    max_seconds: float = Field(60.0, gt=0, description="overall deadline for one download, seconds")
+    retries: int = Field(0, ge=0, le=10, description="retries after a failed download")
+    thread_count: int = Field(32, ge=1, le=1024, description="concurrent downloads per worker")
+    user_agent_token: str | None = Field(
+        "unicurate", description="token added to the User-Agent and matched in X-Robots-Tag"
+    )
+    disallowed_header_directives: list[str] = Field(
+        default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"],
+        description="X-Robots-Tag directives that opt an image out (img2dataset's default list)",
+    )
+    max_bytes: int = Field(25_000_000, ge=1024, description="largest response body accepted, bytes")
+    allow_private_networks: bool = Field(
+        False,
+        description="allow loopback/private/link-local addresses (tests and the offline demo only)",
+    )
+
+
+class ResizeConfig(_Section):
+    image_size: int = Field(512, ge=8, le=16384)
+    resize_mode: ResizeMode = "keep_ratio"
+    resize_only_if_bigger: bool = True
+    upscale_interpolation: Interpolation = "lanczos"
+    downscale_interpolation: Interpolation = "area"
+    encode_format: Literal["jpg", "png", "webp"] = "jpg"
+    encode_quality: int = Field(95, ge=0, le=100)
+    max_image_pixels: int = Field(
+        89_478_485, ge=1, description="decompression-bomb limit on decoded pixels (PIL's default)"
+    )
+
+    @model_validator(mode="after")
+    def _png_quality(self):
+        if self.encode_format == "png" and not 0 <= self.encode_quality <= 9:
+            raise ValueError(
+                f"encode_quality for png is the compression level 0-9, got {self.encode_quality}"
+            )
+        return self
+
+
+class DedupConfig(_Section):
+    exact: bool = Field(True, description="reject rows whose image sha256 was seen earlier")
+    near: bool = Field(False, description="reject perceptual-hash near duplicates")
+    max_distance: int = Field(4, ge=0, le=16, description="max pHash Hamming distance for near dups")
+
+
+class FiltersConfig(_Section):
+    min_width: int = Field(0, ge=0, description="minimum original width, px")
+    min_height: int = Field(0, ge=0, description="minimum original height, px")
+    max_aspect_ratio: float = Field(math.inf, ge=1.0, description="max of w/h and h/w")
+    caption_min_words: int = Field(0, ge=0)
+    caption_max_words: int | None = Field(None, ge=1)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+
+    @model_validator(mode="after")
+    def _word_bounds(self):
+        if self.caption_max_words is not None and self.caption_max_words < self.caption_min_words:
+            raise ValueError("caption_max_words must be >= caption_min_words")
+        return self
+
+
+class ModelsConfig(_Section):
+    profile: Literal["tiny", "default"] = Field(
+        "default", description="tiny = small random-weight models for tests (uncalibrated)"
+    )
+    cache_dir: str | None = Field(None, description="weights cache; default ~/.cache/unicurate/models")
+
+
+class RunnerConfig(_Section):
+    profile: Literal["local"] = Field(
+        "local", description="local = Beam DirectRunner; Beam flags after `--` override anything here"
+    )
+    direct_num_workers: int = Field(1, ge=0, description="0 = one per CPU core")
+    direct_running_mode: Literal["in_memory", "multi_threading", "multi_processing"] = "in_memory"
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="any other Beam pipeline options, e.g. {project: my-proj}"
+    )
+
+
+class SampleWebConfig(_Section):
+    """Demo only: generate and serve a sample web on 127.0.0.1 for the run; write its url list to input.path."""
+
+    images: int = Field(60, ge=1, le=10000)
+    seed: int = 0
+    port: int = Field(0, ge=0, le=65535)
+    slow_seconds: float = Field(5.0, gt=0)
+
+
+class CurateRecipe(_Section):
+    pipeline: Literal["curate"]
+    name: str = "curate"
+    input: InputConfig
+    output: OutputConfig
+    download: DownloadConfig = Field(default_factory=DownloadConfig)
+    resize: ResizeConfig = Field(default_factory=ResizeConfig)
+    filters: FiltersConfig = Field(default_factory=FiltersConfig)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    sample_web: SampleWebConfig | None = None
+
+    def resolved(self) -> dict[str, Any]:
+        """The recipe with every default filled in, JSON-safe."""
+        return json.loads(self.model_dump_json())
+
+    def recipe_hash(self) -> str:
+        canon = json.dumps(self.resolved(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()
+
+
+RECIPES: dict[str, type[BaseModel]] = {"curate": CurateRecipe}
+
+
+# ---------------------------------------------------------------- errors
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model class that owns the field at ``loc`` (for listing allowed keys)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int) or current is None:
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(part)
+        if field is None:
+            return None
+        current = _unwrap_model(field.annotation)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _unwrap_model(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _unwrap_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _format_error(model: type[BaseModel], err: dict) -> str:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    # pydantic adds union/literal branch names to loc; keep only real field names and indices
+    path = ".".join(str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p in ("str", "list[str]"))))
+    given = err.get("input")
+    etype = err["type"]
+    if etype == "extra_forbidden":
+        owner = _model_at(model, loc[:-1])
+        allowed = sorted(owner.model_fields) if owner else []
+        bad = str(loc[-1])
+        hint = difflib.get_close_matches(bad, allowed, n=1)
+        msg = f"unknown field '{path}'"
+        if hint:
+            msg += f" (did you mean '{hint[0]}'?)"
+        return msg + f"; allowed fields here: {', '.join(allowed)}"
+    if etype == "missing":
+        return f"missing required field '{path}'"
+    if etype == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        return f"invalid value {given!r} for '{path}'; allowed values: {expected}"
+    owner = _model_at(model, loc[:-1]) if loc else None
+    desc = ""
+    if owner and loc and isinstance(loc[-1], str) and loc[-1] in owner.model_fields:
+        d = owner.model_fields[loc[-1]].description
+        desc = f" ({d})" if d else ""
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    where = f"'{path}'" if path else "recipe"
+    return f"invalid value {given!r} for {where}{desc}: {msg}"
+
+
+def parse_recipe(data: Any, source: str = "recipe") -> CurateRecipe:
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: a recipe must be a YAML mapping, got {type(data).__name__}")
+    kind = data.get("pipeline")
+    if kind not in RECIPES:
+        allowed = ", ".join(repr(k) for k in RECIPES)
+        raise RecipeError(f"{source}: invalid value {kind!r} for 'pipeline'; allowed values: {allowed}")
+    model = RECIPES[kind]
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = _format_error(model, errors[0])
+        more = f" (and {len(errors) - 1} more problem(s): " + "; ".join(
+            _format_error(model, e) for e in errors[1:4]
+        ) + ")" if len(errors) > 1 else ""
+        raise RecipeError(f"{source}: {first}{more}") from None
+
+
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> CurateRecipe:
+    """Read and validate a YAML recipe. ``overrides`` maps dotted paths to values."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError(f"recipe not found: {p}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"cannot read recipe {p}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError(f"{p}: invalid YAML{where}: {problem}") from None
+    if data is None:
+        raise RecipeError(f"{p}: the recipe is empty")
+    if isinstance(data, dict):
+        for dotted, value in (overrides or {}).items():
+            _set_dotted(data, dotted, value)
+    return parse_recipe(data, source=str(p))
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    cur = data
+    for part in parts[:-1]:
+        nxt = cur.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            cur[part] = nxt
+        cur = nxt
+    cur[parts[-1]] = value

@@ -1,0 +1,1 @@
+"""Manifests and shards: writing, reading, validation (stats, report and export build on these)."""

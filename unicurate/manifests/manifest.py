@@ -1,0 +1,220 @@
+"""Shard files and manifest.json: writing, reading, funnel counts.
+
+Everything goes through Beam's ``FileSystems`` so the same code writes local
+folders and ``gs://`` buckets. A shard is written to a temporary name and
+renamed into place, so a reader never sees half a file; ``manifest.json`` is
+written last, so a folder without one is an unfinished run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import re
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from unicurate.schema import KEPT, REASON_STAGE, REJECTED, Reason, Stage
+
+MANIFEST_NAME = "manifest.json"
+SHARD_RE = re.compile(r"^part-(\d{5})-of-(\d{5})\.parquet$")
+SHARD_DIRS = (KEPT, REJECTED)
+
+
+def join(base: str, *parts: str) -> str:
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.join(base, *parts)
+
+
+class _HashingFile:
+    """A write-only file object that hashes and counts what passes through it."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self.closed = False
+
+    def write(self, data) -> int:
+        data = bytes(data)
+        self.sha.update(data)
+        self.size += len(data)
+        self.raw.write(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        pass
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.raw.close()
+
+
+@dataclass
+class ShardInfo:
+    path: str  # relative to the output folder, e.g. "kept/part-00000-of-00002.parquet"
+    rows: int
+    bytes: int
+    sha256: str
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "rows": self.rows, "bytes": self.bytes, "sha256": self.sha256}
+
+
+def write_shard(
+    out_dir: str, rel_path: str, rows: Sequence[Mapping[str, Any]], schema: pa.Schema, row_group_rows: int
+) -> ShardInfo:
+    """Write rows as one zstd Parquet file, atomically (temp name, then rename)."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    final = join(out_dir, *rel_path.split("/"))
+    parent, name = posixpath.split(rel_path)
+    tmp = join(out_dir, parent, f".tmp-{uuid.uuid4().hex}-{name}")
+    sink = _HashingFile(FileSystems.create(tmp, mime_type="application/octet-stream",
+                                           compression_type=CompressionTypes.UNCOMPRESSED))
+    try:
+        with pq.ParquetWriter(sink, schema, compression="zstd", write_statistics=True) as writer:
+            for start in range(0, len(rows), row_group_rows):
+                chunk = rows[start : start + row_group_rows]
+                writer.write_table(pa.Table.from_pylist(list(chunk), schema=schema), row_group_size=row_group_rows)
+            if not rows:
+                writer.write_table(schema.empty_table())
+        sink.close()
+        if FileSystems.exists(final):
+            FileSystems.delete([final])
+        FileSystems.rename([tmp], [final])
+    except BaseException:
+        try:
+            sink.close()
+            FileSystems.delete([tmp])
+        except Exception:  # noqa: BLE001
+            pass
+        raise
+    return ShardInfo(rel_path, len(rows), sink.size, sink.sha.hexdigest())
+
+
+# ------------------------------------------------------------------ funnel
+FUNNEL_STAGES = (Stage.INPUT, Stage.DOWNLOAD, Stage.DECODE, Stage.FILTER, Stage.DEDUP)
+STAGE_LABELS = {
+    Stage.INPUT: "valid input",
+    Stage.DOWNLOAD: "downloaded",
+    Stage.DECODE: "decoded",
+    Stage.FILTER: "passed filters",
+    Stage.DEDUP: "kept (after dedup)",
+}
+
+
+def first_failed_stage(reasons: Iterable[str]) -> Optional[Stage]:
+    stages = [REASON_STAGE[Reason(r)] for r in reasons]
+    if not stages:
+        return None
+    return min(stages, key=FUNNEL_STAGES.index)
+
+
+def funnel_counts(reason_lists: Iterable[Sequence[str]]) -> dict:
+    """Partial funnel over some rows: rows, failures per first failed stage, counts per reason."""
+    rows = 0
+    failed_at: Counter = Counter()
+    reasons: Counter = Counter()
+    for rs in reason_lists:
+        rows += 1
+        stage = first_failed_stage(rs)
+        if stage is not None:
+            failed_at[stage.value] += 1
+        reasons.update(rs)
+    return {"rows": rows, "failed_at": dict(failed_at), "reasons": dict(reasons)}
+
+
+def merge_funnels(parts: Iterable[Mapping]) -> dict:
+    rows = 0
+    failed_at: Counter = Counter()
+    reasons: Counter = Counter()
+    for p in parts:
+        rows += p["rows"]
+        failed_at.update(p["failed_at"])
+        reasons.update(p["reasons"])
+    remaining = rows
+    stages = []
+    for stage in FUNNEL_STAGES:
+        remaining -= failed_at.get(stage.value, 0)
+        stages.append({"stage": stage.value, "label": STAGE_LABELS[stage], "rows": remaining})
+    ordered = {r.value: reasons[r.value] for r in Reason if reasons.get(r.value)}
+    return {"inputs": rows, "stages": stages, "reasons": ordered}
+
+
+# ---------------------------------------------------------------- manifest
+def write_json_atomic(path: str, obj: Any) -> None:
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    parent = posixpath.dirname(path) if "://" in path else None
+    tmp = (join(parent, f".tmp-{uuid.uuid4().hex}.json") if parent
+           else f"{path}.tmp-{uuid.uuid4().hex}")
+    with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
+        fh.write(json.dumps(obj, indent=2, sort_keys=False, default=str).encode() + b"\n")
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+    FileSystems.rename([tmp], [path])
+
+
+def read_manifest(out_dir: str) -> dict:
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    path = join(out_dir, MANIFEST_NAME)
+    if not FileSystems.exists(path):
+        raise FileNotFoundError(
+            f"{path} not found: {out_dir} is not a unicurate output, or its run did not finish"
+        )
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
+        return json.loads(fh.read().decode("utf-8"))
+
+
+def list_shard_files(out_dir: str, sub: str) -> list[str]:
+    """Relative paths of the ``part-*.parquet`` files present in OUT/sub."""
+    from apache_beam.io.filesystems import FileSystems
+
+    pattern = join(out_dir, sub, "part-*.parquet")
+    try:
+        matches = FileSystems.match([pattern])[0].metadata_list
+    except Exception:  # noqa: BLE001 - folder missing
+        return []
+    names = sorted(posixpath.basename(m.path) for m in matches)
+    return [f"{sub}/{n}" for n in names if SHARD_RE.match(n)]
+
+
+def remove_stale_shards(out_dir: str, keep: set[str]) -> list[str]:
+    """Delete part files left by an earlier run with another shard count; return what was removed."""
+    from apache_beam.io.filesystems import FileSystems
+
+    stale = [rel for sub in SHARD_DIRS for rel in list_shard_files(out_dir, sub) if rel not in keep]
+    if stale:
+        FileSystems.delete([join(out_dir, *rel.split("/")) for rel in stale])
+    return stale
+
+
+def remove_manifest(out_dir: str) -> None:
+    """Mark a folder as unfinished before a (re)run writes into it."""
+    from apache_beam.io.filesystems import FileSystems
+
+    path = join(out_dir, MANIFEST_NAME)
+    if FileSystems.exists(path):
+        FileSystems.delete([path])

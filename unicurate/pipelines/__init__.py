@@ -1,0 +1,1 @@
+"""Beam pipelines (curate; synthesize later) and the plain code they wrap."""

@@ -1,0 +1,340 @@
+"""The Beam curate pipeline.
+
+    splits ─ read rows ─ key ─ group repeats of a url ─ reshuffle ─ batch ─ download+decode+rule filters
+        ─┬─ (sha256 groups) ─ exact-duplicate decisions ─┐
+         ├─ (pHash bands)   ─ near-duplicate decisions ──┤  CoGroupByKey by shard ─ write kept/rejected shards
+         └─ rows ─────────────────────────────────────────┘                          ─ manifest.json (last)
+
+Images travel through exactly one shuffle (the shard grouping, which is what
+makes shard contents deterministic); duplicate decisions are small records
+joined to their rows by shard, not broadcast as side inputs.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import math
+import os
+import sys
+import time
+import zlib
+from typing import Any, Iterable, Iterator, Optional
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.utils import shared
+
+from unicurate import __version__
+from unicurate.config import CurateRecipe
+from unicurate.filters import dedup as dd
+from unicurate.filters import rules
+from unicurate.manifests import manifest as mf
+from unicurate.pipelines import ingest
+from unicurate.schema import CURATED_COLUMNS, CURATED_SCHEMA, CURATED_SCHEMA_VERSION, KEPT, REJECTED, Reason, shard_name
+
+log = logging.getLogger("unicurate")
+_NS = "unicurate"
+
+
+def shard_count(n_rows: int, rows_per_shard: int) -> int:
+    return max(1, math.ceil(n_rows / rows_per_shard))
+
+
+def shard_of(key: str, n_shards: int) -> int:
+    return zlib.crc32(key.encode()) % n_shards
+
+
+# ------------------------------------------------------------------ progress
+class _Progress:
+    """Prints a progress line per worker process at most every ``every`` seconds.
+
+    Writes to a duplicate of stderr taken at import time, because img2dataset's
+    Resizer temporarily points fd 2 at /dev/null while it decodes.
+    """
+
+    def __init__(self, every: float = 2.0):
+        self.every = every
+        self.start = time.monotonic()
+        self.last = 0.0
+        self.done = self.ok = 0
+        try:
+            self._fd = os.dup(sys.stderr.fileno())
+        except (OSError, ValueError, AttributeError):
+            self._fd = None
+
+    def add(self, ok: bool) -> None:
+        self.done += 1
+        self.ok += ok
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            self.emit()
+
+    def emit(self) -> None:
+        if self._fd is None or not self.done:
+            return
+        rate = self.done / max(1e-6, time.monotonic() - self.start)
+        line = (f"[unicurate] worker {os.getpid()}: {self.done} fetched, {self.ok} decoded, "
+                f"{self.done - self.ok} failed, {rate:.1f}/s\n")
+        try:
+            os.write(self._fd, line.encode())
+        except OSError:
+            pass
+
+
+_PROGRESS: Optional[_Progress] = None
+
+
+def _progress() -> _Progress:
+    global _PROGRESS
+    if _PROGRESS is None:
+        _PROGRESS = _Progress()
+    return _PROGRESS
+
+
+# ------------------------------------------------------------------ stages
+def assign_repeat_keys(item) -> Iterator[dict]:
+    """Rows sharing (source, url): the first in input order keeps the key, the rest are repeats."""
+    _, rows = item
+    rows = sorted(rows, key=lambda r: r["order"])
+    first = rows[0]
+    yield first
+    for n, row in enumerate(rows[1:], 1):
+        row = dict(row)
+        row["key"] = ingest.row_key(row["source"], row["url"], n)
+        row["reject_reasons"] = [Reason.DUPLICATE_URL.value]
+        row["duplicate_of"] = first["key"]
+        row["error"] = None
+        yield row
+
+
+class _FetcherHolder:
+    """Weak-referenceable holder so ``shared.Shared`` can keep one Fetcher per worker process."""
+
+    def __init__(self, fetcher):
+        self.fetcher = fetcher
+
+
+class FetchDoFn(beam.DoFn):
+    """Downloads, decodes, resizes and rule-filters batches of rows.
+
+    One Fetcher (thread pool + Resizer) per worker process via ``shared.Shared``.
+    """
+
+    def __init__(self, recipe: CurateRecipe):
+        self.recipe = recipe
+        self._shared = shared.Shared()
+        self.fetched = Metrics.counter(_NS, "fetched")
+        self.failed = Metrics.counter(_NS, "fetch_failed")
+
+    def setup(self):
+        from unicurate.pipelines.fetch import Fetcher
+
+        r = self.recipe
+        filters = rules.rule_filters(r.filters)
+
+        def prefilter(row, fetched):
+            probe = {
+                "caption": row.get("caption"),
+                "original_width": fetched.original_width,
+                "original_height": fetched.original_height,
+            }
+            _, reasons = rules.apply(filters, [probe])
+            return reasons[0]
+
+        def build():
+            return _FetcherHolder(Fetcher(
+                r.download, r.resize, prefilter=prefilter,
+                keep_rejected_images=r.output.keep_rejected_images, compute_phash=True,
+            ))
+
+        tag = f"fetcher-{r.recipe_hash()}"
+        self._holder = self._shared.acquire(build, tag=tag)
+        self.fetcher = self._holder.fetcher
+
+    def process(self, batch: list[dict]) -> Iterator[dict]:
+        todo = []
+        for row in batch:
+            if row["reject_reasons"]:  # invalid input or repeated url: nothing to download
+                yield finish_row(row, None)
+            else:
+                todo.append(row)
+        progress = _progress()
+        for row, fetched in self.fetcher.fetch(todo):
+            ok = fetched.image is not None or (fetched.sha256 is not None and fetched.original_width is not None)
+            progress.add(ok)
+            self.fetched.inc()
+            if fetched.reasons and fetched.error:
+                self.failed.inc()
+            yield finish_row(row, fetched)
+
+    def teardown(self):
+        if _PROGRESS is not None:
+            _PROGRESS.emit()
+
+
+def finish_row(row: dict, fetched) -> dict:
+    """Merge input row and fetch result into a curated-schema row (plus the internal ``order``)."""
+    out = {c: None for c in CURATED_COLUMNS}
+    out.update({k: row.get(k) for k in ("key", "url", "caption", "source", "input_file", "input_row", "metadata",
+                                        "error", "duplicate_of")})
+    out["order"] = tuple(row["order"])
+    reasons = list(row["reject_reasons"])
+    if fetched is not None:
+        reasons.extend(fetched.reasons)
+        out["error"] = fetched.error
+        for name in ("image", "image_format", "original_format", "width", "height", "original_width",
+                     "original_height", "download_bytes", "sha256", "phash"):
+            out[name] = getattr(fetched, name)
+    out["caption_words"] = rules.count_words(out["caption"])
+    out["reject_reasons"] = reasons
+    return out
+
+
+def light_record(row: dict, value_field: str) -> dd.Rec:
+    return dd.Rec(tuple(row["order"]), row["key"], not row["reject_reasons"], row.get(value_field))
+
+
+class WriteShardsDoFn(beam.DoFn):
+    """Applies duplicate decisions to one shard's rows and writes its kept and rejected files."""
+
+    def __init__(self, recipe: CurateRecipe):
+        self.recipe = recipe
+
+    def process(self, item, n_shards: int) -> Iterator[dict]:
+        index, grouped = item
+        exact = dict(grouped["exact"])
+        near: dict[str, tuple] = {}
+        for loser, (order, winner) in grouped["near"]:
+            if loser not in near or tuple(order) < tuple(near[loser][0]):
+                near[loser] = (tuple(order), winner)
+        kept, rejected = [], []
+        for row in sorted(grouped["rows"], key=lambda r: r["key"]):
+            row = dict(row)
+            row.pop("order", None)
+            reasons = row["reject_reasons"]
+            if row["key"] in exact:
+                reasons.append(Reason.DUPLICATE.value)
+                row["duplicate_of"] = exact[row["key"]]
+            elif row["key"] in near and not reasons:
+                reasons.append(Reason.NEAR_DUPLICATE.value)
+                row["duplicate_of"] = near[row["key"]][1]
+            row["status"] = REJECTED if reasons else KEPT
+            if reasons and not self.recipe.output.keep_rejected_images:
+                row["image"] = None
+            (rejected if reasons else kept).append(row)
+        out_dir = self.recipe.output.path
+        name = shard_name(index, n_shards)
+        rg = self.recipe.output.row_group_rows
+        for sub, rows_ in ((KEPT, kept), (REJECTED, rejected)):
+            info = mf.write_shard(out_dir, f"{sub}/{name}", rows_, CURATED_SCHEMA, rg)
+            yield {"dir": sub, "shard": info.to_json(),
+                   "funnel": mf.funnel_counts(r["reject_reasons"] for r in rows_)}
+
+
+class WriteManifestDoFn(beam.DoFn):
+    def __init__(self, recipe: CurateRecipe, beam_options: dict):
+        self.recipe = recipe
+        self.beam_options = beam_options
+
+    def process(self, shard_results: list[dict], n_inputs: int) -> Iterator[str]:
+        out_dir = self.recipe.output.path
+        shards = {KEPT: [], REJECTED: []}
+        for res in sorted(shard_results, key=lambda r: (r["dir"], r["shard"]["path"])):
+            shards[res["dir"]].append(res["shard"])
+        funnel = mf.merge_funnels(r["funnel"] for r in shard_results)
+        kept = sum(s["rows"] for s in shards[KEPT])
+        rejected = sum(s["rows"] for s in shards[REJECTED])
+        keep = {s["path"] for s in shards[KEPT] + shards[REJECTED]}
+        stale = mf.remove_stale_shards(out_dir, keep)
+        manifest = {
+            "kind": "curated",
+            "schema_version": CURATED_SCHEMA_VERSION,
+            "unicurate_version": __version__,
+            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "recipe_hash": self.recipe.recipe_hash(),
+            "recipe": self.recipe.resolved(),
+            "models": [],
+            "uncalibrated": False,
+            "beam_options": self.beam_options,
+            "counts": {"inputs": n_inputs, "kept": kept, "rejected": rejected},
+            "funnel": funnel,
+            "shards": shards,
+            "removed_stale_shards": stale,
+        }
+        mf.write_json_atomic(mf.join(out_dir, mf.MANIFEST_NAME), manifest)
+        yield mf.join(out_dir, mf.MANIFEST_NAME)
+
+
+def build(p: beam.Pipeline, recipe: CurateRecipe, splits: list[ingest.Split], beam_options: dict):
+    """Add the curate pipeline to ``p``; returns the PCollection holding the manifest path."""
+    cfg = recipe
+    in_cfg = cfg.input
+    rows = (
+        p
+        | "Splits" >> beam.Create(splits, reshuffle=True)
+        | "ReadRows" >> beam.FlatMap(ingest.read_split, in_cfg)
+    )
+    n_inputs = rows | "CountInputs" >> beam.combiners.Count.Globally()
+    n_shards = n_inputs | "ShardCount" >> beam.Map(shard_count, cfg.output.rows_per_shard)
+
+    fetched = (
+        rows
+        | "KeyByUrl" >> beam.Map(lambda r: (r["key"], r))
+        | "GroupRepeatedUrls" >> beam.GroupByKey()
+        | "RepeatKeys" >> beam.FlatMap(assign_repeat_keys)
+        | "SpreadDownloads" >> beam.Reshuffle()
+        | "Batch" >> beam.BatchElements(min_batch_size=min(16, cfg.download.thread_count),
+                                        max_batch_size=max(16, cfg.download.thread_count * 4))
+        | "DownloadDecodeFilter" >> beam.ParDo(FetchDoFn(cfg))
+    )
+
+    n_sh = beam.pvalue.AsSingleton(n_shards)
+    by_shard = {"rows": fetched | "RowsByShard" >> beam.Map(lambda r, n: (shard_of(r["key"], n), r), n_sh)}
+
+    dcfg = cfg.filters.dedup
+    empty = p | "NoDecisions" >> beam.Create([])
+    if dcfg.exact:
+        by_shard["exact"] = (
+            fetched
+            | "ShaRecords" >> beam.FlatMap(lambda r: [(r["sha256"], light_record(r, "sha256"))] if r["sha256"] else [])
+            | "GroupBySha" >> beam.GroupByKey()
+            | "ExactLosers" >> beam.FlatMap(lambda kv: dd.exact_losers(kv[1]))
+            | "ExactByShard" >> beam.Map(lambda lw, n: (shard_of(lw[0], n), lw), n_sh)
+        )
+    else:
+        by_shard["exact"] = empty | "NoExact" >> beam.Map(lambda x: x)
+    if dcfg.near:
+        md = dcfg.max_distance
+        by_shard["near"] = (
+            fetched
+            | "PhashBands" >> beam.FlatMap(
+                lambda r: [(band, light_record(r, "phash")) for band in dd.phash_bands(r["phash"], md)]
+                if r["phash"] and not r["reject_reasons"] else [])
+            | "GroupByBand" >> beam.GroupByKey()
+            | "NearLosers" >> beam.FlatMap(lambda kv: dd.near_losers(kv[1], md))
+            | "NearByShard" >> beam.Map(lambda lw, n: (shard_of(lw[0], n), lw), n_sh)
+        )
+    else:
+        by_shard["near"] = empty | "NoNear" >> beam.Map(lambda x: x)
+    # every shard index gets a group, so part-i-of-N exists for each i even when empty
+    by_shard["slots"] = n_shards | "ShardSlots" >> beam.FlatMap(lambda n: [(i, None) for i in range(n)])
+
+    results = (
+        by_shard
+        | "GroupByShard" >> beam.CoGroupByKey()
+        | "WriteShards" >> beam.ParDo(WriteShardsDoFn(cfg), n_sh)
+    )
+    return (
+        results
+        | "CollectShards" >> beam.combiners.ToList()
+        | "WriteManifest" >> beam.ParDo(WriteManifestDoFn(cfg, beam_options), beam.pvalue.AsSingleton(n_inputs))
+    )
+
+
+def prepare(recipe: CurateRecipe) -> list[ingest.Split]:
+    """Everything that must succeed before any work: inputs found, readable, with the right columns."""
+    files = ingest.expand_inputs(recipe.input)
+    ingest.preflight(files, recipe.input)
+    return ingest.plan_splits(files)

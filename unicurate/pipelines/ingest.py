@@ -1,0 +1,326 @@
+"""Reading URL lists: parquet, csv, tsv, jsonl and plain url lists.
+
+Files are found and opened through Beam's ``FileSystems`` (local paths, gs://,
+and every other filesystem Beam has), compressed files (.gz, .bz2, .zst, ...)
+are decompressed transparently. Problems with a whole file (missing, empty,
+unreadable, no url column) are found by :func:`preflight` before any work
+starts; problems with a single row become a rejected row (``invalid_input``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import posixpath
+import sys
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
+
+from unicurate.config import InputConfig
+from unicurate.schema import Reason
+
+FORMATS_BY_EXT = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".txt": "txt",
+}
+_COMPRESSED_EXT = (".gz", ".bz2", ".zst", ".zstd", ".deflate", ".lzma", ".xz")
+_PARQUET_BATCH = 8192
+
+
+class InputError(ValueError):
+    """A whole input file is unusable. The message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class InputFile:
+    index: int
+    path: str
+    format: str
+    source: str
+
+
+@dataclass(frozen=True)
+class Split:
+    """A unit of reading: one file, or one row group of a parquet file."""
+
+    file: InputFile
+    row_group: Optional[int] = None
+    first_row: int = 0
+
+
+def row_key(source: str, url: str, occurrence: int = 0) -> str:
+    """Stable key of an input row: hash of source and url (and the repeat number for repeats)."""
+    text = f"{source}\n{url}" if occurrence == 0 else f"{source}\n{url}\n#{occurrence}"
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=10).hexdigest()
+
+
+def _strip_compression(path: str) -> str:
+    lower = path.lower()
+    for ext in _COMPRESSED_EXT:
+        if lower.endswith(ext):
+            return path[: -len(ext)]
+    return path
+
+
+def detect_format(path: str, configured: str) -> str:
+    if configured != "auto":
+        return configured
+    base = _strip_compression(path)
+    ext = posixpath.splitext(base)[1].lower()
+    if ext in FORMATS_BY_EXT:
+        return FORMATS_BY_EXT[ext]
+    raise InputError(
+        f"{path}: cannot tell the input format from the extension {ext or '(none)'}; "
+        f"set input.format to one of parquet, csv, tsv, jsonl, txt"
+    )
+
+
+def _source_name(path: str) -> str:
+    base = posixpath.basename(_strip_compression(path.rstrip("/")))
+    return posixpath.splitext(base)[0] or base
+
+
+def expand_inputs(cfg: InputConfig) -> list[InputFile]:
+    """Resolve globs to files (sorted, de-duplicated). Raises InputError when nothing matches."""
+    from apache_beam.io.filesystems import FileSystems
+
+    found: list[str] = []
+    for pattern in cfg.paths:
+        try:
+            results = FileSystems.match([pattern])
+        except Exception as exc:  # noqa: BLE001 - Beam raises BeamIOError and friends
+            raise InputError(f"input.path {pattern!r}: cannot list: {exc}") from None
+        paths = sorted(m.path for r in results for m in r.metadata_list)
+        if not paths:
+            raise InputError(f"input.path {pattern!r} matched no files")
+        found.extend(p for p in paths if p not in found)
+    return [
+        InputFile(index=i, path=p, format=detect_format(p, cfg.format), source=cfg.source or _source_name(p))
+        for i, p in enumerate(found)
+    ]
+
+
+def _open(path: str):
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.open(path)  # compression detected from the extension
+
+
+class _open_text:  # noqa: N801 - used like open()
+    """Decoded text lines of a (possibly compressed, possibly remote) file, line endings kept.
+
+    Beam's CompressedFile is not a full ``io`` object, so no TextIOWrapper; invalid
+    UTF-8 is replaced rather than failing the whole file.
+    """
+
+    def __init__(self, path: str):
+        self._fh = _open(path)
+
+    def readline(self) -> str:
+        return self._fh.readline().decode("utf-8", "replace")
+
+    def __iter__(self):
+        for raw in iter(self._fh.readline, b""):
+            yield raw.decode("utf-8", "replace")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._fh.close()
+        return False
+
+
+def _parquet(path: str):
+    import pyarrow.parquet as pq
+
+    # Parquet needs random access; Beam's compressed/remote streams may not seek, so buffer.
+    fh = _open(path)
+    try:
+        fh.seek(0, io.SEEK_END)
+        fh.seek(0)
+        source = fh
+    except Exception:  # noqa: BLE001
+        source = io.BytesIO(fh.read())
+    return pq.ParquetFile(source)
+
+
+def _columns_of(f: InputFile) -> Optional[list[str]]:
+    """Column names of a file (None for plain url lists). Raises InputError."""
+    if f.format == "txt":
+        return None
+    if f.format == "parquet":
+        return list(_parquet(f.path).schema_arrow.names)
+    with _open_text(f.path) as fh:
+        if f.format in ("csv", "tsv"):
+            header = fh.readline()
+            if not header.strip():
+                raise InputError(f"{f.path}: empty file (a {f.format} input needs a header line)")
+            return next(csv.reader([header], delimiter="\t" if f.format == "tsv" else ","))
+        for n, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise InputError(f"{f.path}: line {n} is not JSON ({exc.msg})") from None
+                if not isinstance(obj, dict):
+                    raise InputError(f"{f.path}: line {n} is not a JSON object")
+                return list(obj)
+        raise InputError(f"{f.path}: empty file")
+
+
+def preflight(files: list[InputFile], cfg: InputConfig) -> dict[str, Optional[list[str]]]:
+    """Check every input file is readable and has the url (and caption) column, before any work."""
+    columns: dict[str, Optional[list[str]]] = {}
+    for f in files:
+        try:
+            cols = _columns_of(f)
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(f"{f.path}: cannot read as {f.format}: {type(exc).__name__}: {exc}") from None
+        if cols is not None:
+            if cfg.url_col not in cols:
+                raise InputError(
+                    f"{f.path}: no url column {cfg.url_col!r} (columns: {', '.join(cols) or 'none'}); "
+                    f"set input.url_col"
+                )
+            if cfg.caption_col is not None and cfg.caption_col not in cols:
+                raise InputError(
+                    f"{f.path}: no caption column {cfg.caption_col!r} (columns: {', '.join(cols) or 'none'}); "
+                    f"set input.caption_col, or null for inputs without captions"
+                )
+        columns[f.path] = cols
+    return columns
+
+
+def plan_splits(files: list[InputFile]) -> list[Split]:
+    """One split per file, or per row group for parquet (so big files read in parallel)."""
+    splits: list[Split] = []
+    for f in files:
+        if f.format == "parquet":
+            meta = _parquet(f.path).metadata
+            first = 0
+            for rg in range(meta.num_row_groups):
+                splits.append(Split(f, rg, first))
+                first += meta.row_group(rg).num_rows
+        else:
+            splits.append(Split(f))
+    return splits
+
+
+def _as_text(value: Any) -> Optional[str]:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, float) and value != value:  # NaN from pandas-written files
+        return None
+    return str(value)
+
+
+def _clean(text: Optional[str]) -> Optional[str]:
+    # Arrow strings must be valid UTF-8: lone surrogates would make the shard unwritable.
+    if text is None:
+        return None
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+class RowMaker:
+    def __init__(self, cfg: InputConfig, split: Split):
+        self.cfg = cfg
+        self.file = split.file
+
+    def __call__(self, row_number: int, record: Optional[dict], url: Any = None, error: Optional[str] = None) -> dict:
+        cfg = self.cfg
+        metadata: dict[str, Any] = {}
+        caption = None
+        if record is not None:
+            url = record.get(cfg.url_col)
+            caption = record.get(cfg.caption_col) if cfg.caption_col else None
+            if cfg.carry_columns != "none":
+                wanted = record.keys() if cfg.carry_columns == "all" else cfg.carry_columns
+                for col in wanted:
+                    if col in (cfg.url_col, cfg.caption_col) or col not in record:
+                        continue
+                    metadata[col] = record[col]
+        url_text = _clean(_as_text(url))
+        if url_text is not None:
+            url_text = url_text.strip()
+        reasons: list[str] = []
+        if error is None and not url_text:
+            error = f"row {row_number}: no url in column {cfg.url_col!r}"
+        if error is not None:
+            reasons.append(Reason.INVALID_INPUT.value)
+        key_url = url_text if url_text else f"<row {row_number}>"
+        return {
+            "key": row_key(self.file.source, f"{self.file.path}#{row_number}" if error else key_url),
+            "url": url_text or None,
+            "caption": _clean(_as_text(caption)),
+            "source": self.file.source,
+            "input_file": self.file.path,
+            "input_row": row_number,
+            "order": (self.file.index, row_number),
+            "metadata": json.dumps(metadata, default=str, ensure_ascii=False, sort_keys=True) if metadata else None,
+            "reject_reasons": reasons,
+            "error": error,
+        }
+
+
+def read_split(split: Split, cfg: InputConfig) -> Iterator[dict]:
+    """Yield one dict per input row of the split (rows with problems carry ``invalid_input``)."""
+    make = RowMaker(cfg, split)
+    f = split.file
+    if f.format == "parquet":
+        pf = _parquet(f.path)
+        n = split.first_row
+        for batch in pf.iter_batches(batch_size=_PARQUET_BATCH, row_groups=[split.row_group]):
+            for record in batch.to_pylist():
+                yield make(n, record)
+                n += 1
+        return
+    if f.format in ("csv", "tsv"):
+        csv.field_size_limit(sys.maxsize)
+        with _open_text(f.path) as fh:
+            reader = csv.DictReader(fh, delimiter="\t" if f.format == "tsv" else ",")
+            n = 0
+            while True:
+                try:
+                    record = next(reader)
+                except StopIteration:
+                    break
+                except csv.Error as exc:
+                    yield make(n, None, error=f"line {reader.line_num}: malformed {f.format} ({exc})")
+                    n += 1
+                    continue
+                if None in record:  # more fields than the header
+                    record.pop(None)
+                yield make(n, record)
+                n += 1
+        return
+    with _open_text(f.path) as fh:
+        n = 0
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            if f.format == "txt":
+                yield make(n, None, url=line.strip())
+            else:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield make(n, None, error=f"line {line_no}: not JSON ({exc.msg})")
+                else:
+                    if isinstance(record, dict):
+                        yield make(n, record)
+                    else:
+                        yield make(n, None, error=f"line {line_no}: not a JSON object")
+            n += 1

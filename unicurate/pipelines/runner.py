@@ -1,0 +1,137 @@
+"""Running a recipe on a Beam runner: options, preflight, the run, the funnel."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from unicurate.config import CurateRecipe, RecipeError, RunnerConfig
+
+log = logging.getLogger("unicurate")
+
+
+def is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def beam_flags(runner: RunnerConfig, extra_args: list[str]) -> list[str]:
+    """Recipe runner section as Beam flags; flags given after ``--`` come last and win."""
+    flags = ["--runner=DirectRunner"]
+    workers = runner.direct_num_workers or (os.cpu_count() or 1)
+    flags.append(f"--direct_num_workers={workers}")
+    flags.append(f"--direct_running_mode={runner.direct_running_mode}")
+    for name, value in runner.options.items():
+        if isinstance(value, bool):
+            flags.append(f"--{name}" if value else f"--no{name}")
+        elif isinstance(value, (list, tuple)):
+            flags.extend(f"--{name}={v}" for v in value)
+        else:
+            flags.append(f"--{name}={value}")
+    return flags + list(extra_args)
+
+
+def pipeline_options(runner: RunnerConfig, extra_args: list[str]):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    flags = beam_flags(runner, extra_args)
+    options = PipelineOptions(flags)
+    unknown = [a for a in extra_args if a.startswith("--") and not _known(options, a)]
+    if unknown:
+        raise RecipeError(f"unknown Beam option(s) after '--': {' '.join(unknown)}")
+    return options
+
+
+def _known(options, arg: str) -> bool:
+    name = arg[2:].split("=", 1)[0]
+    all_opts = options.get_all_options(retain_unknown_options=False)
+    return name in all_opts or (name.startswith("no") and name[2:] in all_opts)
+
+
+def _absolutise(recipe: CurateRecipe) -> CurateRecipe:
+    """Local paths become absolute so worker processes agree with the driver."""
+    inp = recipe.input
+    paths = [p if is_remote(p) else str(Path(p).expanduser().absolute()) for p in inp.paths]
+    out = recipe.output.path
+    out = out if is_remote(out) else str(Path(out).expanduser().absolute())
+    return recipe.model_copy(update={
+        "input": inp.model_copy(update={"path": paths[0] if isinstance(inp.path, str) else paths}),
+        "output": recipe.output.model_copy(update={"path": out}),
+    })
+
+
+@contextlib.contextmanager
+def sample_web_for(recipe: CurateRecipe, say: Callable[[str], None]):
+    """Serve the recipe's sample web (demo recipes only) and write its url list to input.path."""
+    if recipe.sample_web is None:
+        yield
+        return
+    from unicurate.sampleweb import SampleWeb
+
+    sw = recipe.sample_web
+    if len(recipe.input.paths) != 1 or is_remote(recipe.input.paths[0]):
+        raise RecipeError("sample_web needs input.path to be one local file (the url list it writes)")
+    web = SampleWeb(n_images=sw.images, seed=sw.seed, slow_seconds=sw.slow_seconds)
+    with web.start(port=sw.port):
+        path = web.write_input(recipe.input.paths[0])
+        say(f"sample web: {len(web.cases)} urls served on {web.base_url}, url list in {path}")
+        yield web
+
+
+def run_curate(recipe: CurateRecipe, beam_args: Optional[list[str]] = None,
+               say: Callable[[str], None] = print) -> dict:
+    """Run the curate pipeline to completion; returns the manifest."""
+    import apache_beam as beam
+
+    from unicurate.manifests import manifest as mf
+    from unicurate.pipelines import curate
+
+    recipe = _absolutise(recipe)
+    options = pipeline_options(recipe.runner, beam_args or [])
+    opts = options.get_all_options(drop_default=True, retain_unknown_options=True)
+    with sample_web_for(recipe, say):
+        splits = curate.prepare(recipe)  # input problems stop the run here, before any work
+        n_files = len({s.file.path for s in splits})
+        say(f"curate: {n_files} input file(s), {len(splits)} split(s) -> {recipe.output.path}")
+        say(f"runner: {opts.get('runner', 'DirectRunner')}, workers: {opts.get('direct_num_workers', 1)}, "
+            f"mode: {opts.get('direct_running_mode', 'in_memory')}")
+        mf.remove_manifest(recipe.output.path)
+        start = time.monotonic()
+        pipeline = beam.Pipeline(options=options)
+        curate.build(pipeline, recipe, splits, beam_options={k: v for k, v in opts.items() if _jsonable(v)})
+        result = pipeline.run()
+        result.wait_until_finish()
+        elapsed = time.monotonic() - start
+    manifest = mf.read_manifest(recipe.output.path)
+    manifest["_elapsed_seconds"] = elapsed
+    return manifest
+
+
+def _jsonable(v) -> bool:
+    return isinstance(v, (str, int, float, bool, list, type(None)))
+
+
+def format_funnel(manifest: dict) -> str:
+    """The funnel as a text table: stages with counts and percentages, then reasons."""
+    funnel = manifest["funnel"]
+    total = max(1, funnel["inputs"])
+    lines = []
+    if manifest.get("uncalibrated"):
+        lines.append("WARNING: scores come from uncalibrated (tiny, random-weight) models")
+    width = max(len(s["label"]) for s in funnel["stages"]) + 2
+    lines.append(f"{'stage':<{width}}{'rows':>8}{'%':>8}")
+    lines.append(f"{'inputs':<{width}}{funnel['inputs']:>8}{100.0:>7.1f}%")
+    for s in funnel["stages"]:
+        lines.append(f"{s['label']:<{width}}{s['rows']:>8}{100.0 * s['rows'] / total:>7.1f}%")
+    if funnel["reasons"]:
+        lines.append("")
+        lines.append("reject reasons (a row can have several):")
+        for code, n in funnel["reasons"].items():
+            lines.append(f"  {code:<22}{n:>8}")
+    c = manifest["counts"]
+    lines.append("")
+    lines.append(f"kept {c['kept']} + rejected {c['rejected']} = {c['kept'] + c['rejected']} of {c['inputs']} inputs")
+    return "\n".join(lines)

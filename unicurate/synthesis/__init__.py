@@ -1,0 +1,1 @@
+"""Synthesis of subject-driven samples and editing triplets (GroundingDINO + SAM). See issue 4."""
