@@ -163,8 +163,7 @@ def test_validate_detects_tampering(curated, tmp_path):
     assert any("inputs" in p and "kept" in p for p in validate(str(out)).problems)
 
 
-def test_unfinished_run_has_no_manifest(curated, tmp_path, make_recipe):
-    # A run that fails before finishing (here: its input vanished) leaves the folder without a manifest.
+def test_input_problems_stop_before_touching_output(curated, tmp_path, make_recipe):
     import shutil
 
     from unicurate.pipelines.ingest import InputError
@@ -174,4 +173,18 @@ def test_unfinished_run_has_no_manifest(curated, tmp_path, make_recipe):
     shutil.copytree(src, out)
     with pytest.raises(InputError):
         run_curate(make_recipe(tmp_path / "nothing-*.parquet", out), say=lambda _m: None)
-    assert (out / mf.MANIFEST_NAME).exists()  # preflight fails before touching the output
+    assert (out / mf.MANIFEST_NAME).exists() and validate(str(out)).ok
+
+
+def test_failed_run_leaves_no_manifest(curated, web_input, tmp_path, make_recipe):
+    import shutil
+
+    src, _ = curated
+    out = tmp_path / "broken"
+    shutil.copytree(src, out)
+    shutil.rmtree(out / "kept")
+    (out / "kept").write_text("a file where the kept/ folder should be")  # shard writes will fail
+    with pytest.raises(RuntimeError, match=r"File exists.*kept.*WriteShards"):
+        run_curate(make_recipe(web_input, out), say=lambda _m: None)
+    assert not (out / mf.MANIFEST_NAME).exists()
+    assert any("did not finish" in p for p in validate(str(out)).problems)

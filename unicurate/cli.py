@@ -16,11 +16,16 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-def _quiet_libraries() -> None:
+def _quiet_libraries(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # Beam's gcp module logs a spurious warning when the gcp extra is absent.
-    logging.getLogger().setLevel(logging.ERROR)
-    logging.getLogger("unicurate").setLevel(logging.INFO)
+    if verbose:
+        logging.getLogger().setLevel(logging.INFO)
+    else:
+        # Beam's gcp module warns spuriously without the gcp extra, and a failed pipeline is
+        # reported by us in one message; --verbose shows Beam's own logs and tracebacks.
+        logging.getLogger().setLevel(logging.ERROR)
+        logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
+    logging.getLogger("unicurate").setLevel(logging.DEBUG if verbose else logging.INFO)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*imghdr.*")
 
@@ -44,8 +49,7 @@ def default_recipe(name: str) -> Path:
 
 def cmd_run(args, beam_args: list[str]) -> int:
     from unicurate.config import RecipeError, load_recipe
-    from unicurate.pipelines.ingest import InputError
-    from unicurate.pipelines.runner import format_funnel, run_curate
+    from unicurate.pipelines.runner import format_funnel
 
     overrides = {}
     if args.input:
@@ -54,15 +58,36 @@ def cmd_run(args, beam_args: list[str]) -> int:
         overrides["output.path"] = args.output
     try:
         recipe = load_recipe(args.recipe, overrides)
-        manifest = run_curate(recipe, beam_args, say=_say)
-    except (RecipeError, InputError) as exc:
+    except RecipeError as exc:
         _err(str(exc))
         return EXIT_USAGE
+    manifest, code = _run(recipe, beam_args)
+    if manifest is None:
+        return code
     _say("")
     _say(format_funnel(manifest))
     out = manifest["recipe"]["output"]["path"]
     _say(f"\nwrote {out} in {manifest.get('_elapsed_seconds', 0):.1f}s; check it with: unicurate validate {out}")
     return EXIT_OK
+
+
+def _run(recipe, beam_args: list[str]) -> tuple[Optional[dict], int]:
+    """Run a recipe: (manifest, EXIT_OK), or on failure one clear message and (None, exit code)."""
+    from unicurate.config import RecipeError
+    from unicurate.pipelines.ingest import InputError
+    from unicurate.pipelines.runner import run_curate
+
+    try:
+        return run_curate(recipe, beam_args, say=_say), EXIT_OK
+    except (RecipeError, InputError) as exc:
+        _err(str(exc))
+        return None, EXIT_USAGE
+    except Exception as exc:  # noqa: BLE001 - a failed pipeline: say what and where, not a traceback
+        logging.getLogger("unicurate").debug("pipeline failed", exc_info=True)  # shown with --verbose
+        _err(f"the pipeline failed: {exc}")
+        _err(f"{recipe.output.path} has no manifest.json, so it is marked unfinished; "
+             "fix the cause and rerun the same command")
+        return None, EXIT_FAILED
 
 
 def cmd_validate(args) -> int:
@@ -75,7 +100,7 @@ def cmd_validate(args) -> int:
 
 def cmd_demo(args, beam_args: list[str]) -> int:
     from unicurate.config import load_recipe
-    from unicurate.pipelines.runner import format_funnel, run_curate
+    from unicurate.pipelines.runner import format_funnel
 
     out = Path(args.output)
     recipe = load_recipe(default_recipe("quickstart.yaml"), {
@@ -83,7 +108,9 @@ def cmd_demo(args, beam_args: list[str]) -> int:
         "input.path": str(out / "input" / "urls.parquet"),
     })
     _say("unicurate demo: a generated sample web on 127.0.0.1, curated with configs/quickstart.yaml")
-    manifest = run_curate(recipe, beam_args, say=_say)
+    manifest, code = _run(recipe, beam_args)
+    if manifest is None:
+        return code
     _say("")
     _say(format_funnel(manifest))
     _say("")
@@ -126,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                "unicurate run recipe.yaml -- --direct_num_workers 2 --direct_running_mode multi_processing",
     )
     parser.add_argument("--version", action="version", version=f"unicurate {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show Beam's logs and full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run a recipe (YAML) on Beam")
@@ -148,7 +176,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         i = argv.index("--")
         argv, beam_args = argv[:i], argv[i + 1 :]
     args = build_parser().parse_args(argv)
-    _quiet_libraries()
+    _quiet_libraries(args.verbose)
     try:
         if args.command == "run":
             return cmd_run(args, beam_args)

@@ -261,7 +261,7 @@ class SampleWeb:
             if not port:
                 raise
             server = _Server(("127.0.0.1", 0), Handler)
-            warnings.warn(f"port {port} is busy; sample web serves on port {server.server_address[1]} instead")
+            warnings.warn(f"port {port} is busy; sample web serves on port {server.server_address[1]} instead", stacklevel=2)
         self._server = server
         self.base_url = f"http://127.0.0.1:{server.server_address[1]}"
         self._thread = threading.Thread(target=server.serve_forever, name="sampleweb", daemon=True)

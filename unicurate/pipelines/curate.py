@@ -19,7 +19,7 @@ import os
 import sys
 import time
 import zlib
-from typing import Any, Iterable, Iterator, Optional
+from typing import Iterator, Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -55,8 +55,7 @@ class _Progress:
 
     def __init__(self, every: float = 2.0):
         self.every = every
-        self.start = time.monotonic()
-        self.last = 0.0
+        self.start = self.last = time.monotonic()
         self.done = self.ok = 0
         try:
             self._fd = os.dup(sys.stderr.fileno())

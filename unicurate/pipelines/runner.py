@@ -20,7 +20,8 @@ def is_remote(path: str) -> bool:
 
 def beam_flags(runner: RunnerConfig, extra_args: list[str]) -> list[str]:
     """Recipe runner section as Beam flags; flags given after ``--`` come last and win."""
-    flags = ["--runner=DirectRunner"]
+    # Beam's worker processes log at INFO by default; keep the terminal for progress and the funnel.
+    flags = ["--runner=DirectRunner", "--default_sdk_harness_log_level=WARNING"]
     workers = runner.direct_num_workers or (os.cpu_count() or 1)
     flags.append(f"--direct_num_workers={workers}")
     flags.append(f"--direct_running_mode={runner.direct_running_mode}")
