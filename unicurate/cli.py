@@ -74,6 +74,7 @@ def cmd_run(args, beam_args: list[str]) -> int:
 def _run(recipe, beam_args: list[str]) -> tuple[Optional[dict], int]:
     """Run a recipe: (manifest, EXIT_OK), or on failure one clear message and (None, exit code)."""
     from unicurate.config import RecipeError
+    from unicurate.models.resolver import ModelUnavailable
     from unicurate.pipelines.ingest import InputError
     from unicurate.pipelines.runner import run_curate
 
@@ -81,6 +82,10 @@ def _run(recipe, beam_args: list[str]) -> tuple[Optional[dict], int]:
         return run_curate(recipe, beam_args, say=_say), EXIT_OK
     except (RecipeError, InputError) as exc:
         _err(str(exc))
+        return None, EXIT_USAGE
+    except ModelUnavailable as exc:
+        _err(str(exc))
+        _err("nothing was read or written")
         return None, EXIT_USAGE
     except Exception as exc:  # noqa: BLE001 - a failed pipeline: say what and where, not a traceback
         logging.getLogger("unicurate").debug("pipeline failed", exc_info=True)  # shown with --verbose
@@ -96,6 +101,70 @@ def cmd_validate(args) -> int:
     rep = validate(args.dir)
     print(format_report(rep), file=sys.stdout if rep.ok else sys.stderr)
     return EXIT_OK if rep.ok else EXIT_FAILED
+
+
+def _models_cfg(args):
+    from unicurate.config import ModelsConfig, load_recipe
+
+    if getattr(args, "recipe", None):
+        recipe = load_recipe(args.recipe)
+        return recipe.models, recipe
+    upd = {"profile": args.profile}
+    if getattr(args, "cache_dir", None):
+        upd["cache_dir"] = args.cache_dir
+    return ModelsConfig(**upd), None
+
+
+def cmd_models(args) -> int:
+    from unicurate.config import RecipeError
+    from unicurate.models import zoo
+    from unicurate.models.resolver import ModelUnavailable, default_cache_dir, stage
+
+    try:
+        mcfg, recipe = _models_cfg(args)
+    except RecipeError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    if recipe is not None:
+        specs = zoo.recipe_specs(recipe.filters, mcfg)
+    else:
+        specs = [zoo.spec_with_overrides(s, mcfg) for s in zoo.profile_specs(mcfg.profile).values()]
+    cache = mcfg.cache_dir or default_cache_dir()
+    if args.models_command == "list":
+        _say(f"profile {mcfg.profile}; cache {cache}" + (f"; mirror {mcfg.mirror}" if mcfg.mirror else ""))
+        width = max(len(s.name) for s in specs) + 2
+        for spec in specs:
+            state = zoo.presence(spec, cache)
+            cal = "" if spec.calibrated else "  [uncalibrated]"
+            _say(f"{spec.name:<{width}}{state:<12}{spec.uri}{cal}")
+            _say(f"{'':<{width}}{'':<12}{spec.title}")
+        missing = [s.name for s in specs if zoo.presence(s, cache) == "missing"]
+        if missing:
+            _say(f"\nmissing: {', '.join(missing)}. Stage them with: unicurate models fetch --profile "
+                 f"{mcfg.profile} --to DIR (on a machine with internet access)")
+        return EXIT_OK
+    # fetch
+    failed = 0
+    for spec in specs:
+        if spec.uri.startswith("tiny://"):
+            _say(f"{spec.name}: built in code (tiny profile), nothing to fetch")
+            continue
+        if spec.uri.startswith("package://"):
+            _say(f"{spec.name}: ships in its Python package ({spec.uri}), nothing to fetch")
+            continue
+        try:
+            if args.to:
+                where = stage(spec.uri, args.to, model=spec.name, sha256=spec.sha256, cache_dir=mcfg.cache_dir,
+                              offline=mcfg.offline)
+            else:
+                where = str(zoo.locate(spec, mcfg))
+            _say(f"{spec.name}: {spec.uri} -> {where}")
+        except ModelUnavailable as exc:
+            failed += 1
+            _err(str(exc))
+    if args.to and not failed:
+        _say(f"\nstaged in {args.to}; use it with `models: {{mirror: {args.to}}}` in a recipe")
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def cmd_demo(args, beam_args: list[str]) -> int:
@@ -128,16 +197,24 @@ def _expected_check(out_dir: str) -> str:
     frames = [pl.read_parquet(f"{out_dir}/{sub}/*.parquet", columns=["url", "status", "reject_reasons", "metadata"])
               for sub in ("kept", "rejected")]
     df = pl.concat(frames)
+    from unicurate.schema import REASON_STAGE, Reason, Stage
+
     lines = ["sample-web cases (expected -> got):"]
-    mismatches = 0
+    mismatches = model_rejected = 0
     for row in df.sort("url").iter_rows(named=True):
         expected = json.loads(row["metadata"] or "{}").get("expected")
         if expected is None or expected == "kept" and row["status"] == "kept":
             continue
-        got = "kept" if row["status"] == "kept" else ",".join(row["reject_reasons"])
-        ok = expected in (row["reject_reasons"] or []) or (expected == "kept" and got == "kept")
+        reasons = row["reject_reasons"] or []
+        got = "kept" if row["status"] == "kept" else ",".join(reasons)
+        if expected == "kept" and reasons and all(REASON_STAGE[Reason(r)] == Stage.SCORE for r in reasons):
+            model_rejected += 1  # passed download, decode, rules and dedup; a model filter said no
+            continue
+        ok = expected in reasons or (expected == "kept" and got == "kept")
         mismatches += not ok
         lines.append(f"  {'ok ' if ok else 'BAD'} {expected:<20} -> {got:<28} {row['url']}")
+    if model_rejected:
+        lines.append(f"  ({model_rejected} good images passed every other stage and were rejected by a model filter)")
     lines.append("every broken case was rejected with its expected reason" if not mismatches
                  else f"{mismatches} case(s) did not get the expected outcome")
     return "\n".join(lines)
@@ -164,6 +241,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check an output folder against its manifest")
     p.add_argument("dir", help="output folder (local or gs://)")
 
+    p = sub.add_parser("models", help="list or fetch the models of a profile")
+    msub = p.add_subparsers(dest="models_command", required=True)
+    for name, text in (("list", "show each model, its weights URI and whether it is here"),
+                       ("fetch", "download the weights (on a machine with internet access)")):
+        q = msub.add_parser(name, help=text)
+        q.add_argument("--profile", choices=["default", "tiny"], default="default")
+        q.add_argument("--recipe", help="only the models this recipe uses (with its overrides and cache)")
+        q.add_argument("--cache-dir", help="weights cache (default ~/.cache/unicurate/models)")
+        if name == "fetch":
+            q.add_argument("--to", help="also copy them here (folder or gs://bucket/path) in the cache layout, "
+                                        "for models.mirror")
+
     p = sub.add_parser("demo", help="offline demo: sample web on 127.0.0.1 + the quickstart recipe")
     p.add_argument("--output", default="unicurate-demo", help="output folder (default: ./unicurate-demo)")
     return parser
@@ -182,6 +271,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             return cmd_run(args, beam_args)
         if args.command == "validate":
             return cmd_validate(args)
+        if args.command == "models":
+            return cmd_models(args)
         if args.command == "demo":
             return cmd_demo(args, beam_args)
     except KeyboardInterrupt:

@@ -114,6 +114,67 @@ class DedupConfig(_Section):
     max_distance: int = Field(4, ge=0, le=16, description="max pHash Hamming distance for near dups")
 
 
+class ClipScoreFilterConfig(_Section):
+    """CLIP image-caption cosine similarity (open_clip). Set one threshold mode, or none to only record."""
+
+    min_score: float | None = Field(
+        None, ge=-1.0, le=1.0,
+        description="absolute threshold on the cosine (LAION-5B kept ViT-B/32 >= 0.28)",
+    )
+    keep_top_fraction: float | None = Field(
+        None, gt=0.0, le=1.0,
+        description="keep this top fraction of the run by clip_score, DataComp style (global quantile)",
+    )
+
+    @model_validator(mode="after")
+    def _one_mode(self):
+        if self.min_score is not None and self.keep_top_fraction is not None:
+            raise ValueError("set either min_score (absolute) or keep_top_fraction (DataComp), not both")
+        return self
+
+
+class AestheticFilterConfig(_Section):
+    """LAION improved aesthetic predictor on the CLIP image embedding (1-10 scale)."""
+
+    min_score: float | None = Field(None, description="LAION-Aesthetics used 5, 6 and 6.5")
+
+
+class NsfwFilterConfig(_Section):
+    """NSFW probability in [0, 1]."""
+
+    backend: Literal["nudenet", "clip_head"] = Field(
+        "nudenet", description="nudenet = NudeNet ONNX detector (ships in its package); "
+                               "clip_head = LAION CLIP-based NSFW head on the CLIP image embedding",
+    )
+    max_score: float | None = Field(None, ge=0.0, le=1.0, description="reject rows above this nsfw_score")
+
+
+class WatermarkFilterConfig(_Section):
+    """LAION-5B watermark detector (timm EfficientNet), probability in [0, 1]."""
+
+    max_score: float | None = Field(None, ge=0.0, le=1.0, description="reject rows above this watermark_score")
+
+
+class TextCoverageFilterConfig(_Section):
+    """RapidOCR text detection: share of the image area covered by text boxes."""
+
+    max_coverage: float | None = Field(None, ge=0.0, le=1.0, description="reject images with more text")
+    min_coverage: float | None = Field(
+        None, ge=0.0, le=1.0, description="reject images with less text (text-rendering data sets)"
+    )
+    recognize: bool = Field(False, description="also run OCR recognition and store the text in `ocr_text`")
+    max_side: int = Field(960, ge=64, le=4096, description="longest image side fed to the text detector")
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if self.max_coverage is not None and self.min_coverage is not None and self.min_coverage > self.max_coverage:
+            raise ValueError("min_coverage must be <= max_coverage")
+        return self
+
+
+MODEL_FILTERS = ("clip_score", "aesthetic", "nsfw", "watermark", "text_coverage")
+
+
 class FiltersConfig(_Section):
     min_width: int = Field(0, ge=0, description="minimum original width, px")
     min_height: int = Field(0, ge=0, description="minimum original height, px")
@@ -121,6 +182,12 @@ class FiltersConfig(_Section):
     caption_min_words: int = Field(0, ge=0)
     caption_max_words: int | None = Field(None, ge=1)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
+    # model filters: absent/null = not run; present = scores recorded, thresholds applied when set
+    clip_score: ClipScoreFilterConfig | None = None
+    aesthetic: AestheticFilterConfig | None = None
+    nsfw: NsfwFilterConfig | None = None
+    watermark: WatermarkFilterConfig | None = None
+    text_coverage: TextCoverageFilterConfig | None = None
 
     @model_validator(mode="after")
     def _word_bounds(self):
@@ -128,12 +195,40 @@ class FiltersConfig(_Section):
             raise ValueError("caption_max_words must be >= caption_min_words")
         return self
 
+    def model_filters(self) -> list[str]:
+        """Names of the model filters this recipe runs, in a fixed order."""
+        return [name for name in MODEL_FILTERS if getattr(self, name) is not None]
+
+
+class ModelOverride(_Section):
+    """Replace one model of the profile: other weights (and, for CLIP / timm, another architecture)."""
+
+    uri: str | None = Field(None, description="hf://org/repo/file, https://..., gs://..., or a local path")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="expected sha256 of the file")
+    arch: str | None = Field(None, description="open_clip model name / timm model name for this weight file")
+
 
 class ModelsConfig(_Section):
     profile: Literal["tiny", "default"] = Field(
-        "default", description="tiny = small random-weight models for tests (uncalibrated)"
+        "default", description="default = the real pretrained models; tiny = same classes, small shapes, "
+                               "seeded random weights (tests and the offline demo; scores are uncalibrated)",
     )
-    cache_dir: str | None = Field(None, description="weights cache; default ~/.cache/unicurate/models")
+    cache_dir: str | None = Field(None, description="local weights cache; default ~/.cache/unicurate/models "
+                                                    "(or $UNICURATE_MODEL_CACHE)")
+    mirror: str | None = Field(None, description="folder (local or gs://) filled by `unicurate models fetch --to`; "
+                                                 "looked up before each model's own URI")
+    offline: bool | None = Field(None, description="never download; default: on when HF_HUB_OFFLINE=1 or "
+                                                   "UNICURATE_OFFLINE=1")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="auto = fp16 on cuda, fp32 on cpu"
+    )
+    batch_size: int = Field(32, ge=1, le=4096, description="images per model forward pass")
+    min_batch_size: int = Field(1, ge=1, description="smallest batch BatchElements may form")
+    preprocess_threads: int = Field(4, ge=1, le=256, description="CPU threads decoding/preprocessing a batch")
+    overrides: dict[str, ModelOverride] = Field(
+        default_factory=dict, description="per model name (see `unicurate models list`): other weights"
+    )
 
 
 class RunnerConfig(_Section):

@@ -11,7 +11,7 @@ from enum import Enum
 
 import pyarrow as pa
 
-CURATED_SCHEMA_VERSION = "curated/1"
+CURATED_SCHEMA_VERSION = "curated/2"  # 2: model score columns
 
 KEPT = "kept"
 REJECTED = "rejected"
@@ -25,6 +25,7 @@ class Stage(str, Enum):
     DOWNLOAD = "download"
     DECODE = "decode"
     FILTER = "filter"
+    SCORE = "score"
     DEDUP = "dedup"
 
 
@@ -57,6 +58,14 @@ class Reason(str, Enum):
     ASPECT_RATIO = "aspect_ratio"  # above filters.max_aspect_ratio
     CAPTION_TOO_SHORT = "caption_too_short"  # fewer words than filters.caption_min_words
     CAPTION_TOO_LONG = "caption_too_long"  # more words than filters.caption_max_words
+    # model filters (scores are recorded for every row that reached the model stage)
+    SCORE_ERROR = "score_error"  # the stored image could not be prepared for the models (message in `error`)
+    LOW_CLIP_SCORE = "low_clip_score"  # image-caption CLIP cosine below the threshold / outside the top fraction
+    LOW_AESTHETIC = "low_aesthetic"  # LAION aesthetic score below filters.aesthetic.min_score
+    NSFW = "nsfw"  # nsfw_score above filters.nsfw.max_score
+    WATERMARK = "watermark"  # watermark_score above filters.watermark.max_score
+    TOO_MUCH_TEXT = "too_much_text"  # text_coverage above filters.text_coverage.max_coverage
+    TOO_LITTLE_TEXT = "too_little_text"  # text_coverage below filters.text_coverage.min_coverage
     # dedup
     DUPLICATE = "duplicate"  # same image bytes (sha256) as an earlier row
     NEAR_DUPLICATE = "near_duplicate"  # perceptual hash within the distance of an earlier row
@@ -86,6 +95,13 @@ REASON_STAGE: dict[Reason, Stage] = {
     Reason.ASPECT_RATIO: Stage.FILTER,
     Reason.CAPTION_TOO_SHORT: Stage.FILTER,
     Reason.CAPTION_TOO_LONG: Stage.FILTER,
+    Reason.SCORE_ERROR: Stage.SCORE,
+    Reason.LOW_CLIP_SCORE: Stage.SCORE,
+    Reason.LOW_AESTHETIC: Stage.SCORE,
+    Reason.NSFW: Stage.SCORE,
+    Reason.WATERMARK: Stage.SCORE,
+    Reason.TOO_MUCH_TEXT: Stage.SCORE,
+    Reason.TOO_LITTLE_TEXT: Stage.SCORE,
     Reason.DUPLICATE: Stage.DEDUP,
     Reason.NEAR_DUPLICATE: Stage.DEDUP,
 }
@@ -122,6 +138,14 @@ CURATED_FIELDS: list[pa.Field] = [
     pa.field("sha256", pa.string()),
     pa.field("phash", pa.string()),
     pa.field("caption_words", pa.int32()),
+    # model scores: null when the filter is not in the recipe or the row never reached the model stage
+    pa.field("clip_score", pa.float32()),  # cosine(image, caption) of the recipe's CLIP model
+    pa.field("aesthetic_score", pa.float32()),  # LAION improved aesthetic predictor, ~1-10
+    pa.field("nsfw_score", pa.float32()),  # [0, 1]
+    pa.field("watermark_score", pa.float32()),  # [0, 1], LAION-5B watermark detector
+    pa.field("text_coverage", pa.float32()),  # [0, 1], share of the image covered by OCR text boxes
+    pa.field("text_boxes", pa.int32()),  # number of OCR text boxes
+    pa.field("ocr_text", pa.string()),  # recognised text (filters.text_coverage.recognize)
     pa.field("input_file", pa.string()),
     pa.field("input_row", pa.int64()),
     pa.field("metadata", pa.string()),  # JSON object of the input's extra columns
@@ -133,6 +157,8 @@ CURATED_SCHEMA = pa.schema(
 )
 
 CURATED_COLUMNS = tuple(f.name for f in CURATED_FIELDS)
+
+SCORE_COLUMNS = ("clip_score", "aesthetic_score", "nsfw_score", "watermark_score", "text_coverage")
 
 SCHEMAS: dict[str, pa.Schema] = {CURATED_SCHEMA_VERSION: CURATED_SCHEMA}
 

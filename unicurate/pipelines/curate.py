@@ -1,6 +1,7 @@
 """The Beam curate pipeline.
 
     splits ─ read rows ─ key ─ group repeats of a url ─ reshuffle ─ batch ─ download+decode+rule filters
+        ─ batch ─ model scores (CLIP, aesthetic, NSFW, watermark, OCR) ─ model decisions (pipelines/score.py)
         ─┬─ (sha256 groups) ─ exact-duplicate decisions ─┐
          ├─ (pHash bands)   ─ near-duplicate decisions ──┤  CoGroupByKey by shard ─ write kept/rejected shards
          └─ rows ─────────────────────────────────────────┘                          ─ manifest.json (last)
@@ -31,6 +32,7 @@ from unicurate.filters import dedup as dd
 from unicurate.filters import rules
 from unicurate.manifests import manifest as mf
 from unicurate.pipelines import ingest
+from unicurate.pipelines import score as sc
 from unicurate.schema import CURATED_COLUMNS, CURATED_SCHEMA, CURATED_SCHEMA_VERSION, KEPT, REJECTED, Reason, shard_name
 
 log = logging.getLogger("unicurate")
@@ -237,7 +239,8 @@ class WriteManifestDoFn(beam.DoFn):
         self.recipe = recipe
         self.beam_options = beam_options
 
-    def process(self, shard_results: list[dict], n_inputs: int) -> Iterator[str]:
+    def process(self, shard_results: list[dict], n_inputs: int, model_records: list[str],
+                clip_cutoff: Optional[float]) -> Iterator[str]:
         out_dir = self.recipe.output.path
         shards = {KEPT: [], REJECTED: []}
         for res in sorted(shard_results, key=lambda r: (r["dir"], r["shard"]["path"])):
@@ -247,6 +250,7 @@ class WriteManifestDoFn(beam.DoFn):
         rejected = sum(s["rows"] for s in shards[REJECTED])
         keep = {s["path"] for s in shards[KEPT] + shards[REJECTED]}
         stale = mf.remove_stale_shards(out_dir, keep)
+        models = sc.merge_model_records(model_records) if model_records else mf.spec_records(self.recipe)
         manifest = {
             "kind": "curated",
             "schema_version": CURATED_SCHEMA_VERSION,
@@ -254,8 +258,10 @@ class WriteManifestDoFn(beam.DoFn):
             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "recipe_hash": self.recipe.recipe_hash(),
             "recipe": self.recipe.resolved(),
-            "models": [],
-            "uncalibrated": False,
+            "models": models,
+            "uncalibrated": any(not m["calibrated"] for m in models),
+            "model_filters": self.recipe.filters.model_filters(),
+            "clip_score_cutoff": clip_cutoff,
             "beam_options": self.beam_options,
             "counts": {"inputs": n_inputs, "kept": kept, "rejected": rejected},
             "funnel": funnel,
@@ -288,6 +294,12 @@ def build(p: beam.Pipeline, recipe: CurateRecipe, splits: list[ingest.Split], be
                                         max_batch_size=max(16, cfg.download.thread_count * 4))
         | "DownloadDecodeFilter" >> beam.ParDo(FetchDoFn(cfg))
     )
+
+    if cfg.filters.model_filters():
+        fetched, clip_cutoff, model_records = sc.add_model_stages(fetched, cfg)
+    else:
+        clip_cutoff = p | "NoModels" >> beam.Create([None])
+        model_records = p | "NoModelRecords" >> beam.Create([[]])
 
     n_sh = beam.pvalue.AsSingleton(n_shards)
     by_shard = {"rows": fetched | "RowsByShard" >> beam.Map(lambda r, n: (shard_of(r["key"], n), r), n_sh)}
@@ -328,7 +340,8 @@ def build(p: beam.Pipeline, recipe: CurateRecipe, splits: list[ingest.Split], be
     return (
         results
         | "CollectShards" >> beam.combiners.ToList()
-        | "WriteManifest" >> beam.ParDo(WriteManifestDoFn(cfg, beam_options), beam.pvalue.AsSingleton(n_inputs))
+        | "WriteManifest" >> beam.ParDo(WriteManifestDoFn(cfg, beam_options), beam.pvalue.AsSingleton(n_inputs),
+                                        beam.pvalue.AsSingleton(model_records), beam.pvalue.AsSingleton(clip_cutoff))
     )
 
 

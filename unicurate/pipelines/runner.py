@@ -93,6 +93,7 @@ def run_curate(recipe: CurateRecipe, beam_args: Optional[list[str]] = None,
     recipe = _absolutise(recipe)
     options = pipeline_options(recipe.runner, beam_args or [])
     opts = options.get_all_options(drop_default=True, retain_unknown_options=True)
+    check_models(recipe, say)  # missing weights stop the run here, before any input is read
     with sample_web_for(recipe, say):
         splits = curate.prepare(recipe)  # input problems stop the run here, before any work
         n_files = len({s.file.path for s in splits})
@@ -108,7 +109,41 @@ def run_curate(recipe: CurateRecipe, beam_args: Optional[list[str]] = None,
         elapsed = time.monotonic() - start
     manifest = mf.read_manifest(recipe.output.path)
     manifest["_elapsed_seconds"] = elapsed
+    manifest["_metrics"] = counters(result)
     return manifest
+
+
+def check_models(recipe: CurateRecipe, say: Callable[[str], None] = print) -> list:
+    """Resolve every model the recipe needs (cache, mirror, download) before any input is read.
+
+    Raises ``ModelUnavailable`` naming the model, its URI and how to stage it.
+    """
+    from unicurate.models import zoo
+
+    if not recipe.filters.model_filters():
+        return []
+    located = zoo.preflight(recipe.filters, recipe.models)
+    say(f"models ({recipe.models.profile} profile): " + ", ".join(
+        f"{spec.name}{'' if spec.calibrated else ' [uncalibrated]'}" for spec, _ in located))
+    if any(not spec.calibrated for spec, _ in located):
+        say("WARNING: the tiny profile's models have random weights: their scores are UNCALIBRATED "
+            "(fine for tests and the demo, meaningless for real data)")
+    return located
+
+
+def counters(result) -> dict:
+    """unicurate's Beam counters (model loads, batches, ...), summed over workers; {} when unavailable."""
+    try:
+        from apache_beam.metrics.metric import MetricsFilter
+
+        res = result.metrics().query(MetricsFilter().with_namespace("unicurate"))
+        out: dict = {}
+        for c in res.get("counters", []):
+            val = c.committed if c.committed is not None else c.attempted
+            out[c.key.metric.name] = out.get(c.key.metric.name, 0) + (val or 0)
+        return out
+    except Exception:  # noqa: BLE001 - metrics are informative only
+        return {}
 
 
 def _jsonable(v) -> bool:
@@ -121,7 +156,8 @@ def format_funnel(manifest: dict) -> str:
     total = max(1, funnel["inputs"])
     lines = []
     if manifest.get("uncalibrated"):
-        lines.append("WARNING: scores come from uncalibrated (tiny, random-weight) models")
+        names = ", ".join(m["name"] for m in manifest.get("models", []) if not m.get("calibrated"))
+        lines.append(f"WARNING: UNCALIBRATED scores: {names} have tiny random weights (tests/demo only)")
     width = max(len(s["label"]) for s in funnel["stages"]) + 2
     lines.append(f"{'stage':<{width}}{'rows':>8}{'%':>8}")
     lines.append(f"{'inputs':<{width}}{funnel['inputs']:>8}{100.0:>7.1f}%")
@@ -132,6 +168,17 @@ def format_funnel(manifest: dict) -> str:
         lines.append("reject reasons (a row can have several):")
         for code, n in funnel["reasons"].items():
             lines.append(f"  {code:<22}{n:>8}")
+    filters = manifest.get("model_filters") or []
+    if filters:
+        from unicurate.filters.scoring import FILTER_REASONS
+
+        lines.append("")
+        lines.append("model filters (rows rejected by each; a row can fail several):")
+        for name in filters:
+            n = sum(funnel["reasons"].get(code, 0) for code in FILTER_REASONS.get(name, ()))
+            lines.append(f"  {name:<22}{n:>8}")
+        if manifest.get("clip_score_cutoff") is not None:
+            lines.append(f"  (clip_score keep_top_fraction cutoff: {manifest['clip_score_cutoff']:.4f})")
     c = manifest["counts"]
     lines.append("")
     lines.append(f"kept {c['kept']} + rejected {c['rejected']} = {c['kept'] + c['rejected']} of {c['inputs']} inputs")

@@ -1,0 +1,461 @@
+"""One loader per model, each with the library the model belongs to.
+
+Loaders take a :class:`~unicurate.models.zoo.ModelSpec` and the local weights
+path from the resolver, and return a small object with batched methods. Torch
+models run under ``torch.inference_mode()`` on CUDA in half precision when a
+GPU is present (``models.device`` / ``models.precision``), on CPU in fp32
+otherwise. ``tiny://`` specs build the same classes with small shapes and
+seeded random weights. Every load is counted per process (``LOAD_COUNTS``) so
+tests can prove models load once per worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from unicurate.models.resolver import ModelUnavailable, file_sha256
+from unicurate.models.zoo import TINY_CLIP_CONFIG, ModelSpec
+
+log = logging.getLogger("unicurate")
+
+LOAD_COUNTS: Counter = Counter()  # model name -> loads in this process
+_LOCK = threading.Lock()
+
+NUDENET_EXPOSED = ("FEMALE_GENITALIA_EXPOSED", "MALE_GENITALIA_EXPOSED", "FEMALE_BREAST_EXPOSED",
+                   "BUTTOCKS_EXPOSED", "ANUS_EXPOSED")
+
+
+# ------------------------------------------------------------------ device
+def select_device(device: str = "auto", precision: str = "auto") -> tuple[str, str]:
+    """('cuda'|'cpu', 'fp32'|'fp16'|'bf16') for the recipe's models.device / models.precision."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelUnavailable("models.device is 'cuda' but torch sees no CUDA device on this worker")
+    dev = "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
+    if precision == "auto":
+        precision = "fp16" if dev == "cuda" else "fp32"
+    return dev, precision
+
+
+def _dtype(precision: str):
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def _ort_providers(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    avail = ort.get_available_providers()
+    if device == "cuda" and "CUDAExecutionProvider" in avail:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def state_dict_sha256(module) -> str:
+    """A stable fingerprint of a module's weights (for tiny models, which have no file)."""
+    sha = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        sha.update(name.encode())
+        sha.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
+    return sha.hexdigest()
+
+
+def _count(name: str) -> None:
+    with _LOCK:
+        LOAD_COUNTS[name] += 1
+
+
+class Loaded:
+    """Common fields of a loaded model (what the manifest records)."""
+
+    spec: ModelSpec
+    sha256: Optional[str]
+    device: str = "cpu"
+    precision: str = "fp32"
+
+    def record(self) -> dict:
+        return {"name": self.spec.name, "title": self.spec.title, "library": self.spec.library,
+                "uri": self.spec.uri, "arch": self.spec.arch, "sha256": self.sha256,
+                "calibrated": self.spec.calibrated, "device": self.device, "precision": self.precision}
+
+
+# ------------------------------------------------------------------ CLIP (open_clip)
+_TINY_REGISTERED = False
+
+
+def _register_tiny_clip(name: str) -> None:
+    global _TINY_REGISTERED
+    if _TINY_REGISTERED:
+        return
+    import open_clip
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / f"{name}.json"
+        path.write_text(json.dumps(TINY_CLIP_CONFIG))
+        open_clip.add_model_config(path)
+    _TINY_REGISTERED = True
+
+
+class ClipModel(Loaded):
+    """open_clip image/text towers; normalised embeddings as float32 numpy arrays."""
+
+    def __init__(self, spec: ModelSpec, path: Optional[Path], device: str, precision: str):
+        import open_clip
+        import torch
+
+        self.spec, self.device, self.precision = spec, device, precision
+        if spec.uri.startswith("tiny://"):
+            _register_tiny_clip(spec.arch)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(spec.options.get("seed", 0)))
+                model, _, preprocess = open_clip.create_model_and_transforms(spec.arch, pretrained=None)
+            self.sha256 = state_dict_sha256(model)
+        else:
+            try:
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    spec.arch, pretrained=str(path), force_quick_gelu=bool(spec.options.get("quick_gelu")),
+                    weights_only=True)
+            except Exception as exc:  # noqa: BLE001 - wrong file for the architecture, corrupt file
+                raise ModelUnavailable(f"model 'clip': cannot load {path} as open_clip {spec.arch}: {exc}") from None
+            self.sha256 = file_sha256(path)
+        self.model = model.eval().to(device=device, dtype=_dtype(precision))
+        self.preprocess = preprocess
+        self.tokenizer = open_clip.get_tokenizer(spec.arch)
+        self.context_length = getattr(self.tokenizer, "context_length", 77)
+        self.embed_dim = int(self.model.text_projection.shape[1]) if getattr(
+            self.model, "text_projection", None) is not None else None
+        _count(spec.name)
+
+    def image_tensor(self, pil_image):
+        """CPU preprocessing of one image (run on the preprocessing threads)."""
+        return self.preprocess(pil_image)
+
+    def encode_images(self, tensors: Sequence) -> np.ndarray:
+        import torch
+
+        if not len(tensors):
+            return np.zeros((0, self.embed_dim or 0), np.float32)
+        with torch.inference_mode():
+            x = torch.stack(list(tensors)).to(self.device, dtype=_dtype(self.precision))
+            f = self.model.encode_image(x).float()
+            f = torch.nn.functional.normalize(f, dim=-1)
+        out = f.cpu().numpy()
+        self.embed_dim = out.shape[1]
+        return out
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Normalised text embeddings; texts longer than the context length are truncated by the tokenizer."""
+        import torch
+
+        with torch.inference_mode():
+            tokens = self.tokenizer([t or "" for t in texts]).to(self.device)
+            f = self.model.encode_text(tokens).float()
+            f = torch.nn.functional.normalize(f, dim=-1)
+        return f.cpu().numpy()
+
+
+# ------------------------------------------------------------------ LAION aesthetic predictor
+def aesthetic_mlp(input_size: int):
+    """The LAION improved aesthetic predictor's MLP (same layer names, so its .pth loads as is)."""
+    from torch import nn
+
+    class AestheticMLP(nn.Module):
+        def __init__(self, input_size: int):
+            super().__init__()
+            self.input_size = input_size
+            self.layers = nn.Sequential(
+                nn.Linear(input_size, 1024), nn.Dropout(0.2),
+                nn.Linear(1024, 128), nn.Dropout(0.2),
+                nn.Linear(128, 64), nn.Dropout(0.1),
+                nn.Linear(64, 16),
+                nn.Linear(16, 1),
+            )
+
+        def forward(self, x):
+            return self.layers(x)
+
+    return AestheticMLP(input_size)
+
+
+class AestheticModel(Loaded):
+    def __init__(self, spec: ModelSpec, path: Optional[Path], device: str, precision: str):
+        import torch
+
+        self.spec, self.device, self.precision = spec, device, precision
+        dim = int(spec.options.get("input_dim", 768))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(spec.options.get("seed", 0)))
+            mlp = aesthetic_mlp(dim)
+        if path is not None:
+            try:
+                state = torch.load(str(path), map_location="cpu", weights_only=True)
+                if isinstance(state, dict) and "state_dict" in state:
+                    state = state["state_dict"]
+                mlp.load_state_dict(state)
+            except Exception as exc:  # noqa: BLE001
+                raise ModelUnavailable(f"model 'aesthetic': cannot load {path} as the LAION aesthetic MLP "
+                                       f"({dim}-d input): {exc}") from None
+            self.sha256 = file_sha256(path)
+        else:
+            self.sha256 = state_dict_sha256(mlp)
+        self.input_dim = dim
+        self.model = mlp.eval().to(device)  # tiny head: fp32 everywhere; cheap
+        _count(spec.name)
+
+    def score(self, embeddings: np.ndarray) -> np.ndarray:
+        import torch
+
+        if embeddings.shape[1] != self.input_dim:
+            raise ModelUnavailable(f"model 'aesthetic' expects {self.input_dim}-d CLIP embeddings, the recipe's "
+                                   f"CLIP model gives {embeddings.shape[1]}-d; use the matching CLIP model")
+        with torch.inference_mode():
+            out = self.model(torch.from_numpy(np.ascontiguousarray(embeddings, np.float32)).to(self.device))
+        return out.float().cpu().numpy().reshape(-1)
+
+
+# ------------------------------------------------------------------ LAION CLIP-based NSFW head (ONNX)
+def tiny_nsfw_onnx(input_dim: int, hidden: Sequence[int], seed: int) -> bytes:
+    """An ONNX MLP (MatMul/Add/Relu ... Sigmoid) with seeded random weights: the tiny NSFW head."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    dims = [input_dim, *hidden, 1]
+    nodes, inits = [], []
+    x = "embedding"
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        w = (rng.standard_normal((a, b)) * np.sqrt(2.0 / a)).astype(np.float32)
+        bias = (rng.standard_normal(b) * 0.1).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(bias, f"b{i}")]
+        nodes += [helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"]),
+                  helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"])]
+        x = f"a{i}"
+        if i < len(dims) - 2:
+            nodes.append(helper.make_node("Relu", [x], [f"r{i}"]))
+            x = f"r{i}"
+    nodes.append(helper.make_node("Sigmoid", [x], ["nsfw"]))
+    graph = helper.make_graph(nodes, "tiny_nsfw_head",
+                              [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", input_dim])],
+                              [helper.make_tensor_value_info("nsfw", TensorProto.FLOAT, ["N", 1])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="unicurate")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+class ClipNsfwHead(Loaded):
+    """The LAION CLIP-based NSFW classifier on normalised CLIP image embeddings, run by onnxruntime."""
+
+    def __init__(self, spec: ModelSpec, path: Optional[Path], device: str, precision: str):
+        import onnxruntime as ort
+
+        self.spec, self.device, self.precision = spec, device, "fp32"
+        if path is None:
+            blob = tiny_nsfw_onnx(int(spec.options.get("input_dim", 64)), spec.options.get("hidden", [32, 16]),
+                                  int(spec.options.get("seed", 0)))
+            self.sha256 = hashlib.sha256(blob).hexdigest()
+            source: Any = blob
+        else:
+            self.sha256 = file_sha256(path)
+            source = str(path)
+        try:
+            self.session = ort.InferenceSession(source, providers=_ort_providers(device))
+        except Exception as exc:  # noqa: BLE001
+            raise ModelUnavailable(f"model 'nsfw_clip_head': cannot load {path or spec.uri} with onnxruntime: "
+                                   f"{exc}") from None
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.input_dim = inp.shape[-1] if isinstance(inp.shape[-1], int) else None
+        self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
+        _count(spec.name)
+
+    def score(self, embeddings: np.ndarray) -> np.ndarray:
+        emb = np.ascontiguousarray(embeddings, np.float32)
+        if self.input_dim is not None and emb.shape[1] != self.input_dim:
+            raise ModelUnavailable(f"model 'nsfw_clip_head' expects {self.input_dim}-d CLIP embeddings, the "
+                                   f"recipe's CLIP model gives {emb.shape[1]}-d; use the matching CLIP model")
+        if self.fixed_batch and self.fixed_batch != len(emb):  # an export with a fixed batch size
+            parts = [self.session.run(None, {self.input_name: emb[i:i + 1]})[0].reshape(-1)[:1]
+                     for i in range(len(emb))]
+            out = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        else:
+            out = self.session.run(None, {self.input_name: emb})[0].reshape(len(emb), -1)[:, -1]
+        return np.clip(out.astype(np.float32), 0.0, 1.0)
+
+
+# ------------------------------------------------------------------ LAION-5B watermark detector (timm)
+class WatermarkModel(Loaded):
+    """timm EfficientNet with LAION's MLP head; watermark probability = softmax(logits)[:, 0]."""
+
+    MEAN = (0.485, 0.456, 0.406)
+    STD = (0.229, 0.224, 0.225)
+
+    def __init__(self, spec: ModelSpec, path: Optional[Path], device: str, precision: str):
+        import timm
+        import torch
+        from torch import nn
+        from torchvision import transforms as T
+
+        self.spec, self.device, self.precision = spec, device, precision
+        h1, h2 = spec.options.get("head", [625, 256])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(spec.options.get("seed", 0)))
+            model = timm.create_model(spec.arch, pretrained=False, num_classes=2)
+            model.classifier = nn.Sequential(
+                nn.Linear(model.num_features, h1), nn.ReLU(), nn.Dropout(p=0.3),
+                nn.Linear(h1, h2), nn.ReLU(), nn.Linear(h2, 2),
+            )
+        if path is not None:
+            try:
+                state = torch.load(str(path), map_location="cpu", weights_only=True)
+                if isinstance(state, dict) and "state_dict" in state:
+                    state = state["state_dict"]
+                model.load_state_dict(state)
+            except Exception as exc:  # noqa: BLE001
+                raise ModelUnavailable(f"model 'watermark': cannot load {path} as timm {spec.arch} with the "
+                                       f"LAION watermark head: {exc}") from None
+            self.sha256 = file_sha256(path)
+        else:
+            _seed_batchnorm(model, int(spec.options.get("image_size", 64)), int(spec.options.get("seed", 0)))
+            self.sha256 = state_dict_sha256(model)
+        size = int(spec.options.get("image_size", 256))
+        self.transform = T.Compose([T.Resize((size, size)), T.ToTensor(), T.Normalize(self.MEAN, self.STD)])
+        self.model = model.eval().to(device=device, dtype=_dtype(precision))
+        _count(spec.name)
+
+    def image_tensor(self, pil_image):
+        return self.transform(pil_image)
+
+    def score(self, tensors: Sequence) -> np.ndarray:
+        import torch
+
+        if not len(tensors):
+            return np.zeros(0, np.float32)
+        with torch.inference_mode():
+            x = torch.stack(list(tensors)).to(self.device, dtype=_dtype(self.precision))
+            probs = torch.softmax(self.model(x).float(), dim=1)
+        return probs[:, 0].cpu().numpy()
+
+
+def _seed_batchnorm(model, size: int, seed: int) -> None:
+    """Tiny models: set BatchNorm running statistics from seeded noise images.
+
+    With untouched running stats (mean 0, var 1) a random EfficientNet's output
+    is the same for every input; seeded statistics keep the tiny model
+    input-dependent (still random, still uncalibrated).
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.rand((16, 3, size, size), generator=gen)
+    noise = (noise - torch.tensor(WatermarkModel.MEAN).view(1, 3, 1, 1)) / torch.tensor(WatermarkModel.STD).view(1, 3, 1, 1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration passes
+    model.train()
+    with torch.no_grad():
+        for chunk in noise.split(4):
+            model(chunk)
+    model.eval()
+
+
+# ------------------------------------------------------------------ NudeNet (ONNX in its package)
+class NudeNetModel(Loaded):
+    """NudeNet's detector, batched through onnxruntime; nsfw_score = max confidence of an exposed class."""
+
+    def __init__(self, spec: ModelSpec, path: Optional[Path], device: str, precision: str):
+        from nudenet import NudeDetector
+
+        self.spec, self.device, self.precision = spec, device, "fp32"
+        self.detector = NudeDetector(model_path=str(path))
+        providers = _ort_providers(device)
+        if providers[0] != "CPUExecutionProvider":  # NudeDetector itself always builds a CPU session
+            import onnxruntime as ort
+
+            self.detector.onnx_session = ort.InferenceSession(str(path), providers=providers)
+        self.sha256 = file_sha256(path)
+        _count(spec.name)
+
+    def detect(self, bgr_images: Sequence[np.ndarray]) -> list[list[dict]]:
+        if not len(bgr_images):
+            return []
+        return self.detector.detect_batch(list(bgr_images), batch_size=len(bgr_images))
+
+    @staticmethod
+    def nsfw_score(detections: list[dict]) -> float:
+        return max((float(d["score"]) for d in detections if d["class"] in NUDENET_EXPOSED), default=0.0)
+
+
+# ------------------------------------------------------------------ RapidOCR (ONNX in its package)
+class OcrModel(Loaded):
+    """RapidOCR text detection (and optionally direction classification + recognition)."""
+
+    def __init__(self, specs: dict[str, ModelSpec], paths: dict[str, Path], device: str, max_side: int,
+                 threads: int = 0):
+        from rapidocr_onnxruntime import RapidOCR
+
+        self.spec = specs["ocr_det"]
+        self.device, self.precision = device, "fp32"
+        kw: dict[str, Any] = {"det_model_path": str(paths["ocr_det"]), "det_limit_type": "max",
+                              "det_limit_side_len": int(max_side), "print_verbose": False}
+        if "ocr_rec" in paths:
+            kw["rec_model_path"] = str(paths["ocr_rec"])
+        if "ocr_cls" in paths:
+            kw["cls_model_path"] = str(paths["ocr_cls"])
+        if device == "cuda":
+            kw.update(det_use_cuda=True, rec_use_cuda=True, cls_use_cuda=True)
+        if threads:
+            kw["intra_op_num_threads"] = threads
+        logging.getLogger("RapidOCR").setLevel(logging.WARNING)
+        self.engine = RapidOCR(**kw)
+        self.recognize = "ocr_rec" in paths
+        self.sha256 = file_sha256(paths["ocr_det"])
+        self.extra = {name: (specs[name], file_sha256(p)) for name, p in paths.items() if name != "ocr_det"}
+        _count(self.spec.name)
+
+    def records(self) -> list[dict]:
+        out = [self.record()]
+        for spec, sha in self.extra.values():
+            rec = dict(self.record())
+            rec.update(name=spec.name, title=spec.title, uri=spec.uri, sha256=sha, calibrated=spec.calibrated)
+            out.append(rec)
+        return out
+
+    def read(self, bgr: np.ndarray) -> tuple[list[np.ndarray], list[str]]:
+        """Text boxes (4x2 polygons in image pixels) and, when recognising, their text."""
+        if self.recognize:
+            result, _ = self.engine(bgr, use_det=True, use_cls=True, use_rec=True)
+            if not result:
+                return [], []
+            return [np.asarray(r[0], np.float32) for r in result], [str(r[1]) for r in result]
+        result, _ = self.engine(bgr, use_det=True, use_cls=False, use_rec=False)
+        return [np.asarray(b, np.float32) for b in (result or [])], []
+
+    @staticmethod
+    def coverage(boxes: Sequence[np.ndarray], height: int, width: int) -> float:
+        """Share of the image covered by the union of the text polygons."""
+        import cv2
+
+        if not boxes or height <= 0 or width <= 0:
+            return 0.0
+        mask = np.zeros((height, width), np.uint8)
+        cv2.fillPoly(mask, [np.round(b).astype(np.int32).reshape(-1, 1, 2) for b in boxes], 1)
+        return float(mask.mean())
+
+
+def ort_threads() -> int:
+    return int(os.environ.get("UNICURATE_ORT_THREADS", "0") or 0)

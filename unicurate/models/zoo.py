@@ -1,0 +1,215 @@
+"""The model zoo: which model each filter needs, per profile, and where its weights come from.
+
+Two profiles:
+
+* ``default``: the real pretrained models (CLIP ViT-L/14 OpenAI through
+  open_clip, the LAION improved aesthetic predictor, the LAION CLIP-based NSFW
+  head, the LAION-5B watermark detector, NudeNet and RapidOCR);
+* ``tiny``: the same classes with small shapes and seeded random weights
+  (``tiny://`` URIs, built in code), for tests, CI and the offline demo. Their
+  scores are uncalibrated and flagged as such everywhere.
+
+NudeNet and RapidOCR ship their ONNX weights inside their pip packages
+(``package://`` URIs) and are real in both profiles.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Optional
+
+from unicurate.models.resolver import ModelUnavailable, is_cached, parse_uri, resolve
+
+PROFILES = ("default", "tiny")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str  # role, e.g. "clip"; the key of models.overrides
+    title: str  # for people
+    library: str  # the library that loads it
+    uri: str  # hf://, https://, gs://, local path, package://PKG/PATH or tiny://...
+    arch: Optional[str] = None  # open_clip model name, timm model name
+    sha256: Optional[str] = None
+    calibrated: bool = True
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def builtin(self) -> bool:
+        return self.uri.startswith(("tiny://", "package://"))
+
+
+# ---------------------------------------------------------------- the real models
+_DEFAULT = {
+    "clip": ModelSpec(
+        "clip", "CLIP ViT-L/14, OpenAI weights (open_clip), as LAION-5B and DataComp use", "open_clip",
+        "hf://timm/vit_large_patch14_clip_224.openai/open_clip_model.safetensors",
+        arch="ViT-L-14", options={"quick_gelu": True},
+    ),
+    "aesthetic": ModelSpec(
+        "aesthetic", "LAION improved aesthetic predictor (MLP on CLIP ViT-L/14 image embeddings)", "torch",
+        "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/sac%2Blogos%2Bava1-l14-linearMSE.pth",
+        options={"input_dim": 768},
+    ),
+    "nsfw_clip_head": ModelSpec(
+        "nsfw_clip_head", "LAION CLIP-based NSFW detector for ViT-L/14 embeddings (ONNX export)", "onnxruntime",
+        "https://storage.googleapis.com/ailia-models/clip-based-nsfw-detector/clip_bin_nsfw.onnx",
+        options={"input_dim": 768},
+    ),
+    "watermark": ModelSpec(
+        "watermark", "LAION-5B watermark detector (timm EfficientNet-B3 + MLP head)", "timm",
+        "https://github.com/LAION-AI/LAION-5B-WatermarkDetection/releases/download/1.0/watermark_model_v1.pt",
+        arch="efficientnet_b3", options={"image_size": 256, "head": [625, 256]},
+    ),
+    "nudenet": ModelSpec(
+        "nudenet", "NudeNet 320n detector (ONNX, ships in the nudenet package)", "nudenet",
+        "package://nudenet/320n.onnx",
+    ),
+    "ocr_det": ModelSpec(
+        "ocr_det", "RapidOCR PP-OCRv4 text detector (ONNX, ships in rapidocr-onnxruntime)", "rapidocr",
+        "package://rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+    ),
+    "ocr_cls": ModelSpec(
+        "ocr_cls", "RapidOCR text direction classifier (ONNX, ships in rapidocr-onnxruntime)", "rapidocr",
+        "package://rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+    ),
+    "ocr_rec": ModelSpec(
+        "ocr_rec", "RapidOCR PP-OCRv4 text recogniser (ONNX, ships in rapidocr-onnxruntime)", "rapidocr",
+        "package://rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
+    ),
+}
+
+# ---------------------------------------------------------------- tiny: same classes, small shapes, random
+TINY_CLIP_CONFIG = {
+    "embed_dim": 64,
+    "quick_gelu": True,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+_TINY = dict(_DEFAULT)
+_TINY.update({
+    "clip": ModelSpec("clip", "tiny CLIP (open_clip CLIP class: 2-layer ViT 64px + 2-layer text transformer)",
+                      "open_clip", "tiny://open_clip/unicurate-tiny-clip", arch="unicurate-tiny-clip",
+                      calibrated=False, options={"seed": 0}),
+    "aesthetic": ModelSpec("aesthetic", "tiny aesthetic MLP (same layers, 64-d input)", "torch",
+                           "tiny://torch/aesthetic-mlp", calibrated=False, options={"input_dim": 64, "seed": 1}),
+    "nsfw_clip_head": ModelSpec("nsfw_clip_head", "tiny CLIP NSFW head (ONNX MLP, 64-d input)", "onnxruntime",
+                                "tiny://onnx/nsfw-clip-head", calibrated=False,
+                                options={"input_dim": 64, "hidden": [32, 16], "seed": 2}),
+    "watermark": ModelSpec("watermark", "tiny watermark detector (timm EfficientNet class: tinynet_e + MLP head)",
+                           "timm", "tiny://timm/tinynet_e", arch="tinynet_e", calibrated=False,
+                           options={"image_size": 64, "head": [32, 16], "seed": 3}),
+})
+
+_PROFILES = {"default": _DEFAULT, "tiny": _TINY}
+
+
+def profile_specs(profile: str) -> dict[str, ModelSpec]:
+    try:
+        return dict(_PROFILES[profile])
+    except KeyError:
+        raise ValueError(f"unknown model profile {profile!r}; profiles: {', '.join(PROFILES)}") from None
+
+
+def needed_models(filters_cfg) -> list[str]:
+    """Model names the recipe's filters need, in load order."""
+    names: list[str] = []
+
+    def add(n: str) -> None:
+        if n not in names:
+            names.append(n)
+
+    nsfw = filters_cfg.nsfw
+    if filters_cfg.clip_score is not None or filters_cfg.aesthetic is not None or (
+            nsfw is not None and nsfw.backend == "clip_head"):
+        add("clip")
+    if filters_cfg.aesthetic is not None:
+        add("aesthetic")
+    if nsfw is not None:
+        add("nsfw_clip_head" if nsfw.backend == "clip_head" else "nudenet")
+    if filters_cfg.watermark is not None:
+        add("watermark")
+    if filters_cfg.text_coverage is not None:
+        add("ocr_det")
+        if filters_cfg.text_coverage.recognize:
+            add("ocr_cls")
+            add("ocr_rec")
+    return names
+
+
+def spec_with_overrides(spec: ModelSpec, models_cfg) -> ModelSpec:
+    ov = (models_cfg.overrides or {}).get(spec.name) if models_cfg is not None else None
+    if ov is None:
+        return spec
+    upd: dict[str, Any] = {}
+    if ov.uri:
+        upd.update(uri=ov.uri, sha256=ov.sha256, calibrated=True)
+    elif ov.sha256:
+        upd["sha256"] = ov.sha256
+    if ov.arch:
+        upd["arch"] = ov.arch
+    return replace(spec, **upd)
+
+
+def recipe_specs(filters_cfg, models_cfg) -> list[ModelSpec]:
+    """The models a recipe uses, with its overrides applied. Unknown override names are errors."""
+    specs = profile_specs(models_cfg.profile)
+    unknown = set(models_cfg.overrides or {}) - set(specs)
+    if unknown:
+        raise ValueError(f"models.overrides names unknown model(s) {sorted(unknown)}; models: {sorted(specs)}")
+    return [spec_with_overrides(specs[n], models_cfg) for n in needed_models(filters_cfg)]
+
+
+def package_path(uri: str) -> Path:
+    """``package://PKG/PATH`` -> the file inside the installed package."""
+    rest = uri[len("package://"):]
+    pkg, _, rel = rest.partition("/")
+    found = importlib.util.find_spec(pkg)
+    if found is None or not found.submodule_search_locations:
+        raise ModelUnavailable(f"{uri}: the Python package '{pkg}' is not installed (pip install unicurate "
+                               f"installs it); it ships these weights")
+    path = Path(list(found.submodule_search_locations)[0]) / rel
+    if not path.is_file():
+        raise ModelUnavailable(f"{uri}: {path} is missing from the installed '{pkg}' package")
+    return path
+
+
+def locate(spec: ModelSpec, models_cfg=None, profile: Optional[str] = None) -> Optional[Path]:
+    """Local weights file for ``spec`` (fetching it when allowed); None for tiny:// models (built in code)."""
+    if spec.uri.startswith("tiny://"):
+        return None
+    if spec.uri.startswith("package://"):
+        return package_path(spec.uri)
+    kw = {}
+    if models_cfg is not None:
+        kw = {"cache_dir": models_cfg.cache_dir, "mirror": models_cfg.mirror, "offline": models_cfg.offline}
+    return resolve(spec.uri, model=spec.name, sha256=spec.sha256, profile=profile or
+                   (models_cfg.profile if models_cfg is not None else None), **kw)
+
+
+def presence(spec: ModelSpec, cache_dir: Optional[str] = None) -> str:
+    """'built-in', 'in package', 'cached' or 'missing' (for `unicurate models list`)."""
+    if spec.uri.startswith("tiny://"):
+        return "built-in"
+    if spec.uri.startswith("package://"):
+        try:
+            package_path(spec.uri)
+            return "in package"
+        except ModelUnavailable:
+            return "missing (package not installed)"
+    try:
+        parse_uri(spec.uri)
+    except ValueError:
+        return "invalid uri"
+    return "cached" if is_cached(spec.uri, cache_dir) else "missing"
+
+
+def preflight(filters_cfg, models_cfg) -> list[tuple[ModelSpec, Optional[Path]]]:
+    """Resolve every model a recipe needs, before any input is read. Raises ModelUnavailable."""
+    try:
+        specs = recipe_specs(filters_cfg, models_cfg)
+    except ValueError as exc:
+        raise ModelUnavailable(str(exc)) from None
+    return [(spec, locate(spec, models_cfg)) for spec in specs]

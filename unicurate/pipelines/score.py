@@ -1,0 +1,157 @@
+"""Beam stages of the model filters: batched scoring, the run-wide CLIP cutoff, decisions.
+
+    rows ─ BatchElements ─ ScoreDoFn (one ModelScorer per worker process, via shared.Shared)
+         ─┬─ clip scores ─ ApproximateQuantiles ─ cutoff (side input, keep_top_fraction only)
+          └─ ApplyModelDecisions(cutoff) ─ rows with reasons
+
+A row reaches the model stage when its image was downloaded and decoded (rule
+filters may have rejected it, but only rows that still carry an image are
+scored: all rule-passing rows, and rule-rejected rows when
+``output.keep_rejected_images``). Every model scores every row that reaches
+the stage, so scores exist on rows that one filter rejects.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Iterator, Optional
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.utils import shared
+
+from unicurate.config import CurateRecipe
+from unicurate.filters.scoring import SCORE_FIELDS, decide_rows
+from unicurate.schema import REASON_STAGE, Reason, Stage
+
+log = logging.getLogger("unicurate")
+_NS = "unicurate"
+MODELS_TAG = "models"
+QUANTILES = 1000  # cutoff resolution for keep_top_fraction: 0.1% of the run
+
+
+def reaches_models(row: dict) -> bool:
+    if row.get("image") is None:
+        return False
+    early = (Stage.INPUT, Stage.DOWNLOAD, Stage.DECODE)
+    return not any(REASON_STAGE[Reason(r)] in early for r in row["reject_reasons"])
+
+
+class _ScorerHolder:
+    """Weak-referenceable holder so ``shared.Shared`` keeps one ModelScorer per worker process."""
+
+    def __init__(self, scorer):
+        self.scorer = scorer
+
+
+class ScoreDoFn(beam.DoFn):
+    """Scores batches of rows with every model filter; models load once per worker process."""
+
+    def __init__(self, recipe: CurateRecipe):
+        self.recipe = recipe
+        self._shared = shared.Shared()
+        self.loads = Metrics.counter(_NS, "model_loads")
+        self.batches = Metrics.counter(_NS, "model_batches")
+        self.scored = Metrics.counter(_NS, "model_rows")
+        self.errors = Metrics.counter(_NS, "score_errors")
+
+    def setup(self):
+        r = self.recipe
+
+        def build():
+            from unicurate.filters.scoring import ModelScorer
+
+            self.loads.inc()
+            return _ScorerHolder(ModelScorer(r.filters, r.models))
+
+        self._holder = self._shared.acquire(build, tag=f"scorer-{r.recipe_hash()}")
+        self.scorer = self._holder.scorer
+        self._reported = False
+
+    def process(self, batch: list[dict]) -> Iterator:
+        if not self._reported:
+            self._reported = True
+            yield beam.pvalue.TaggedOutput(MODELS_TAG, json.dumps(self.scorer.model_records(), sort_keys=True))
+        todo = [row for row in batch if reaches_models(row)]
+        results = self.scorer.score_rows(todo) if todo else []
+        if todo:
+            self.batches.inc()
+            self.scored.inc(len(todo))
+        by_id = {id(row): res for row, res in zip(todo, results)}
+        for row in batch:
+            res = by_id.get(id(row))
+            if res is not None:
+                row = dict(row)
+                for c in SCORE_FIELDS:
+                    if c in res:
+                        row[c] = res[c]
+                if res["score_error"]:
+                    self.errors.inc()
+                    row["reject_reasons"] = list(row["reject_reasons"]) + [Reason.SCORE_ERROR.value]
+                    row["error"] = res["score_error"] if not row.get("error") else f"{row['error']}; {res['score_error']}"
+            yield row
+
+
+def cutoff_from_quantiles(quantiles: list, keep_top_fraction: float) -> Optional[float]:
+    """The clip_score a row needs to be in the run's top ``keep_top_fraction`` (None: nothing scored)."""
+    if not quantiles:
+        return None
+    n = len(quantiles) - 1
+    if n <= 0:
+        return float(quantiles[0])
+    pos = round((1.0 - keep_top_fraction) * n)
+    return float(quantiles[min(max(pos, 0), n)])
+
+
+def apply_decisions(row: dict, recipe: CurateRecipe, clip_cutoff: Optional[float]) -> dict:
+    if not reaches_models(row):
+        return row
+    reasons = decide_rows(recipe.filters, [row], clip_min_score=clip_cutoff)[0]
+    if reasons:
+        row = dict(row)
+        row["reject_reasons"] = list(row["reject_reasons"]) + reasons
+    return row
+
+
+def add_model_stages(rows, recipe: CurateRecipe):
+    """Rows -> (rows with scores and model decisions, clip cutoff singleton, model records PCollection)."""
+    p = rows.pipeline
+    m = recipe.models
+    scored = (
+        rows
+        | "BatchForModels" >> beam.BatchElements(min_batch_size=min(m.min_batch_size, m.batch_size),
+                                                 max_batch_size=m.batch_size)
+        | "ScoreWithModels" >> beam.ParDo(ScoreDoFn(recipe)).with_outputs(MODELS_TAG, main="rows")
+    )
+    c = recipe.filters.clip_score
+    if c is not None and c.keep_top_fraction is not None:
+        frac = c.keep_top_fraction
+        cutoff = (
+            scored.rows
+            | "ClipScores" >> beam.FlatMap(lambda r: [r["clip_score"]] if r.get("clip_score") is not None else [])
+            | "ClipQuantiles" >> beam.ApproximateQuantiles.Globally(QUANTILES + 1)
+            | "ClipCutoff" >> beam.Map(cutoff_from_quantiles, frac)
+        )
+    else:
+        cutoff = p | "NoClipCutoff" >> beam.Create([None])
+    decided = scored.rows | "ApplyModelDecisions" >> beam.Map(apply_decisions, recipe,
+                                                              beam.pvalue.AsSingleton(cutoff))
+    records = (
+        scored[MODELS_TAG]
+        | "DistinctModelRecords" >> beam.Distinct()
+        | "ModelRecords" >> beam.combiners.ToList()
+    )
+    return decided, cutoff, records
+
+
+def merge_model_records(record_lists: list[str]) -> list[dict]:
+    """One record per model, from what the workers reported (devices of all workers listed)."""
+    merged: dict[str, dict] = {}
+    for blob in sorted(record_lists):
+        for rec in json.loads(blob):
+            cur = merged.setdefault(rec["name"], dict(rec, devices=[]))
+            dev = f"{rec.get('device')}/{rec.get('precision')}"
+            if dev not in cur["devices"]:
+                cur["devices"].append(dev)
+    return [merged[k] for k in merged]
