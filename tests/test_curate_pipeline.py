@@ -62,7 +62,7 @@ def test_invariant_and_manifest(curated):
     out, manifest = curated
     c = manifest["counts"]
     assert c["inputs"] == c["kept"] + c["rejected"]
-    assert manifest["schema_version"] == "curated/1"
+    assert manifest["schema_version"] == "curated/2"
     assert manifest["recipe"]["resize"]["image_size"] == 256
     assert len(manifest["recipe_hash"]) == 64
     stages = {s["stage"]: s["rows"] for s in manifest["funnel"]["stages"]}

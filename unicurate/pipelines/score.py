@@ -58,18 +58,23 @@ class ScoreDoFn(beam.DoFn):
 
     def setup(self):
         r = self.recipe
+        built = []
 
         def build():
             from unicurate.filters.scoring import ModelScorer
 
-            self.loads.inc()
+            built.append(True)
             return _ScorerHolder(ModelScorer(r.filters, r.models))
 
         self._holder = self._shared.acquire(build, tag=f"scorer-{r.recipe_hash()}")
         self.scorer = self._holder.scorer
         self._reported = False
+        self._load_to_count = bool(built)  # counters only count inside process(): report it there
 
     def process(self, batch: list[dict]) -> Iterator:
+        if self._load_to_count:
+            self._load_to_count = False
+            self.loads.inc()
         if not self._reported:
             self._reported = True
             yield beam.pvalue.TaggedOutput(MODELS_TAG, json.dumps(self.scorer.model_records(), sort_keys=True))
