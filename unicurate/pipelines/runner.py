@@ -179,6 +179,11 @@ def format_funnel(manifest: dict) -> str:
             lines.append(f"  {name:<22}{n:>8}")
         if manifest.get("clip_score_cutoff") is not None:
             lines.append(f"  (clip_score keep_top_fraction cutoff: {manifest['clip_score_cutoff']:.4f})")
+    met = manifest.get("_metrics") or {}
+    if met.get("model_loads"):
+        lines.append(f"  (models loaded {met['model_loads']} time(s), once per worker process; "
+                     f"{met.get('model_batches', 0)} batches, {met.get('model_rows', 0)} rows scored, "
+                     f"{met.get('score_errors', 0)} score errors)")
     c = manifest["counts"]
     lines.append("")
     lines.append(f"kept {c['kept']} + rejected {c['rejected']} = {c['kept'] + c['rejected']} of {c['inputs']} inputs")
