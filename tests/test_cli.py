@@ -75,6 +75,12 @@ def test_demo_and_quickstart_multiprocessing(tmp_path):
     for reason in ("http_error", "timeout", "not_an_image", "decode_error", "duplicate", "too_small",
                    "aspect_ratio", "robots_disallowed", "empty_response", "duplicate_url", "caption_too_short"):
         assert f"  {reason} " in res.stdout, reason
+    # every model filter ran and the funnel shows its reject count; tiny scores are flagged
+    assert "WARNING: UNCALIBRATED scores" in res.stdout
+    block = res.stdout.split("model filters (rows rejected by each")[1].split("kept ")[0]
+    for name in ("clip_score", "aesthetic", "nsfw", "watermark", "text_coverage"):
+        assert f"  {name} " in block, name
+    assert "once per worker process" in block
     assert unicurate("validate", str(tmp_path / "demo")).returncode == 0
 
     res = unicurate("run", str(ROOT / "configs" / "quickstart.yaml"), "--",

@@ -201,3 +201,37 @@ def test_tiny_watermark_depends_on_the_image(scored):
 def test_device_selection_on_cpu():
     assert loaders.select_device("auto", "auto") in (("cpu", "fp32"), ("cuda", "fp16"))
     assert loaders.select_device("cpu", "auto") == ("cpu", "fp32")
+
+
+def test_weight_files_load_through_the_resolver(scorer, rows, scored, tmp_path):
+    """The real-weights path, offline: weight files (safetensors / state dicts) named by recipe overrides
+    load with open_clip, torch and timm, and give the same scores as the models they were saved from."""
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in scorer.models["clip"].model.state_dict().items()},
+              str(tmp_path / "clip.safetensors"))
+    torch.save(scorer.models["aesthetic"].model.state_dict(), tmp_path / "aesthetic.pth")
+    torch.save(scorer.models["watermark"].model.state_dict(), tmp_path / "watermark.pt")
+    mc = ModelsConfig(profile="tiny", overrides={
+        "clip": {"uri": str(tmp_path / "clip.safetensors")},
+        "aesthetic": {"uri": str(tmp_path / "aesthetic.pth")},
+        "watermark": {"uri": f"file://{tmp_path / 'watermark.pt'}"},
+    })
+    s = ModelScorer(FiltersConfig(clip_score={}, aesthetic={}, watermark={}), mc)
+    try:
+        res = s.score_rows([rows[0], rows[2]])
+        for got, want in zip(res, (scored[0], scored[2])):
+            for col in ("clip_score", "aesthetic_score", "watermark_score"):
+                assert got[col] == pytest.approx(want[col], abs=1e-5), col
+        rec = {r["name"]: r for r in s.model_records()}
+        assert rec["clip"]["calibrated"] is True  # a weights file replaced the random tiny weights
+        import hashlib
+        assert rec["aesthetic"]["sha256"] == hashlib.sha256((tmp_path / "aesthetic.pth").read_bytes()).hexdigest()
+    finally:
+        s.close()
+    # a file that is not the model's weights is one clear error naming the model
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    bad = ModelsConfig(profile="tiny", overrides={"aesthetic": {"uri": str(tmp_path / "junk.pt")}})
+    with pytest.raises(loaders.ModelUnavailable, match="model 'aesthetic': cannot load"):
+        ModelScorer(FiltersConfig(aesthetic={}), bad)

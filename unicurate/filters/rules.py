@@ -6,22 +6,13 @@ import math
 from typing import Any, Mapping, Optional, Sequence
 
 from unicurate.config import FiltersConfig
+from unicurate.filters._thresholds import merge as _merge
 from unicurate.filters.base import Columns
 from unicurate.schema import Reason
 
 
 def count_words(caption: Optional[str]) -> int:
     return len(caption.split()) if caption else 0
-
-
-def _merge(defaults: Mapping[str, Any], override: Optional[Mapping[str, Any]]) -> dict[str, Any]:
-    out = dict(defaults)
-    if override:
-        unknown = set(override) - set(defaults)
-        if unknown:
-            raise KeyError(f"unknown threshold(s) {sorted(unknown)}; known: {sorted(defaults)}")
-        out.update(override)
-    return out
 
 
 class SizeFilter:

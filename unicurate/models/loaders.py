@@ -12,7 +12,6 @@ tests can prove models load once per worker.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -71,6 +70,19 @@ def state_dict_sha256(module) -> str:
         sha.update(name.encode())
         sha.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
     return sha.hexdigest()
+
+
+def _load_state(module, path: Path, failure: str) -> None:
+    """Load a plain state dict safely (``weights_only=True``); any problem is one ModelUnavailable."""
+    import torch
+
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        module.load_state_dict(state)
+    except Exception as exc:  # noqa: BLE001 - wrong file, wrong architecture, corrupt download
+        raise ModelUnavailable(f"{failure}: {exc}") from None
 
 
 def _count(name: str) -> None:
@@ -200,14 +212,7 @@ class AestheticModel(Loaded):
             torch.manual_seed(int(spec.options.get("seed", 0)))
             mlp = aesthetic_mlp(dim)
         if path is not None:
-            try:
-                state = torch.load(str(path), map_location="cpu", weights_only=True)
-                if isinstance(state, dict) and "state_dict" in state:
-                    state = state["state_dict"]
-                mlp.load_state_dict(state)
-            except Exception as exc:  # noqa: BLE001
-                raise ModelUnavailable(f"model 'aesthetic': cannot load {path} as the LAION aesthetic MLP "
-                                       f"({dim}-d input): {exc}") from None
+            _load_state(mlp, path, f"model 'aesthetic': cannot load {path} as the LAION aesthetic MLP ({dim}-d input)")
             self.sha256 = file_sha256(path)
         else:
             self.sha256 = state_dict_sha256(mlp)
@@ -319,14 +324,8 @@ class WatermarkModel(Loaded):
                 nn.Linear(h1, h2), nn.ReLU(), nn.Linear(h2, 2),
             )
         if path is not None:
-            try:
-                state = torch.load(str(path), map_location="cpu", weights_only=True)
-                if isinstance(state, dict) and "state_dict" in state:
-                    state = state["state_dict"]
-                model.load_state_dict(state)
-            except Exception as exc:  # noqa: BLE001
-                raise ModelUnavailable(f"model 'watermark': cannot load {path} as timm {spec.arch} with the "
-                                       f"LAION watermark head: {exc}") from None
+            _load_state(model, path, f"model 'watermark': cannot load {path} as timm {spec.arch} with the "
+                                     f"LAION watermark head")
             self.sha256 = file_sha256(path)
         else:
             _seed_batchnorm(model, int(spec.options.get("image_size", 64)), int(spec.options.get("seed", 0)))
