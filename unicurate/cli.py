@@ -25,6 +25,7 @@ def _quiet_libraries(verbose: bool = False) -> None:
         # reported by us in one message; --verbose shows Beam's own logs and tracebacks.
         logging.getLogger().setLevel(logging.ERROR)
         logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     logging.getLogger("unicurate").setLevel(logging.DEBUG if verbose else logging.INFO)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*imghdr.*")

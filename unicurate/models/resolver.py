@@ -187,8 +187,21 @@ def _mirror_path(mirror: str, relpath: str) -> str:
     return str(Path(mirror).expanduser() / relpath)
 
 
+def _reachable(url: str, timeout: float) -> None:
+    """Fail fast (one DNS lookup + TCP connect) instead of a client's minutes of retries when offline."""
+    import socket
+
+    u = urllib.parse.urlsplit(url)
+    port = u.port or (443 if u.scheme == "https" else 80)
+    try:
+        socket.create_connection((u.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        raise ConnectionError(f"cannot reach {u.hostname}:{port} ({exc})") from None
+
+
 def _download(p: Parsed, uri: str, dest: Path, timeout: float) -> None:
     if p.scheme == "hf":
+        _reachable(os.environ.get("HF_ENDPOINT") or "https://huggingface.co", min(timeout, 10.0))
         try:
             from huggingface_hub import hf_hub_download
         except ImportError as exc:  # pragma: no cover - huggingface_hub is a dependency
