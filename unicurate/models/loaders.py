@@ -142,7 +142,7 @@ class ClipModel(Loaded):
                     weights_only=True)
             except Exception as exc:  # noqa: BLE001 - wrong file for the architecture, corrupt file
                 raise ModelUnavailable(f"model 'clip': cannot load {path} as open_clip {spec.arch}: {exc}") from None
-            self.sha256 = file_sha256(path)
+            self.sha256 = file_sha256(path, remember=False)
         self.model = model.eval().to(device=device, dtype=_dtype(precision))
         self.preprocess = preprocess
         self.tokenizer = open_clip.get_tokenizer(spec.arch)
@@ -213,7 +213,7 @@ class AestheticModel(Loaded):
             mlp = aesthetic_mlp(dim)
         if path is not None:
             _load_state(mlp, path, f"model 'aesthetic': cannot load {path} as the LAION aesthetic MLP ({dim}-d input)")
-            self.sha256 = file_sha256(path)
+            self.sha256 = file_sha256(path, remember=False)
         else:
             self.sha256 = state_dict_sha256(mlp)
         self.input_dim = dim
@@ -274,7 +274,7 @@ class ClipNsfwHead(Loaded):
             self.sha256 = hashlib.sha256(blob).hexdigest()
             source: Any = blob
         else:
-            self.sha256 = file_sha256(path)
+            self.sha256 = file_sha256(path, remember=False)
             source = str(path)
         try:
             self.session = ort.InferenceSession(source, providers=_ort_providers(device))
@@ -326,7 +326,7 @@ class WatermarkModel(Loaded):
         if path is not None:
             _load_state(model, path, f"model 'watermark': cannot load {path} as timm {spec.arch} with the "
                                      f"LAION watermark head")
-            self.sha256 = file_sha256(path)
+            self.sha256 = file_sha256(path, remember=False)
         else:
             _seed_batchnorm(model, int(spec.options.get("image_size", 64)), int(spec.options.get("seed", 0)))
             self.sha256 = state_dict_sha256(model)
@@ -386,7 +386,7 @@ class NudeNetModel(Loaded):
             import onnxruntime as ort
 
             self.detector.onnx_session = ort.InferenceSession(str(path), providers=providers)
-        self.sha256 = file_sha256(path)
+        self.sha256 = file_sha256(path, remember=False)
         _count(spec.name)
 
     def detect(self, bgr_images: Sequence[np.ndarray]) -> list[list[dict]]:
@@ -422,8 +422,8 @@ class OcrModel(Loaded):
         logging.getLogger("RapidOCR").setLevel(logging.WARNING)
         self.engine = RapidOCR(**kw)
         self.recognize = "ocr_rec" in paths
-        self.sha256 = file_sha256(paths["ocr_det"])
-        self.extra = {name: (specs[name], file_sha256(p)) for name, p in paths.items() if name != "ocr_det"}
+        self.sha256 = file_sha256(paths["ocr_det"], remember=False)
+        self.extra = {name: (specs[name], file_sha256(p, remember=False)) for name, p in paths.items() if name != "ocr_det"}
         _count(self.spec.name)
 
     def records(self) -> list[dict]:

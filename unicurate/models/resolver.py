@@ -110,33 +110,48 @@ def sha256_file(path: str | Path) -> str:
     return sha.hexdigest()
 
 
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a local file, remembered in a ``.sha256`` sidecar keyed by size and mtime."""
+_SHA_MEMO: dict[tuple, str] = {}  # (path, size, mtime_ns) -> sha256, per process
+
+
+def file_sha256(path: str | Path, remember: bool = True) -> str:
+    """sha256 of a local file, memoised per process and read from a ``.sha256`` sidecar when one is current.
+
+    ``remember`` writes the sidecar (keyed by size and mtime). The resolver remembers only for files in
+    its own cache; files inside installed packages or a user's folder are hashed but never written beside.
+    """
     path = Path(path)
     st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key in _SHA_MEMO:
+        return _SHA_MEMO[key]
     stamp = f"{st.st_size}:{st.st_mtime_ns}"
     side = path.with_name(path.name + ".sha256")
+    digest = None
     try:
-        stored_stamp, digest = side.read_text().split()
-        if stored_stamp == stamp and len(digest) == 64:
-            return digest
+        stored_stamp, stored = side.read_text().split()
+        if stored_stamp == stamp and len(stored) == 64:
+            digest = stored
     except (OSError, ValueError):
         pass
-    digest = sha256_file(path)
-    try:
-        tmp = side.with_name(f".{side.name}.{uuid.uuid4().hex}")
-        tmp.write_text(f"{stamp} {digest}\n")
-        tmp.replace(side)
-    except OSError:  # read-only cache: fine, just slower next time
-        pass
+    if digest is None:
+        digest = sha256_file(path)
+        if remember:
+            try:
+                tmp = side.with_name(f".{side.name}.{uuid.uuid4().hex}")
+                tmp.write_text(f"{stamp} {digest}\n")
+                tmp.replace(side)
+            except OSError:  # read-only cache: fine, just slower next time
+                pass
+    _SHA_MEMO[key] = digest
     return digest
 
 
-def _check_sha(path: Path, expected: Optional[str], model: str, uri: str) -> None:
-    if not expected:
+def _check_sha(path: Path, expected: Optional[str], model: str, uri: str, in_cache: bool) -> None:
+    """Verify ``expected``; files in the cache always get their sha256 remembered for the loaders."""
+    if not expected and not in_cache:
         return
-    got = file_sha256(path)
-    if got.lower() != expected.lower():
+    got = file_sha256(path, remember=in_cache)
+    if expected and got.lower() != expected.lower():
         raise ChecksumMismatch(
             f"model '{model}': {path} (from {uri}) has sha256 {got}, expected {expected}. "
             f"The file is corrupt or another version; delete it and stage it again with "
@@ -243,12 +258,12 @@ def resolve(
         if not path.exists():
             raise _unavailable(model, uri, f"the local path {path} does not exist", profile)
         if path.is_file():
-            _check_sha(path, sha256, model, uri)
+            _check_sha(path, sha256, model, uri, in_cache=False)
         return path
 
     dest = Path(cache_dir or default_cache_dir()) / p.relpath
     if dest.is_file():
-        _check_sha(dest, sha256, model, uri)
+        _check_sha(dest, sha256, model, uri, in_cache=True)
         return dest
     tried = [f"cache {dest}"]
     if mirror:
@@ -263,7 +278,7 @@ def resolve(
                 _copy_into(lambda: _beam_open(src), dest)
             else:
                 _copy_into(lambda: open(src, "rb"), dest)
-            _check_sha(dest, sha256, model, uri)
+            _check_sha(dest, sha256, model, uri, in_cache=True)
             return dest
     if offline if offline is not None else env_offline():
         raise _unavailable(model, uri, f"offline mode is on and it is not in the {' or the '.join(tried)}", profile)
@@ -272,7 +287,7 @@ def resolve(
     except Exception as exc:  # noqa: BLE001 - any network/auth/filesystem failure ends the same way
         raise _unavailable(model, uri, f"download failed ({type(exc).__name__}: {exc}); tried {', '.join(tried)}",
                            profile) from None
-    _check_sha(dest, sha256, model, uri)
+    _check_sha(dest, sha256, model, uri, in_cache=True)
     return dest
 
 
