@@ -107,13 +107,10 @@ def cmd_validate(args) -> int:
 def _models_cfg(args):
     from unicurate.config import ModelsConfig, load_recipe
 
-    if getattr(args, "recipe", None):
+    if args.recipe:
         recipe = load_recipe(args.recipe)
         return recipe.models, recipe
-    upd = {"profile": args.profile}
-    if getattr(args, "cache_dir", None):
-        upd["cache_dir"] = args.cache_dir
-    return ModelsConfig(**upd), None
+    return ModelsConfig(profile=args.profile, cache_dir=args.cache_dir), None
 
 
 def cmd_models(args) -> int:
@@ -134,12 +131,12 @@ def cmd_models(args) -> int:
     if args.models_command == "list":
         _say(f"profile {mcfg.profile}; cache {cache}" + (f"; mirror {mcfg.mirror}" if mcfg.mirror else ""))
         width = max(len(s.name) for s in specs) + 2
+        states = {spec.name: zoo.presence(spec, cache) for spec in specs}
         for spec in specs:
-            state = zoo.presence(spec, cache)
             cal = "" if spec.calibrated else "  [uncalibrated]"
-            _say(f"{spec.name:<{width}}{state:<12}{spec.uri}{cal}")
+            _say(f"{spec.name:<{width}}{states[spec.name]:<12}{spec.uri}{cal}")
             _say(f"{'':<{width}}{'':<12}{spec.title}")
-        missing = [s.name for s in specs if zoo.presence(s, cache) == "missing"]
+        missing = [name for name, state in states.items() if state == "missing"]
         if missing:
             _say(f"\nmissing: {', '.join(missing)}. Stage them with: unicurate models fetch --profile "
                  f"{mcfg.profile} --to DIR (on a machine with internet access)")
@@ -195,11 +192,11 @@ def _expected_check(out_dir: str) -> str:
 
     import polars as pl
 
+    from unicurate.schema import REASON_STAGE, Reason, Stage
+
     frames = [pl.read_parquet(f"{out_dir}/{sub}/*.parquet", columns=["url", "status", "reject_reasons", "metadata"])
               for sub in ("kept", "rejected")]
     df = pl.concat(frames)
-    from unicurate.schema import REASON_STAGE, Reason, Stage
-
     lines = ["sample-web cases (expected -> got):"]
     mismatches = model_rejected = 0
     for row in df.sort("url").iter_rows(named=True):

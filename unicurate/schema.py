@@ -158,7 +158,9 @@ CURATED_SCHEMA = pa.schema(
 
 CURATED_COLUMNS = tuple(f.name for f in CURATED_FIELDS)
 
-SCORE_COLUMNS = ("clip_score", "aesthetic_score", "nsfw_score", "watermark_score", "text_coverage")
+# the columns the model filters write (unicurate/filters/scoring.py)
+SCORE_COLUMNS = ("clip_score", "aesthetic_score", "nsfw_score", "watermark_score", "text_coverage", "text_boxes",
+                 "ocr_text")
 
 SCHEMAS: dict[str, pa.Schema] = {CURATED_SCHEMA_VERSION: CURATED_SCHEMA}
 

@@ -13,6 +13,7 @@ from unicurate.schema import Reason
 class AestheticFilter:
     name = "aesthetic"
     columns = ("aesthetic_score",)
+    reasons = (Reason.LOW_AESTHETIC.value,)
     needs = ("clip_embedding",)
 
     def __init__(self, model, min_score: Optional[float] = None):

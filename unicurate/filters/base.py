@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Protocol, Sequence
 
+import numpy as np
+
 Columns = dict[str, list[Any]]
 
 
@@ -21,3 +23,8 @@ class Filter(Protocol):
 
     def decide(self, columns: Mapping[str, Sequence[Any]], thresholds: Optional[Mapping[str, Any]] = None) -> list[list[str]]:
         """Reject reasons per row (empty list = passes). ``thresholds`` override the configured ones."""
+
+
+def bgr_array(pil_image) -> np.ndarray:
+    """An RGB PIL image as the BGR uint8 array OpenCV-based models read (what cv2.imread gives them)."""
+    return np.ascontiguousarray(np.asarray(pil_image)[:, :, ::-1])

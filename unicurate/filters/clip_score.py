@@ -22,6 +22,7 @@ from unicurate.schema import Reason
 class ClipScoreFilter:
     name = "clip_score"
     columns = ("clip_score",)
+    reasons = (Reason.LOW_CLIP_SCORE.value,)
     input_key = "clip_input"
 
     def __init__(self, model, min_score: Optional[float] = None, keep_top_fraction: Optional[float] = None,

@@ -14,12 +14,14 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from unicurate.filters._thresholds import above, merge
+from unicurate.filters.base import bgr_array
 from unicurate.schema import Reason
 
 
 class NsfwFilter:
     name = "nsfw"
     columns = ("nsfw_score",)
+    reasons = (Reason.NSFW.value,)
 
     def __init__(self, model, backend: str = "nudenet", max_score: Optional[float] = None):
         if backend not in ("nudenet", "clip_head"):
@@ -30,9 +32,7 @@ class NsfwFilter:
         self.needs = ("clip_embedding",) if backend == "clip_head" else ()
         self.input_key = "nsfw_input" if backend == "nudenet" else None
 
-    def prepare(self, pil_image):
-        """NudeNet reads OpenCV-style BGR uint8 arrays (what cv2.imread gives it)."""
-        return np.ascontiguousarray(np.asarray(pil_image.convert("RGB"))[:, :, ::-1])
+    prepare = staticmethod(bgr_array)  # NudeNet reads OpenCV-style BGR arrays
 
     def score(self, batch: Sequence[Mapping[str, Any]]) -> dict[str, list]:
         if not batch:

@@ -11,7 +11,7 @@ resolver and loaders), then for each batch:
    that makes a model fail on its own, gets ``score_error`` and a message; the
    rest of the batch is scored normally.
 
-Decisions are separate (:func:`decide_rows`) and need no model: they only read
+Decisions are separate (:class:`ModelDecider`) and need no model: they only read
 recorded columns, so thresholds can change later without re-scoring.
 """
 
@@ -28,12 +28,12 @@ from unicurate.filters.nsfw import NsfwFilter
 from unicurate.filters.text_coverage import TextCoverageFilter
 from unicurate.filters.watermark import WatermarkFilter
 from unicurate.models.resolver import ModelUnavailable
-from unicurate.schema import Reason
+from unicurate.schema import SCORE_COLUMNS
 
 log = logging.getLogger("unicurate")
 
-SCORE_FIELDS = ("clip_score", "aesthetic_score", "nsfw_score", "watermark_score", "text_coverage", "text_boxes",
-                "ocr_text")
+FILTER_CLASSES = (ClipScoreFilter, AestheticFilter, NsfwFilter, WatermarkFilter, TextCoverageFilter)
+FILTER_REASONS = {cls.name: cls.reasons for cls in FILTER_CLASSES}  # filter name -> the reasons it gives
 
 
 def build_filters(filters_cfg, models: Optional[Mapping[str, Any]] = None, threads: int = 2) -> list:
@@ -59,24 +59,34 @@ def build_filters(filters_cfg, models: Optional[Mapping[str, Any]] = None, threa
     return out
 
 
+class ModelDecider:
+    """Model-filter decisions from recorded scores; built once, no model needed (also serves what-if)."""
+
+    def __init__(self, filters_cfg):
+        self.filters = build_filters(filters_cfg, None)
+
+    def reasons(self, rows: Sequence[Mapping[str, Any]], clip_min_score: Optional[float] = None,
+                overrides: Optional[Mapping[str, Mapping[str, Any]]] = None) -> list[list[str]]:
+        """Reject reasons per row; rows without a filter's score get none from it.
+
+        ``clip_min_score`` is the run-wide cutoff when clip_score uses keep_top_fraction; ``overrides``
+        maps filter name -> thresholds (what-if).
+        """
+        out: list[list[str]] = [[] for _ in rows]
+        for f in self.filters:
+            cols = {c: [r.get(c) for r in rows] for c in f.columns}
+            th = dict((overrides or {}).get(f.name, {}))
+            if getattr(f, "keep_top_fraction", None) is not None and "min_score" not in th:
+                th["min_score"] = clip_min_score
+            for i, rs in enumerate(f.decide(cols, th or None)):
+                out[i].extend(rs)
+        return out
+
+
 def decide_rows(filters_cfg, rows: Sequence[Mapping[str, Any]], clip_min_score: Optional[float] = None,
                 overrides: Optional[Mapping[str, Mapping[str, Any]]] = None) -> list[list[str]]:
-    """Model-filter reject reasons per row from recorded scores (rows without scores get none).
-
-    ``clip_min_score`` is the run-wide cutoff when clip_score uses keep_top_fraction; ``overrides``
-    maps filter name -> thresholds (what-if).
-    """
-    reasons: list[list[str]] = [[] for _ in rows]
-    for f in build_filters(filters_cfg, None):
-        if f.name == "clip_score" and not f.with_text:
-            continue
-        cols = {c: [r.get(c) for r in rows] for c in f.columns}
-        th = dict((overrides or {}).get(f.name, {}))
-        if f.name == "clip_score" and f.keep_top_fraction is not None and "min_score" not in th:
-            th["min_score"] = clip_min_score
-        for i, rs in enumerate(f.decide(cols, th or None)):
-            reasons[i].extend(rs)
-    return reasons
+    """One-off :meth:`ModelDecider.reasons` (build a ModelDecider to decide many batches)."""
+    return ModelDecider(filters_cfg).reasons(rows, clip_min_score, overrides)
 
 
 class ModelScorer:
@@ -101,7 +111,7 @@ class ModelScorer:
             tc = filters_cfg.text_coverage
             models["ocr"] = loaders.OcrModel({n: s for n, (s, _) in by_name.items() if n.startswith("ocr_")},
                                              {n: p for n, (_, p) in by_name.items() if n.startswith("ocr_")},
-                                             self.device, max_side=tc.max_side, threads=loaders.ort_threads())
+                                             self.device, max_side=tc.max_side)
         self.models = models
         self.filters = build_filters(filters_cfg, models, threads=min(4, models_cfg.preprocess_threads))
         self._pool = ThreadPoolExecutor(models_cfg.preprocess_threads, thread_name_prefix="unicurate-prep")
@@ -129,10 +139,14 @@ class ModelScorer:
             im.load()
             pil = im.convert("RGB")
         item = {"caption": row.get("caption")}
+        done: dict = {}  # filters sharing a preprocessing function (BGR arrays) compute it once
         for f in self.filters:
             key = getattr(f, "input_key", None)
             if key:
-                item[key] = f.prepare(pil)
+                fn = getattr(f.prepare, "__func__", f.prepare)
+                if fn not in done:
+                    done[fn] = f.prepare(pil)
+                item[key] = done[fn]
         return item
 
     def _run(self, f, items: list[dict], errors: dict[int, str], idx: list[int]) -> dict[str, list]:
@@ -186,7 +200,7 @@ class ModelScorer:
                         items[k][c] = v
         for k, i in enumerate(idx):
             item = items[k]
-            for c in SCORE_FIELDS:
+            for c in SCORE_COLUMNS:
                 if c in item:
                     results[i][c] = item[c]
             if i in errors:
@@ -202,14 +216,3 @@ class ModelScorer:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
-
-
-SCORE_ERROR = Reason.SCORE_ERROR.value
-
-FILTER_REASONS = {
-    "clip_score": (Reason.LOW_CLIP_SCORE.value,),
-    "aesthetic": (Reason.LOW_AESTHETIC.value,),
-    "nsfw": (Reason.NSFW.value,),
-    "watermark": (Reason.WATERMARK.value,),
-    "text_coverage": (Reason.TOO_MUCH_TEXT.value, Reason.TOO_LITTLE_TEXT.value),
-}

@@ -13,12 +13,14 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from unicurate.filters._thresholds import above, below, merge
+from unicurate.filters.base import bgr_array
 from unicurate.schema import Reason
 
 
 class TextCoverageFilter:
     name = "text_coverage"
     columns = ("text_coverage", "text_boxes", "ocr_text")
+    reasons = (Reason.TOO_MUCH_TEXT.value, Reason.TOO_LITTLE_TEXT.value)
     input_key = "ocr_input"
 
     def __init__(self, model, max_coverage: Optional[float] = None, min_coverage: Optional[float] = None,
@@ -28,8 +30,7 @@ class TextCoverageFilter:
         self.threads = max(1, threads)
         self._pool: Optional[ThreadPoolExecutor] = None
 
-    def prepare(self, pil_image):
-        return np.ascontiguousarray(np.asarray(pil_image.convert("RGB"))[:, :, ::-1])
+    prepare = staticmethod(bgr_array)  # RapidOCR reads OpenCV-style BGR arrays
 
     def _one(self, bgr: np.ndarray) -> tuple[float, int, Optional[str]]:
         boxes, texts = self.model.read(bgr)

@@ -11,6 +11,7 @@ from unicurate.schema import Reason
 class WatermarkFilter:
     name = "watermark"
     columns = ("watermark_score",)
+    reasons = (Reason.WATERMARK.value,)
     input_key = "watermark_input"
 
     def __init__(self, model, max_score: Optional[float] = None):

@@ -162,26 +162,6 @@ def merge_funnels(parts: Iterable[Mapping]) -> dict:
 
 
 # ---------------------------------------------------------------- manifest
-def spec_records(recipe) -> list[dict]:
-    """Model records from the recipe alone (used when no row reached the models, so none was loaded)."""
-    from unicurate.models import zoo
-
-    out = []
-    for spec in zoo.recipe_specs(recipe.filters, recipe.models):
-        sha = spec.sha256
-        if sha is None and not spec.uri.startswith("tiny://"):
-            try:
-                from unicurate.models.resolver import file_sha256
-
-                sha = file_sha256(zoo.locate(spec, recipe.models))
-            except Exception:  # noqa: BLE001 - recorded as unknown
-                sha = None
-        out.append({"name": spec.name, "title": spec.title, "library": spec.library, "uri": spec.uri,
-                    "arch": spec.arch, "sha256": sha, "calibrated": spec.calibrated, "devices": [],
-                    "note": "not loaded: no row reached the model stage"})
-    return out
-
-
 def write_json_atomic(path: str, obj: Any) -> None:
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems

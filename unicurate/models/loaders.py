@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import tempfile
 import threading
 from collections import Counter
@@ -403,8 +402,7 @@ class NudeNetModel(Loaded):
 class OcrModel(Loaded):
     """RapidOCR text detection (and optionally direction classification + recognition)."""
 
-    def __init__(self, specs: dict[str, ModelSpec], paths: dict[str, Path], device: str, max_side: int,
-                 threads: int = 0):
+    def __init__(self, specs: dict[str, ModelSpec], paths: dict[str, Path], device: str, max_side: int):
         from rapidocr_onnxruntime import RapidOCR
 
         self.spec = specs["ocr_det"]
@@ -417,8 +415,6 @@ class OcrModel(Loaded):
             kw["cls_model_path"] = str(paths["ocr_cls"])
         if device == "cuda":
             kw.update(det_use_cuda=True, rec_use_cuda=True, cls_use_cuda=True)
-        if threads:
-            kw["intra_op_num_threads"] = threads
         logging.getLogger("RapidOCR").setLevel(logging.WARNING)
         self.engine = RapidOCR(**kw)
         self.recognize = "ocr_rec" in paths
@@ -455,6 +451,3 @@ class OcrModel(Loaded):
         cv2.fillPoly(mask, [np.round(b).astype(np.int32).reshape(-1, 1, 2) for b in boxes], 1)
         return float(mask.mean())
 
-
-def ort_threads() -> int:
-    return int(os.environ.get("UNICURATE_ORT_THREADS", "0") or 0)

@@ -197,9 +197,11 @@ def _beam_exists(path: str) -> bool:
 
 
 def _mirror_path(mirror: str, relpath: str) -> str:
-    if "://" in mirror:
-        return mirror.rstrip("/") + "/" + relpath
-    return str(Path(mirror).expanduser() / relpath)
+    """``relpath`` (cache layout) under a mirror folder, local or remote, joined by Beam's filesystems."""
+    from apache_beam.io.filesystems import FileSystems
+
+    root = mirror if "://" in mirror else str(Path(mirror).expanduser())
+    return FileSystems.join(root, *relpath.split("/"))
 
 
 def _reachable(url: str, timeout: float) -> None:
@@ -270,14 +272,11 @@ def resolve(
         src = _mirror_path(mirror, p.relpath)
         tried.append(f"mirror {src}")
         try:
-            exists = Path(src).is_file() if "://" not in src else _beam_exists(src)
+            exists = _beam_exists(src)
         except Exception as exc:  # noqa: BLE001 - e.g. gs:// without apache-beam[gcp]
             raise _unavailable(model, uri, f"cannot read the mirror {src}: {exc}", profile) from None
         if exists:
-            if "://" in src:
-                _copy_into(lambda: _beam_open(src), dest)
-            else:
-                _copy_into(lambda: open(src, "rb"), dest)
+            _copy_into(lambda: _beam_open(src), dest)
             _check_sha(dest, sha256, model, uri, in_cache=True)
             return dest
     if offline if offline is not None else env_offline():

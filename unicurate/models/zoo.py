@@ -36,10 +36,6 @@ class ModelSpec:
     calibrated: bool = True
     options: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def builtin(self) -> bool:
-        return self.uri.startswith(("tiny://", "package://"))
-
 
 # ---------------------------------------------------------------- the real models
 _DEFAULT = {
@@ -176,7 +172,7 @@ def package_path(uri: str) -> Path:
     return path
 
 
-def locate(spec: ModelSpec, models_cfg=None, profile: Optional[str] = None) -> Optional[Path]:
+def locate(spec: ModelSpec, models_cfg=None) -> Optional[Path]:
     """Local weights file for ``spec`` (fetching it when allowed); None for tiny:// models (built in code)."""
     if spec.uri.startswith("tiny://"):
         return None
@@ -185,8 +181,8 @@ def locate(spec: ModelSpec, models_cfg=None, profile: Optional[str] = None) -> O
     kw = {}
     if models_cfg is not None:
         kw = {"cache_dir": models_cfg.cache_dir, "mirror": models_cfg.mirror, "offline": models_cfg.offline}
-    return resolve(spec.uri, model=spec.name, sha256=spec.sha256, profile=profile or
-                   (models_cfg.profile if models_cfg is not None else None), **kw)
+    return resolve(spec.uri, model=spec.name, sha256=spec.sha256,
+                   profile=models_cfg.profile if models_cfg is not None else None, **kw)
 
 
 def presence(spec: ModelSpec, cache_dir: Optional[str] = None) -> str:
@@ -213,3 +209,14 @@ def preflight(filters_cfg, models_cfg) -> list[tuple[ModelSpec, Optional[Path]]]
     except ValueError as exc:
         raise ModelUnavailable(str(exc)) from None
     return [(spec, locate(spec, models_cfg)) for spec in specs]
+
+
+def unloaded_records(filters_cfg, models_cfg) -> list[dict]:
+    """Manifest records of the recipe's models when no row reached them (so none was loaded): no I/O.
+
+    ``sha256`` is the expected one from the recipe, when it gives one; nothing is resolved or hashed.
+    """
+    return [{"name": s.name, "title": s.title, "library": s.library, "uri": s.uri, "arch": s.arch,
+             "sha256": s.sha256, "calibrated": s.calibrated, "devices": [],
+             "note": "not loaded: no row reached the model stage"}
+            for s in recipe_specs(filters_cfg, models_cfg)]

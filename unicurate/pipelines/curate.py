@@ -31,7 +31,8 @@ from unicurate.config import CurateRecipe
 from unicurate.filters import dedup as dd
 from unicurate.filters import rules
 from unicurate.manifests import manifest as mf
-from unicurate.pipelines import ingest
+from unicurate.models import zoo
+from unicurate.pipelines import ingest, perworker
 from unicurate.pipelines import score as sc
 from unicurate.schema import CURATED_COLUMNS, CURATED_SCHEMA, CURATED_SCHEMA_VERSION, KEPT, REJECTED, Reason, shard_name
 
@@ -110,13 +111,6 @@ def assign_repeat_keys(item) -> Iterator[dict]:
         yield row
 
 
-class _FetcherHolder:
-    """Weak-referenceable holder so ``shared.Shared`` can keep one Fetcher per worker process."""
-
-    def __init__(self, fetcher):
-        self.fetcher = fetcher
-
-
 class FetchDoFn(beam.DoFn):
     """Downloads, decodes, resizes and rule-filters batches of rows.
 
@@ -145,14 +139,11 @@ class FetchDoFn(beam.DoFn):
             return reasons[0]
 
         def build():
-            return _FetcherHolder(Fetcher(
-                r.download, r.resize, prefilter=prefilter,
-                keep_rejected_images=r.output.keep_rejected_images, compute_phash=True,
-            ))
+            return Fetcher(r.download, r.resize, prefilter=prefilter,
+                           keep_rejected_images=r.output.keep_rejected_images, compute_phash=True)
 
-        tag = f"fetcher-{r.recipe_hash()}"
-        self._holder = self._shared.acquire(build, tag=tag)
-        self.fetcher = self._holder.fetcher
+        self._holder, _ = perworker.acquire(self._shared, build, tag=f"fetcher-{r.recipe_hash()}")
+        self.fetcher = self._holder.value
 
     def process(self, batch: list[dict]) -> Iterator[dict]:
         todo = []
@@ -250,7 +241,8 @@ class WriteManifestDoFn(beam.DoFn):
         rejected = sum(s["rows"] for s in shards[REJECTED])
         keep = {s["path"] for s in shards[KEPT] + shards[REJECTED]}
         stale = mf.remove_stale_shards(out_dir, keep)
-        models = sc.merge_model_records(model_records) if model_records else mf.spec_records(self.recipe)
+        models = (sc.merge_model_records(model_records) if model_records
+                  else zoo.unloaded_records(self.recipe.filters, self.recipe.models))
         manifest = {
             "kind": "curated",
             "schema_version": CURATED_SCHEMA_VERSION,

@@ -22,8 +22,9 @@ from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
 from unicurate.config import CurateRecipe
-from unicurate.filters.scoring import SCORE_FIELDS, decide_rows
-from unicurate.schema import REASON_STAGE, Reason, Stage
+from unicurate.filters.scoring import ModelDecider
+from unicurate.pipelines import perworker
+from unicurate.schema import REASON_STAGE, SCORE_COLUMNS, Reason, Stage
 
 log = logging.getLogger("unicurate")
 _NS = "unicurate"
@@ -38,13 +39,6 @@ def reaches_models(row: dict) -> bool:
     return not any(REASON_STAGE[Reason(r)] in early for r in row["reject_reasons"])
 
 
-class _ScorerHolder:
-    """Weak-referenceable holder so ``shared.Shared`` keeps one ModelScorer per worker process."""
-
-    def __init__(self, scorer):
-        self.scorer = scorer
-
-
 class ScoreDoFn(beam.DoFn):
     """Scores batches of rows with every model filter; models load once per worker process."""
 
@@ -57,19 +51,14 @@ class ScoreDoFn(beam.DoFn):
         self.errors = Metrics.counter(_NS, "score_errors")
 
     def setup(self):
+        from unicurate.filters.scoring import ModelScorer
+
         r = self.recipe
-        built = []
-
-        def build():
-            from unicurate.filters.scoring import ModelScorer
-
-            built.append(True)
-            return _ScorerHolder(ModelScorer(r.filters, r.models))
-
-        self._holder = self._shared.acquire(build, tag=f"scorer-{r.recipe_hash()}")
-        self.scorer = self._holder.scorer
+        self._holder, built = perworker.acquire(self._shared, lambda: ModelScorer(r.filters, r.models),
+                                                tag=f"scorer-{r.recipe_hash()}")
+        self.scorer = self._holder.value
         self._reported = False
-        self._load_to_count = bool(built)  # counters only count inside process(): report it there
+        self._load_to_count = built  # counters only count inside process(): report it there
 
     def process(self, batch: list[dict]) -> Iterator:
         if self._load_to_count:
@@ -88,7 +77,7 @@ class ScoreDoFn(beam.DoFn):
             res = by_id.get(id(row))
             if res is not None:
                 row = dict(row)
-                for c in SCORE_FIELDS:
+                for c in SCORE_COLUMNS:
                     if c in res:
                         row[c] = res[c]
                 if res["score_error"]:
@@ -109,10 +98,9 @@ def cutoff_from_quantiles(quantiles: list, keep_top_fraction: float) -> Optional
     return float(quantiles[min(max(pos, 0), n)])
 
 
-def apply_decisions(row: dict, recipe: CurateRecipe, clip_cutoff: Optional[float]) -> dict:
-    if not reaches_models(row):
-        return row
-    reasons = decide_rows(recipe.filters, [row], clip_min_score=clip_cutoff)[0]
+def apply_decisions(row: dict, decider: ModelDecider, clip_cutoff: Optional[float]) -> dict:
+    """Add the model filters' reasons (rows that never reached the models have no scores, so get none)."""
+    reasons = decider.reasons([row], clip_min_score=clip_cutoff)[0]
     if reasons:
         row = dict(row)
         row["reject_reasons"] = list(row["reject_reasons"]) + reasons
@@ -140,7 +128,7 @@ def add_model_stages(rows, recipe: CurateRecipe):
         )
     else:
         cutoff = p | "NoClipCutoff" >> beam.Create([None])
-    decided = scored.rows | "ApplyModelDecisions" >> beam.Map(apply_decisions, recipe,
+    decided = scored.rows | "ApplyModelDecisions" >> beam.Map(apply_decisions, ModelDecider(recipe.filters),
                                                               beam.pvalue.AsSingleton(cutoff))
     records = (
         scored[MODELS_TAG]
