@@ -50,7 +50,6 @@ def default_recipe(name: str) -> Path:
 
 def cmd_run(args, beam_args: list[str]) -> int:
     from unicurate.config import RecipeError, load_recipe
-    from unicurate.pipelines.runner import format_funnel
 
     overrides = {}
     if args.input:
@@ -66,10 +65,16 @@ def cmd_run(args, beam_args: list[str]) -> int:
     if manifest is None:
         return code
     _say("")
-    _say(format_funnel(manifest))
+    _say(_funnel(manifest))
     out = manifest["recipe"]["output"]["path"]
     _say(f"\nwrote {out} in {manifest.get('_elapsed_seconds', 0):.1f}s; check it with: unicurate validate {out}")
     return EXIT_OK
+
+
+def _funnel(manifest: dict) -> str:
+    from unicurate.pipelines.runner import format_funnel, format_synthesis_funnel
+
+    return format_synthesis_funnel(manifest) if manifest.get("kind") == "synthesis" else format_funnel(manifest)
 
 
 def _run(recipe, beam_args: list[str]) -> tuple[Optional[dict], int]:
@@ -77,9 +82,11 @@ def _run(recipe, beam_args: list[str]) -> tuple[Optional[dict], int]:
     from unicurate.config import RecipeError
     from unicurate.models.resolver import ModelUnavailable
     from unicurate.pipelines.ingest import InputError
-    from unicurate.pipelines.runner import run_curate
+    from unicurate.pipelines.runner import run_curate, run_synthesize
 
     try:
+        if recipe.pipeline == "synthesize":
+            return run_synthesize(recipe, beam_args, say=_say), EXIT_OK
         return run_curate(recipe, beam_args, say=_say), EXIT_OK
     except (RecipeError, InputError) as exc:
         _err(str(exc))
@@ -124,7 +131,7 @@ def cmd_models(args) -> int:
         _err(str(exc))
         return EXIT_USAGE
     if recipe is not None:
-        specs = zoo.recipe_specs(recipe.filters, mcfg)
+        specs = zoo.specs_for_recipe(recipe)
     else:
         specs = [zoo.spec_with_overrides(s, mcfg) for s in zoo.profile_specs(mcfg.profile).values()]
     cache = mcfg.cache_dir or default_cache_dir()
@@ -151,7 +158,11 @@ def cmd_models(args) -> int:
             _say(f"{spec.name}: ships in its Python package ({spec.uri}), nothing to fetch")
             continue
         try:
-            if args.to:
+            files = spec.options.get("files")
+            if args.to and files:  # a folder model (BERT): stage each of its files
+                where = ", ".join(stage(spec.uri.rstrip("/") + "/" + f, args.to, model=spec.name,
+                                        cache_dir=mcfg.cache_dir, offline=mcfg.offline) for f in files)
+            elif args.to:
                 where = stage(spec.uri, args.to, model=spec.name, sha256=spec.sha256, cache_dir=mcfg.cache_dir,
                               offline=mcfg.offline)
             else:
@@ -167,7 +178,7 @@ def cmd_models(args) -> int:
 
 def cmd_demo(args, beam_args: list[str]) -> int:
     from unicurate.config import load_recipe
-    from unicurate.pipelines.runner import format_funnel
+    from unicurate.pipelines.runner import format_funnel, format_synthesis_funnel
 
     out = Path(args.output)
     recipe = load_recipe(default_recipe("quickstart.yaml"), {
@@ -182,7 +193,20 @@ def cmd_demo(args, beam_args: list[str]) -> int:
     _say(format_funnel(manifest))
     _say("")
     _say(_expected_check(manifest["recipe"]["output"]["path"]))
-    _say(f"\nnext: unicurate validate {out}")
+    if args.no_synthesis:
+        _say(f"\nnext: unicurate validate {out}")
+        return EXIT_OK
+    syn_out = out / "synthesis"
+    syn_recipe = load_recipe(default_recipe("synthesize.yaml"), {"input.path": str(out), "output.path": str(syn_out)})
+    _say("")
+    _say(f"unicurate demo, step 2: subject samples and edit triplets from the kept images, with "
+         f"configs/synthesize.yaml -> {syn_out}")
+    syn_manifest, code = _run(syn_recipe, beam_args)
+    if syn_manifest is None:
+        return code
+    _say("")
+    _say(format_synthesis_funnel(syn_manifest))
+    _say(f"\nnext: unicurate validate {out} && unicurate validate {syn_out}")
     return EXIT_OK
 
 
@@ -252,7 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "for models.mirror")
 
     p = sub.add_parser("demo", help="offline demo: sample web on 127.0.0.1 + the quickstart recipe")
-    p.add_argument("--output", default="unicurate-demo", help="output folder (default: ./unicurate-demo)")
+    p.add_argument("--output", default="unicurate-demo", help="output folder (default: ./unicurate-demo); "
+                                                              "synthesis goes to OUTPUT/synthesis")
+    p.add_argument("--no-synthesis", action="store_true", help="only the curate step")
     return parser
 
 

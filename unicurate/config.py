@@ -272,7 +272,150 @@ class CurateRecipe(_Section):
         return hashlib.sha256(canon.encode()).hexdigest()
 
 
-RECIPES: dict[str, type[BaseModel]] = {"curate": CurateRecipe}
+# ---------------------------------------------------------------- synthesize
+EditType = Literal["remove", "add", "recolor", "move", "resize", "background", "replace"]
+ALL_EDIT_TYPES = ["remove", "add", "recolor", "move", "resize", "background", "replace"]
+
+
+class SynInputConfig(_Section):
+    path: str = Field(description="a curate run's output folder (local or gs://): its kept/ shards are read")
+    max_images: int | None = Field(None, ge=1, description="only the first N kept images (by key); null = all")
+
+
+class SynOutputConfig(_Section):
+    path: str = Field(description="output folder: subject/, edit/, rejected/, images/ shards + manifest.json")
+    images_per_shard: int = Field(500, ge=1, description="input images per shard (samples of one image "
+                                                         "share a shard index)")
+    row_group_rows: int = Field(64, ge=1, description="rows per Parquet row group")
+    keep_rejected_images: bool = Field(False, description="store source/target images of rejected edits too")
+    image_format: Literal["png", "jpg", "webp"] = Field("png", description="encoding of written images")
+    jpeg_quality: int = Field(95, ge=1, le=100)
+
+
+class GroundingConfig(_Section):
+    """GroundingDINO (groundingdino-py) prompted with the caption, then SAM prompted with its boxes."""
+
+    box_threshold: float = Field(0.35, ge=0, le=1, description="GroundingDINO box confidence threshold")
+    text_threshold: float = Field(0.25, ge=0, le=1, description="token threshold for the phrase of a box")
+    nms_iou: float = Field(0.7, gt=0, le=1, description="class-agnostic NMS IoU between boxes")
+    max_objects: int = Field(4, ge=1, le=100, description="objects kept per image (highest score first)")
+    image_size: int | None = Field(None, ge=32, description="detector input: shorter side (default 800; tiny 256)")
+    sam_arch: Literal["vit_h", "vit_l", "vit_b"] = Field("vit_h", description="SAM backbone (default profile)")
+    prompt: Literal["caption"] = Field("caption", description="the detector is prompted with the caption "
+                                                              "(lower-cased, trailing ' .')")
+
+
+class QualityConfig(_Section):
+    """Mask checks; each failure is recorded with its own reason in rejected/."""
+
+    min_pred_iou: float = Field(0.88, ge=0, le=1, description="SAM predicted IoU")
+    min_stability: float = Field(0.95, ge=0, le=1, description="SAM stability score")
+    min_mask_area: float = Field(0.01, ge=0, le=1, description="mask pixels / image pixels")
+    max_mask_area: float = Field(0.90, ge=0, le=1)
+    min_box_area: float = Field(0.005, ge=0, le=1, description="box area / image area")
+    max_box_area: float = Field(0.95, ge=0, le=1)
+    min_largest_component: float = Field(0.8, ge=0, le=1, description="largest connected component / mask area")
+    max_contours: int = Field(5, ge=1, description="outer contours of the mask (after removing specks)")
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if self.max_mask_area < self.min_mask_area:
+            raise ValueError("max_mask_area must be >= min_mask_area")
+        if self.max_box_area < self.min_box_area:
+            raise ValueError("max_box_area must be >= min_box_area")
+        return self
+
+
+class AugmentConfig(_Section):
+    """Augmentations of the subject reference (against copy-paste learning); recorded per row."""
+
+    flip: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip")
+    scale: tuple[float, float] = Field((0.85, 1.15), description="random scale range")
+    rotate_degrees: float = Field(10.0, ge=0, le=45, description="max absolute rotation")
+    color_jitter: float = Field(0.1, ge=0, le=0.5, description="max relative brightness/saturation change")
+
+
+class SubjectConfig(_Section):
+    enabled: bool = True
+    margin: float = Field(0.1, ge=0, le=1, description="crop margin around the box, share of the box size")
+    background: tuple[int, int, int] = Field((127, 127, 127), description="neutral background RGB")
+    augment: AugmentConfig | None = Field(None, description="null = reference as cut out")
+
+
+class EditsConfig(_Section):
+    types: list[EditType] = Field(default_factory=lambda: list(ALL_EDIT_TYPES))
+    inpainter: Literal["telea", "lama"] = Field("telea", description="telea = OpenCV (offline default); "
+                                                                     "lama = big-lama through the resolver")
+    inpaint_radius: int = Field(5, ge=1, le=50)
+    dilation: float = Field(0.04, ge=0, le=0.5, description="mask dilation, share of the object's box diagonal")
+    min_dilation_px: int = Field(3, ge=0)
+    colors: list[str] = Field(default_factory=lambda: ["red", "orange", "yellow", "green", "blue", "purple",
+                                                       "pink"], description="recolor targets (named hues)")
+    move_fraction: float = Field(0.2, gt=0, le=0.9, description="move: shift, share of the image size")
+    resize_scales: list[float] = Field(default_factory=lambda: [0.6, 1.4], description="resize factors")
+    per_object: int = Field(1, ge=1, le=7, description="edit types tried per accepted object (rotating "
+                                                       "through `types`)")
+
+    @field_validator("types")
+    @classmethod
+    def _types(cls, v):
+        if not v:
+            raise ValueError("name at least one edit type")
+        return list(dict.fromkeys(v))
+
+    @field_validator("colors")
+    @classmethod
+    def _colors(cls, v):
+        from unicurate.synthesis.templates import COLOR_HUES
+
+        bad = [c for c in v if c not in COLOR_HUES]
+        if bad or not v:
+            raise ValueError(f"unknown colour(s) {bad}; known: {', '.join(COLOR_HUES)}")
+        return v
+
+    @field_validator("resize_scales")
+    @classmethod
+    def _scales(cls, v):
+        if not v or any(not (0.1 <= x <= 4.0) or abs(x - 1.0) < 0.05 for x in v):
+            raise ValueError("scales must lie in [0.1, 4] and differ from 1")
+        return v
+
+
+class ChecksConfig(_Section):
+    """Checks of each edit triplet; failing triplets go to rejected/ with reasons."""
+
+    redetect: bool = Field(True, description="remove: phrase must be gone from the region; add: must be there")
+    redetect_iou: float = Field(0.3, gt=0, le=1, description="a detection counts when its box overlaps "
+                                                             "the object's box by this IoU")
+    clip_similarity: bool = Field(True, description="measure CLIP image-image similarity of every triplet "
+                                                    "(recorded even without bounds)")
+    min_clip_similarity: float | None = Field(0.7, ge=-1, le=1, description="CLIP image-image cosine lower "
+                                                                           "bound (InstructPix2Pix: 0.75)")
+    max_clip_similarity: float | None = Field(0.995, ge=-1, le=1, description="upper bound (edit too subtle)")
+    max_change_outside: float = Field(0.01, ge=0, le=1, description="local edits: share of pixels outside "
+                                                                    "the dilated mask allowed to change")
+    change_tolerance: int = Field(8, ge=0, le=255, description="per-channel difference that counts as change")
+
+
+class SynthesizeRecipe(_Section):
+    pipeline: Literal["synthesize"]
+    name: str = "synthesize"
+    input: SynInputConfig
+    output: SynOutputConfig
+    grounding: GroundingConfig = Field(default_factory=GroundingConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    subject: SubjectConfig = Field(default_factory=SubjectConfig)
+    edits: EditsConfig = Field(default_factory=EditsConfig)
+    checks: ChecksConfig = Field(default_factory=ChecksConfig)
+    models: ModelsConfig = Field(default_factory=lambda: ModelsConfig(batch_size=4))
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    seed: int = Field(0, description="seeds template choice, colours, offsets and augmentations per object")
+
+    resolved = CurateRecipe.resolved
+    recipe_hash = CurateRecipe.recipe_hash
+
+
+RECIPES: dict[str, type[BaseModel]] = {"curate": CurateRecipe, "synthesize": SynthesizeRecipe}
 
 
 # ---------------------------------------------------------------- errors
@@ -333,7 +476,7 @@ def _format_error(model: type[BaseModel], err: dict) -> str:
     return f"invalid value {given!r} for {where}{desc}: {msg}"
 
 
-def parse_recipe(data: Any, source: str = "recipe") -> CurateRecipe:
+def parse_recipe(data: Any, source: str = "recipe") -> CurateRecipe | SynthesizeRecipe:
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: a recipe must be a YAML mapping, got {type(data).__name__}")
     kind = data.get("pipeline")
@@ -352,7 +495,7 @@ def parse_recipe(data: Any, source: str = "recipe") -> CurateRecipe:
         raise RecipeError(f"{source}: {first}{more}") from None
 
 
-def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> CurateRecipe:
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> CurateRecipe | SynthesizeRecipe:
     """Read and validate a YAML recipe. ``overrides`` maps dotted paths to values."""
     p = Path(path)
     try:

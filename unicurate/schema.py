@@ -162,6 +162,152 @@ CURATED_COLUMNS = tuple(f.name for f in CURATED_FIELDS)
 SCORE_COLUMNS = ("clip_score", "aesthetic_score", "nsfw_score", "watermark_score", "text_coverage", "text_boxes",
                  "ocr_text")
 
+# --------------------------------------------------------------------------
+# synthesis outputs (SYN_OUT/subject, SYN_OUT/edit, SYN_OUT/rejected, SYN_OUT/images)
+# --------------------------------------------------------------------------
+SYNTHESIS_SCHEMA_VERSION = "synthesis/1"
+
+EDIT_TYPES = ("remove", "add", "recolor", "move", "resize", "background", "replace")
+
+
+class SynReason(str, Enum):
+    """Why a detected object, a subject sample, an edit triplet or a whole input image yields nothing.
+
+    Closed, like :class:`Reason`; the README section "Synthesis" documents each code.
+    """
+
+    # image level (the `images` table)
+    IMAGE_ERROR = "image_error"  # the curated image could not be decoded (message in `error`)
+    NO_OBJECT = "no_object"  # the detector found nothing above box_threshold for the caption
+    ALL_REJECTED = "all_rejected"  # objects were found, but every candidate failed its checks
+    # object level: mask quality (synthesis/quality.py)
+    LOW_PRED_IOU = "low_pred_iou"  # SAM's predicted IoU below quality.min_pred_iou
+    LOW_STABILITY = "low_stability"  # SAM stability score below quality.min_stability
+    MASK_TOO_SMALL = "mask_too_small"  # mask area below quality.min_mask_area (share of the image)
+    MASK_TOO_LARGE = "mask_too_large"  # mask area above quality.max_mask_area
+    BOX_TOO_SMALL = "box_too_small"  # box area below quality.min_box_area
+    BOX_TOO_LARGE = "box_too_large"  # box area above quality.max_box_area
+    FRAGMENTED = "fragmented"  # largest connected component below quality.min_largest_component share
+    TOO_MANY_CONTOURS = "too_many_contours"  # more outer contours than quality.max_contours
+    # edit level (synthesis/checks.py)
+    STILL_DETECTED = "still_detected"  # remove: the phrase is still detected in the edited region
+    NOT_DETECTED = "not_detected"  # add: the phrase is not detected in the region it was added to
+    CLIP_TOO_DIFFERENT = "clip_too_different"  # source/target CLIP similarity below checks.min_clip_similarity
+    CLIP_TOO_SIMILAR = "clip_too_similar"  # source/target CLIP similarity above checks.max_clip_similarity
+    CHANGE_OUTSIDE_MASK = "change_outside_mask"  # local edit changed pixels outside the dilated mask
+    NO_PARTNER = "no_partner"  # background/replace: no other image/subject of the run to take from
+    EDIT_ERROR = "edit_error"  # the edit raised (message in `error`)
+
+
+SYN_REASON_CODES = tuple(r.value for r in SynReason)
+IMAGE_STATUSES = ("produced", "no_object", "all_rejected", "image_error")
+
+_BOX = pa.list_(pa.float32(), 4)  # xyxy, normalised to [0, 1] by the image's width/height
+
+SUBJECT_FIELDS: list[pa.Field] = [
+    pa.field("key", pa.string(), nullable=False),
+    pa.field("source_key", pa.string(), nullable=False),  # the curated row's key
+    pa.field("object_index", pa.int32(), nullable=False),
+    pa.field("phrase", pa.string()),
+    pa.field("box", _BOX),
+    pa.field("mask", pa.binary()),  # PNG, 1 bit, target image size
+    pa.field("reference_image", pa.binary()),  # the subject cut out on a neutral background (PNG)
+    pa.field("target_image", pa.binary()),  # the full curated image
+    pa.field("image_format", pa.string()),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("instruction", pa.string()),
+    pa.field("template_id", pa.string()),
+    pa.field("caption", pa.string()),
+    pa.field("augmentations", pa.string()),  # JSON list of what was applied to the reference
+    pa.field("detection_score", pa.float32()),
+    pa.field("pred_iou", pa.float32()),
+    pa.field("stability_score", pa.float32()),
+    pa.field("mask_area", pa.float32()),  # share of the image
+    pa.field("largest_component", pa.float32()),
+]
+
+EDIT_FIELDS: list[pa.Field] = [
+    pa.field("key", pa.string(), nullable=False),
+    pa.field("source_key", pa.string(), nullable=False),
+    pa.field("object_index", pa.int32(), nullable=False),
+    pa.field("edit_type", pa.string(), nullable=False),
+    pa.field("instruction", pa.string()),
+    pa.field("template_id", pa.string()),
+    pa.field("source_image", pa.binary()),
+    pa.field("target_image", pa.binary()),
+    pa.field("mask", pa.binary()),  # PNG: the region the edit may change (dilated)
+    pa.field("image_format", pa.string()),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("phrase", pa.string()),
+    pa.field("box", _BOX),
+    pa.field("caption", pa.string()),
+    pa.field("params", pa.string()),  # JSON: colour, offset, scale, partner key, inpainter ...
+    pa.field("partner_key", pa.string()),  # background/replace: the other image's key
+    pa.field("detection_score", pa.float32()),
+    pa.field("pred_iou", pa.float32()),
+    pa.field("stability_score", pa.float32()),
+    pa.field("clip_similarity", pa.float32()),  # CLIP image-image cosine(source, target)
+    pa.field("change_outside", pa.float32()),  # share of pixels outside the dilated mask that changed
+    pa.field("redetect_score", pa.float32()),  # best detection of the phrase in the region after the edit
+]
+
+SYN_REJECTED_FIELDS: list[pa.Field] = [
+    pa.field("key", pa.string(), nullable=False),
+    pa.field("source_key", pa.string(), nullable=False),
+    pa.field("object_index", pa.int32()),
+    pa.field("kind", pa.string(), nullable=False),  # object | edit
+    pa.field("edit_type", pa.string()),
+    pa.field("reject_reasons", pa.list_(pa.string()), nullable=False),
+    pa.field("error", pa.string()),
+    pa.field("phrase", pa.string()),
+    pa.field("box", _BOX),
+    pa.field("mask", pa.binary()),
+    pa.field("source_image", pa.binary()),  # only with output.keep_rejected_images
+    pa.field("target_image", pa.binary()),  # only with output.keep_rejected_images
+    pa.field("instruction", pa.string()),
+    pa.field("params", pa.string()),
+    pa.field("detection_score", pa.float32()),
+    pa.field("pred_iou", pa.float32()),
+    pa.field("stability_score", pa.float32()),
+    pa.field("mask_area", pa.float32()),
+    pa.field("box_area", pa.float32()),
+    pa.field("largest_component", pa.float32()),
+    pa.field("contours", pa.int32()),
+    pa.field("clip_similarity", pa.float32()),
+    pa.field("change_outside", pa.float32()),
+    pa.field("redetect_score", pa.float32()),
+]
+
+IMAGE_FIELDS: list[pa.Field] = [
+    pa.field("source_key", pa.string(), nullable=False),
+    pa.field("status", pa.string(), nullable=False),  # produced | no_object | all_rejected | image_error
+    pa.field("reject_reasons", pa.list_(pa.string()), nullable=False),  # empty when produced
+    pa.field("error", pa.string()),
+    pa.field("caption", pa.string()),
+    pa.field("prompt", pa.string()),  # what the detector was given
+    pa.field("detections", pa.int32(), nullable=False),
+    pa.field("objects_accepted", pa.int32(), nullable=False),
+    pa.field("subjects", pa.int32(), nullable=False),
+    pa.field("edits", pa.int32(), nullable=False),
+    pa.field("rejected", pa.int32(), nullable=False),
+]
+
+
+def _syn_schema(fields: list[pa.Field], kind: str) -> pa.Schema:
+    return pa.schema(fields, metadata={b"unicurate.schema_version": SYNTHESIS_SCHEMA_VERSION.encode(),
+                                       b"unicurate.kind": kind.encode()})
+
+
+SUBJECT_SCHEMA = _syn_schema(SUBJECT_FIELDS, "subject")
+EDIT_SCHEMA = _syn_schema(EDIT_FIELDS, "edit")
+SYN_REJECTED_SCHEMA = _syn_schema(SYN_REJECTED_FIELDS, "rejected")
+IMAGE_SCHEMA = _syn_schema(IMAGE_FIELDS, "images")
+SYNTHESIS_SCHEMAS: dict[str, pa.Schema] = {"subject": SUBJECT_SCHEMA, "edit": EDIT_SCHEMA,
+                                           "rejected": SYN_REJECTED_SCHEMA, "images": IMAGE_SCHEMA}
+SYNTHESIS_DIRS = tuple(SYNTHESIS_SCHEMAS)
+
 SCHEMAS: dict[str, pa.Schema] = {CURATED_SCHEMA_VERSION: CURATED_SCHEMA}
 
 

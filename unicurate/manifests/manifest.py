@@ -202,11 +202,11 @@ def list_shard_files(out_dir: str, sub: str) -> list[str]:
     return [f"{sub}/{n}" for n in names if SHARD_RE.match(n)]
 
 
-def remove_stale_shards(out_dir: str, keep: set[str]) -> list[str]:
+def remove_stale_shards(out_dir: str, keep: set[str], dirs: Sequence[str] = SHARD_DIRS) -> list[str]:
     """Delete part files left by an earlier run with another shard count; return what was removed."""
     from apache_beam.io.filesystems import FileSystems
 
-    stale = [rel for sub in SHARD_DIRS for rel in list_shard_files(out_dir, sub) if rel not in keep]
+    stale = [rel for sub in dirs for rel in list_shard_files(out_dir, sub) if rel not in keep]
     if stale:
         FileSystems.delete([join(out_dir, *rel.split("/")) for rel in stale])
     return stale

@@ -9,7 +9,8 @@ from typing import Optional
 import pyarrow.parquet as pq
 
 from unicurate.manifests import manifest as mf
-from unicurate.schema import KEPT, REJECTED, REASON_CODES, SCHEMAS
+from unicurate.schema import (EDIT_TYPES, IMAGE_STATUSES, KEPT, REASON_CODES, REJECTED, SCHEMAS, SYN_REASON_CODES,
+                              SYNTHESIS_DIRS, SYNTHESIS_SCHEMA_VERSION, SYNTHESIS_SCHEMAS)
 
 
 @dataclass
@@ -18,6 +19,7 @@ class Report:
     problems: list[str] = field(default_factory=list)
     checked_shards: int = 0
     rows: int = 0
+    kind: str = "curated"
 
     @property
     def ok(self) -> bool:
@@ -62,6 +64,8 @@ def validate(out_dir: str, check_rows: bool = True) -> Report:
         rep.add(f"{mf.join(out_dir, mf.MANIFEST_NAME)} is not valid JSON: {exc}")
         return rep
 
+    if manifest.get("kind") == "synthesis":
+        return _validate_synthesis(rep, manifest, check_rows)
     version = manifest.get("schema_version")
     schema = SCHEMAS.get(version)
     if schema is None:
@@ -142,7 +146,123 @@ def validate(out_dir: str, check_rows: bool = True) -> Report:
     return rep
 
 
+def _check_file(rep: Report, out_dir: str, rel: str, shard: dict, schema, label: str):
+    """Presence, size, checksum, row count and schema of one listed shard; the open ParquetFile or None."""
+    path = mf.join(out_dir, *rel.split("/"))
+    try:
+        sha, size = _sha256_of(path)
+    except Exception as exc:  # noqa: BLE001
+        rep.add(f"{rel}: listed in the manifest but cannot be read ({type(exc).__name__})")
+        return None
+    rep.checked_shards += 1
+    if size != shard["bytes"]:
+        rep.add(f"{rel}: size {size} bytes, manifest says {shard['bytes']}")
+    if sha != shard["sha256"]:
+        rep.add(f"{rel}: sha256 {sha[:12]}… does not match the manifest's {shard['sha256'][:12]}… (modified or corrupt)")
+        return None
+    try:
+        pf = _open_parquet(path)
+    except Exception as exc:  # noqa: BLE001
+        rep.add(f"{rel}: not a readable Parquet file: {exc}")
+        return None
+    if pf.metadata.num_rows != shard["rows"]:
+        rep.add(f"{rel}: {pf.metadata.num_rows} rows, manifest says {shard['rows']}")
+    if not pf.schema_arrow.remove_metadata().equals(schema.remove_metadata()):
+        rep.add(f"{rel}: schema differs from {label}")
+        return None
+    return pf
+
+
+def _validate_synthesis(rep: Report, manifest: dict, check_rows: bool) -> Report:
+    """Synthesis outputs: shards, one images row per input image, every sample tied to its image."""
+    out_dir = rep.out_dir
+    version = manifest.get("schema_version")
+    if version != SYNTHESIS_SCHEMA_VERSION:
+        rep.add(f"manifest schema_version {version!r} is not one this unicurate knows ({SYNTHESIS_SCHEMA_VERSION})")
+        return rep
+    shards = manifest.get("shards", {})
+    listed = {s["path"]: (kind, s) for kind in SYNTHESIS_DIRS for s in shards.get(kind, [])}
+    present = {rel for kind in SYNTHESIS_DIRS for rel in mf.list_shard_files(out_dir, kind)}
+    for rel in sorted(present - set(listed)):
+        rep.add(f"{rel}: shard file is not listed in the manifest (left from another run?)")
+    for rel in sorted(set(listed) - present):
+        rep.add(f"{rel}: listed in the manifest but missing")
+    totals = {k: 0 for k in SYNTHESIS_DIRS}
+    images: dict[str, dict] = {}
+    per_image = {k: {} for k in ("subject", "edit", "rejected")}
+    keys: dict[str, str] = {}
+    cols = {"images": ["source_key", "status", "reject_reasons", "subjects", "edits", "rejected"],
+            "subject": ["key", "source_key"], "edit": ["key", "source_key", "edit_type"],
+            "rejected": ["key", "source_key", "kind", "edit_type", "reject_reasons"]}
+    for rel, (kind, shard) in sorted(listed.items()):
+        totals[kind] += int(shard["rows"])
+        if rel not in present:
+            continue
+        pf = _check_file(rep, out_dir, rel, shard, SYNTHESIS_SCHEMAS[kind], f"{version} {kind}")
+        if pf is None or not check_rows:
+            continue
+        t = pf.read(columns=cols[kind]).to_pylist()
+        rep.rows += len(t)
+        for row in t:
+            if kind == "images":
+                sk = row["source_key"]
+                if sk in images:
+                    rep.add(f"{rel}: input image {sk} has two rows in images/")
+                images[sk] = dict(row, shard=rel)
+                if row["status"] not in IMAGE_STATUSES:
+                    rep.add(f"{rel}: image {sk} has unknown status {row['status']!r}")
+                if (row["status"] == "produced") == bool(row["reject_reasons"]):
+                    rep.add(f"{rel}: image {sk} is {row['status']} with reasons {row['reject_reasons']}")
+                bad = [r for r in row["reject_reasons"] if r not in SYN_REASON_CODES]
+                if bad:
+                    rep.add(f"{rel}: image {sk} has unknown reason code(s) {bad}")
+                continue
+            if row["key"] in keys:
+                rep.add(f"{rel}: key {row['key']} appears twice (also in {keys[row['key']]})")
+            keys[row["key"]] = rel
+            per_image[kind][row["source_key"]] = per_image[kind].get(row["source_key"], 0) + 1
+            if kind == "edit" and row["edit_type"] not in EDIT_TYPES:
+                rep.add(f"{rel}: {row['key']} has unknown edit_type {row['edit_type']!r}")
+            if kind == "rejected":
+                if not row["reject_reasons"]:
+                    rep.add(f"{rel}: rejected {row['key']} has no reasons")
+                bad = [r for r in row["reject_reasons"] if r not in SYN_REASON_CODES]
+                if bad:
+                    rep.add(f"{rel}: rejected {row['key']} has unknown reason code(s) {bad}")
+    counts = manifest.get("counts", {})
+    inputs = counts.get("inputs")
+    if inputs is None:
+        rep.add("manifest has no counts.inputs")
+    elif inputs != totals["images"]:
+        rep.add(f"images lost or duplicated: {inputs} input images but {totals['images']} rows in images/")
+    for kind in SYNTHESIS_DIRS:
+        if counts.get(kind) is not None and counts[kind] != totals[kind]:
+            rep.add(f"manifest counts.{kind} = {counts[kind]} but its {kind} shards hold {totals[kind]} rows")
+    if check_rows:
+        for kind, field_ in (("subject", "subjects"), ("edit", "edits"), ("rejected", "rejected")):
+            for sk, n in per_image[kind].items():
+                if sk not in images:
+                    rep.add(f"{kind}/: {n} row(s) from image {sk}, which has no row in images/")
+                elif images[sk][field_] != n:
+                    rep.add(f"{kind}/: image {sk} has {n} row(s) but its images/ row says {images[sk][field_]}")
+        for sk, row in images.items():
+            made = per_image["subject"].get(sk, 0) + per_image["edit"].get(sk, 0)
+            if row["status"] == "produced" and not made:
+                rep.add(f"{row['shard']}: image {sk} is 'produced' but has no subject or edit rows")
+            if row["status"] != "produced" and made:
+                rep.add(f"{row['shard']}: image {sk} is {row['status']!r} but has {made} sample(s)")
+            for kind in ("subject", "edit", "rejected"):
+                if per_image[kind].get(sk, 0) == 0 and row[{"subject": "subjects", "edit": "edits",
+                                                            "rejected": "rejected"}[kind]]:
+                    rep.add(f"{row['shard']}: image {sk} says it has {kind} rows, none found")
+    rep.kind = "synthesis"
+    return rep
+
+
 def format_report(rep: Report, manifest: Optional[dict] = None) -> str:
+    if rep.ok and rep.kind == "synthesis":
+        return (f"OK {rep.out_dir}: {rep.checked_shards} shards, {rep.rows} rows; checksums, row counts, schema, "
+                f"unique keys, one images/ row per input image and every sample tied to its image all verified")
     if rep.ok:
         return (f"OK {rep.out_dir}: {rep.checked_shards} shards, {rep.rows} rows; checksums, row counts, "
                 f"schema, unique keys and inputs == kept + rejected all verified")

@@ -75,6 +75,32 @@ _DEFAULT = {
         "ocr_rec", "RapidOCR PP-OCRv4 text recogniser (ONNX, ships in rapidocr-onnxruntime)", "rapidocr",
         "package://rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
     ),
+    # synthesis (configs/synthesize.yaml): open-vocabulary detection, promptable segmentation, inpainting
+    "grounding_dino": ModelSpec(
+        "grounding_dino", "GroundingDINO SwinT-OGC (groundingdino-py)", "groundingdino",
+        "hf://ShilongLiu/GroundingDINO/groundingdino_swint_ogc.pth", arch="SwinT-OGC",
+        options={"config": "GroundingDINO_SwinT_OGC.py", "image_size": 800},
+    ),
+    "text_encoder": ModelSpec(
+        "text_encoder", "BERT base uncased, GroundingDINO's text encoder (a folder: config, vocab, weights)",
+        "transformers", "hf://google-bert/bert-base-uncased", arch="bert-base-uncased",
+        options={"files": ["config.json", "vocab.txt", "tokenizer_config.json", "model.safetensors"]},
+    ),
+    "sam": ModelSpec(
+        "sam", "Segment Anything ViT-H (segment-anything)", "segment_anything",
+        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth", arch="vit_h",
+    ),
+    "lama": ModelSpec(
+        "lama", "big-lama inpainting (TorchScript export); only with edits.inpainter: lama", "torch",
+        "https://github.com/enesmsahin/simple-lama-inpainting/releases/download/v0.1.0/big-lama.pt",
+        arch="big-lama",
+    ),
+}
+
+SAM_URIS = {
+    "vit_h": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+    "vit_l": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+    "vit_b": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
 }
 
 # ---------------------------------------------------------------- tiny: same classes, small shapes, random
@@ -97,6 +123,15 @@ _TINY.update({
     "watermark": ModelSpec("watermark", "tiny watermark detector (timm EfficientNet class: tinynet_e + MLP head)",
                            "timm", "tiny://timm/tinynet_e", arch="tinynet_e", calibrated=False,
                            options={"image_size": 64, "head": [32, 16], "seed": 3}),
+    "grounding_dino": ModelSpec("grounding_dino", "tiny GroundingDINO (same class: SwinT backbone, 1+1-layer "
+                                "transformer, 100 queries, 256 px)", "groundingdino", "tiny://groundingdino/tiny",
+                                arch="tiny", calibrated=False,
+                                options={"config": "GroundingDINO_SwinT_OGC.py", "image_size": 256, "seed": 4}),
+    "text_encoder": ModelSpec("text_encoder", "tiny BERT (same class: 2 layers, 64-d, small word-piece vocab)",
+                              "transformers", "tiny://transformers/bert-tiny", arch="bert-tiny", calibrated=False,
+                              options={"layers": 2, "hidden": 64, "seed": 5}),
+    "sam": ModelSpec("sam", "tiny SAM (same class: 2-layer 64-d ViT at 256 px)", "segment_anything",
+                     "tiny://segment_anything/sam-tiny", arch="tiny", calibrated=False, options={"seed": 6}),
 })
 
 _PROFILES = {"default": _DEFAULT, "tiny": _TINY}
@@ -133,6 +168,37 @@ def needed_models(filters_cfg) -> list[str]:
             add("ocr_cls")
             add("ocr_rec")
     return names
+
+
+def synthesis_models(recipe) -> list[str]:
+    """Model names a synthesize recipe needs, in load order."""
+    names = ["grounding_dino", "text_encoder", "sam"]
+    c = recipe.checks
+    if c.clip_similarity:
+        names.append("clip")
+    if recipe.edits.inpainter == "lama":
+        names.append("lama")
+    return names
+
+
+def specs_for_recipe(recipe) -> list[ModelSpec]:
+    """The models a curate or synthesize recipe uses, with its overrides applied."""
+    if getattr(recipe, "pipeline", "curate") == "synthesize":
+        return synthesis_specs(recipe)
+    return recipe_specs(recipe.filters, recipe.models)
+
+
+def synthesis_specs(recipe) -> list[ModelSpec]:
+    models_cfg = recipe.models
+    specs = profile_specs(models_cfg.profile)
+    unknown = set(models_cfg.overrides or {}) - set(specs)
+    if unknown:
+        raise ValueError(f"models.overrides names unknown model(s) {sorted(unknown)}; models: {sorted(specs)}")
+    sam_arch = recipe.grounding.sam_arch
+    if models_cfg.profile != "tiny" and sam_arch != specs["sam"].arch:
+        specs["sam"] = replace(specs["sam"], uri=SAM_URIS[sam_arch], arch=sam_arch,
+                               title=f"Segment Anything {sam_arch.replace('_', '-').upper()} (segment-anything)")
+    return [spec_with_overrides(specs[n], models_cfg) for n in synthesis_models(recipe)]
 
 
 def spec_with_overrides(spec: ModelSpec, models_cfg) -> ModelSpec:
@@ -181,8 +247,15 @@ def locate(spec: ModelSpec, models_cfg=None) -> Optional[Path]:
     kw = {}
     if models_cfg is not None:
         kw = {"cache_dir": models_cfg.cache_dir, "mirror": models_cfg.mirror, "offline": models_cfg.offline}
-    return resolve(spec.uri, model=spec.name, sha256=spec.sha256,
-                   profile=models_cfg.profile if models_cfg is not None else None, **kw)
+    profile = models_cfg.profile if models_cfg is not None else None
+    files = spec.options.get("files")
+    if files:  # a folder of files (a transformers model): a local folder, or each file resolved into one
+        p = parse_uri(spec.uri)
+        if not p.scheme:
+            return resolve(spec.uri, model=spec.name, profile=profile, **kw)
+        got = [resolve(spec.uri.rstrip("/") + "/" + f, model=spec.name, profile=profile, **kw) for f in files]
+        return got[0].parent
+    return resolve(spec.uri, model=spec.name, sha256=spec.sha256, profile=profile, **kw)
 
 
 def presence(spec: ModelSpec, cache_dir: Optional[str] = None) -> str:
@@ -199,6 +272,9 @@ def presence(spec: ModelSpec, cache_dir: Optional[str] = None) -> str:
         parse_uri(spec.uri)
     except ValueError:
         return "invalid uri"
+    files = spec.options.get("files")
+    if files and parse_uri(spec.uri).scheme:
+        return "cached" if all(is_cached(spec.uri.rstrip("/") + "/" + f, cache_dir) for f in files) else "missing"
     return "cached" if is_cached(spec.uri, cache_dir) else "missing"
 
 

@@ -113,6 +113,101 @@ def run_curate(recipe: CurateRecipe, beam_args: Optional[list[str]] = None,
     return manifest
 
 
+def run_synthesize(recipe, beam_args: Optional[list[str]] = None, say: Callable[[str], None] = print) -> dict:
+    """Run the synthesize pipeline to completion; returns the manifest."""
+    import apache_beam as beam
+
+    from unicurate.manifests import manifest as mf
+    from unicurate.pipelines import synthesize as syn
+
+    recipe = _absolutise_paths(recipe)
+    options = pipeline_options(recipe.runner, beam_args or [])
+    opts = options.get_all_options(drop_default=True, retain_unknown_options=True)
+    check_synthesis_models(recipe, say)  # missing weights stop the run here, before any input is read
+    cur, paths, keys = syn.prepare(recipe)  # input problems stop the run here too
+    n_inputs = len(keys) if keys is not None else sum(
+        s["rows"] for s in cur["shards"][KEPT_DIR] if s.get("rows"))
+    say(f"synthesize: {n_inputs} kept image(s) in {len(paths)} shard(s) of {recipe.input.path} -> "
+        f"{recipe.output.path}")
+    say(f"runner: {opts.get('runner', 'DirectRunner')}, workers: {opts.get('direct_num_workers', 1)}, "
+        f"mode: {opts.get('direct_running_mode', 'in_memory')}")
+    mf.remove_manifest(recipe.output.path)
+    source = {"path": recipe.input.path, "recipe_hash": cur.get("recipe_hash"), "kept": cur["counts"]["kept"],
+              "uncalibrated": bool(cur.get("uncalibrated"))}
+    start = time.monotonic()
+    pipeline = beam.Pipeline(options=options)
+    syn.build(pipeline, recipe, paths, keys, n_inputs, {k: v for k, v in opts.items() if _jsonable(v)}, source)
+    result = pipeline.run()
+    result.wait_until_finish()
+    manifest = mf.read_manifest(recipe.output.path)
+    manifest["_elapsed_seconds"] = time.monotonic() - start
+    manifest["_metrics"] = counters(result)
+    return manifest
+
+
+KEPT_DIR = "kept"
+
+
+def _absolutise_paths(recipe):
+    """Synthesize recipes: input and output folders absolute, so worker processes agree with the driver."""
+    def absol(p: str) -> str:
+        return p if is_remote(p) else str(Path(p).expanduser().absolute())
+
+    return recipe.model_copy(update={
+        "input": recipe.input.model_copy(update={"path": absol(recipe.input.path)}),
+        "output": recipe.output.model_copy(update={"path": absol(recipe.output.path)}),
+    })
+
+
+def check_synthesis_models(recipe, say: Callable[[str], None] = print) -> list:
+    """Resolve every model a synthesize recipe needs before any input is read (ModelUnavailable if not)."""
+    from unicurate.models import zoo
+    from unicurate.models.resolver import ModelUnavailable
+
+    try:
+        specs = zoo.synthesis_specs(recipe)
+    except ValueError as exc:
+        raise ModelUnavailable(str(exc)) from None
+    located = [(spec, zoo.locate(spec, recipe.models)) for spec in specs]
+    say(f"models ({recipe.models.profile} profile): " + ", ".join(
+        f"{spec.name}{'' if spec.calibrated else ' [uncalibrated]'}" for spec, _ in located)
+        + f", inpainter {recipe.edits.inpainter}")
+    if any(not spec.calibrated for spec, _ in located):
+        say("WARNING: the tiny profile's models have random weights: boxes, masks and similarities are "
+            "UNCALIBRATED (fine for tests and the demo, meaningless for real data)")
+    return located
+
+
+def format_synthesis_funnel(manifest: dict) -> str:
+    """Images by outcome, objects, subjects and edits per type with their reject reasons."""
+    f = manifest["funnel"]
+    lines = []
+    if manifest.get("uncalibrated"):
+        names = ", ".join(m["name"] for m in manifest.get("models", []) if not m.get("calibrated"))
+        lines.append(f"WARNING: UNCALIBRATED models: {names} have tiny random weights (tests/demo only)")
+    lines.append(f"images: {f['images']} in: " + ", ".join(f"{k} {v}" for k, v in f["image_status"].items()))
+    o = f["objects"]
+    lines.append(f"objects: {o['detected']} detected, {o['accepted']} passed the mask checks, "
+                 f"{o['rejected']} rejected")
+    for code, n in o["reasons"].items():
+        lines.append(f"  {code:<22}{n:>8}")
+    lines.append(f"subject samples: {f['subjects']}")
+    lines.append("")
+    lines.append(f"{'edit type':<12}{'written':>9}{'rejected':>10}  reasons")
+    for t, e in f["edits"].items():
+        reasons = ", ".join(f"{k} {v}" for k, v in e["reasons"].items())
+        lines.append(f"{t:<12}{e['written']:>9}{e['rejected']:>10}  {reasons}")
+    met = manifest.get("_metrics") or {}
+    if met.get("model_loads"):
+        lines.append(f"(models loaded {met['model_loads']} time(s), once per worker process; "
+                     f"{met.get('model_batches', 0)} batches)")
+    c = manifest["counts"]
+    lines.append("")
+    lines.append(f"{c['inputs']} input images -> {c['images']} image rows; {c['subject']} subject samples, "
+                 f"{c['edit']} edit triplets, {c['rejected']} rejected candidates")
+    return "\n".join(lines)
+
+
 def check_models(recipe: CurateRecipe, say: Callable[[str], None] = print) -> list:
     """Resolve every model the recipe needs (cache, mirror, download) before any input is read.
 

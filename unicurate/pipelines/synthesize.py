@@ -1,0 +1,308 @@
+"""The Beam synthesize pipeline.
+
+    kept shards of a curate run ─ read rows ─ reshuffle ─ BatchElements
+        ─ SynthesizeDoFn (one Synthesizer per worker process: GroundingDINO + SAM + CLIP + inpainter)
+        ─ image results keyed by shard ─ GroupByKey ─ write subject/ edit/ rejected/ images/ shards
+        ─ manifest.json (last)
+
+Every curated image ends in exactly one ``images`` row (produced, no_object,
+all_rejected or image_error); its samples and rejections share its shard
+index, so a shard's four files describe the same images.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections import Counter
+from typing import Iterator, Optional
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.utils import shared
+
+from unicurate import __version__
+from unicurate.config import SynthesizeRecipe
+from unicurate.manifests import manifest as mf
+from unicurate.pipelines import perworker
+from unicurate.pipelines.curate import shard_of
+from unicurate.pipelines.ingest import InputError
+from unicurate.schema import (CURATED_SCHEMA_VERSION, EDIT_TYPES, KEPT, SYNTHESIS_DIRS, SYNTHESIS_SCHEMA_VERSION,
+                              SYNTHESIS_SCHEMAS, shard_name)
+
+log = logging.getLogger("unicurate")
+_NS = "unicurate"
+MODELS_TAG = "models"
+READ_COLUMNS = ["key", "caption", "image", "width", "height"]
+
+
+# ------------------------------------------------------------------ input
+def prepare(recipe: SynthesizeRecipe) -> tuple[dict, list[str], Optional[list[str]]]:
+    """Check the curate run: (its manifest, kept shard paths, the selected keys when input.max_images)."""
+    src = recipe.input.path
+    try:
+        cur = mf.read_manifest(src)
+    except FileNotFoundError as exc:
+        raise InputError(f"input.path: {exc}. Give the output folder of a finished `unicurate run` of a "
+                         "curate recipe") from None
+    except ValueError as exc:
+        raise InputError(f"input.path: {mf.join(src, mf.MANIFEST_NAME)} is not valid JSON: {exc}") from None
+    if cur.get("kind") != "curated" or cur.get("schema_version") != CURATED_SCHEMA_VERSION:
+        raise InputError(f"input.path: {src} holds a {cur.get('kind')!r} output with schema "
+                         f"{cur.get('schema_version')!r}; synthesize reads curate outputs ({CURATED_SCHEMA_VERSION})")
+    shards = [s for s in cur.get("shards", {}).get(KEPT, []) if s.get("rows")]
+    paths = [mf.join(src, *s["path"].split("/")) for s in shards]
+    from apache_beam.io.filesystems import FileSystems
+
+    missing = [p for p in paths if not FileSystems.exists(p)]
+    if missing:
+        raise InputError(f"input.path: {len(missing)} kept shard(s) listed in the manifest are missing, e.g. "
+                         f"{missing[0]}; check the folder with `unicurate validate {src}`")
+    keys = None
+    if recipe.input.max_images is not None:
+        all_keys = sorted(k for p in paths for k in _read_column(p, "key"))
+        keys = all_keys[: recipe.input.max_images]
+    return cur, paths, keys
+
+
+def _open(path: str):
+    import pyarrow.parquet as pq
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    return pq.ParquetFile(FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED))
+
+
+def _read_column(path: str, column: str) -> list:
+    return _open(path).read(columns=[column]).column(column).to_pylist()
+
+
+def read_kept_shard(path: str, keys: Optional[frozenset]) -> Iterator[dict]:
+    pf = _open(path)
+    for batch in pf.iter_batches(batch_size=64, columns=READ_COLUMNS):
+        for row in batch.to_pylist():
+            if keys is None or row["key"] in keys:
+                yield row
+
+
+# ------------------------------------------------------------------ progress
+class _Progress:
+    def __init__(self, every: float = 5.0):
+        self.every, self.start, self.last = every, time.monotonic(), time.monotonic()
+        self.images = self.samples = 0
+        try:
+            self._fd = os.dup(sys.stderr.fileno())
+        except (OSError, ValueError, AttributeError):
+            self._fd = None
+
+    def add(self, images: int, samples: int) -> None:
+        self.images += images
+        self.samples += samples
+        if time.monotonic() - self.last >= self.every:
+            self.last = time.monotonic()
+            if self._fd is not None:
+                rate = self.images / max(1e-6, self.last - self.start)
+                line = (f"[unicurate] worker {os.getpid()}: {self.images} images synthesized, "
+                        f"{self.samples} samples, {rate:.2f} images/s\n")
+                try:
+                    os.write(self._fd, line.encode())
+                except OSError:
+                    pass
+
+
+_PROGRESS: Optional[_Progress] = None
+
+
+# ------------------------------------------------------------------ model stage
+class SynthesizeDoFn(beam.DoFn):
+    """Runs a Synthesizer on batches of curated rows; models load once per worker process."""
+
+    def __init__(self, recipe: SynthesizeRecipe):
+        self.recipe = recipe
+        self._shared = shared.Shared()
+        self.loads = Metrics.counter(_NS, "model_loads")
+        self.batches = Metrics.counter(_NS, "model_batches")
+        self.images = Metrics.counter(_NS, "images")
+        self.samples = Metrics.counter(_NS, "samples")
+
+    def setup(self):
+        from unicurate.synthesis.synthesizer import Synthesizer
+
+        r = self.recipe
+        self._holder, built = perworker.acquire(self._shared, lambda: Synthesizer(r), tag=f"syn-{r.recipe_hash()}")
+        self.syn = self._holder.value
+        self._load_to_count, self._reported = built, False
+
+    def process(self, batch: list[dict]) -> Iterator:
+        global _PROGRESS
+        if self._load_to_count:
+            self._load_to_count = False
+            self.loads.inc()
+        if not self._reported:
+            self._reported = True
+            yield beam.pvalue.TaggedOutput(MODELS_TAG, json.dumps(self.syn.records, sort_keys=True))
+        results = self.syn.process(batch)
+        self.batches.inc()
+        self.images.inc(len(results))
+        n = sum(len(r.subject) + len(r.edit) for r in results)
+        self.samples.inc(n)
+        if _PROGRESS is None:
+            _PROGRESS = _Progress()
+        _PROGRESS.add(len(results), n)
+        for res in results:
+            yield {"image": res.image, "subject": res.subject, "edit": res.edit, "rejected": res.rejected}
+
+
+# ------------------------------------------------------------------ funnel
+def funnel_part(results: list[dict]) -> dict:
+    """Counts over some image results (merged with :func:`merge_funnel`)."""
+    c: Counter = Counter()
+    for res in results:
+        img = res["image"]
+        c["images"] += 1
+        c[f"status:{img['status']}"] += 1
+        c["detections"] += img["detections"]
+        c["objects_accepted"] += img["objects_accepted"]
+        c["subjects"] += len(res["subject"])
+        for e in res["edit"]:
+            c[f"edit:{e['edit_type']}"] += 1
+        for rj in res["rejected"]:
+            scope = "object" if rj["kind"] == "object" else f"edit:{rj['edit_type']}"
+            c[f"rejected:{scope}"] += 1
+            for code in rj["reject_reasons"]:
+                c[f"reason:{scope}:{code}"] += 1
+    return dict(c)
+
+
+def merge_funnel(parts) -> dict:
+    c: Counter = Counter()
+    for p in parts:
+        c.update(p)
+    statuses = {k.split(":", 1)[1]: v for k, v in c.items() if k.startswith("status:")}
+    edits = {}
+    for t in EDIT_TYPES:
+        made, rej = c.get(f"edit:{t}", 0), c.get(f"rejected:edit:{t}", 0)
+        reasons = {k.rsplit(":", 1)[1]: v for k, v in sorted(c.items()) if k.startswith(f"reason:edit:{t}:")}
+        if made or rej:
+            edits[t] = {"written": made, "rejected": rej, "reasons": reasons}
+    obj_reasons = {k.rsplit(":", 1)[1]: v for k, v in sorted(c.items()) if k.startswith("reason:object:")}
+    return {
+        "images": c.get("images", 0),
+        "image_status": {s: statuses.get(s, 0) for s in ("produced", "no_object", "all_rejected", "image_error")},
+        "objects": {"detected": c.get("detections", 0), "accepted": c.get("objects_accepted", 0),
+                    "rejected": c.get("rejected:object", 0), "reasons": obj_reasons},
+        "subjects": c.get("subjects", 0),
+        "edits": edits,
+    }
+
+
+# ------------------------------------------------------------------ writing
+class WriteSynShardsDoFn(beam.DoFn):
+    def __init__(self, recipe: SynthesizeRecipe):
+        self.recipe = recipe
+
+    def process(self, item, n_shards: int) -> Iterator[dict]:
+        index, results = item
+        results = sorted((r for r in results if r is not None), key=lambda r: r["image"]["source_key"])
+        out_dir = self.recipe.output.path
+        name = shard_name(index, n_shards)
+        rg = self.recipe.output.row_group_rows
+        rows = {"images": [r["image"] for r in results]}
+        for kind in ("subject", "edit", "rejected"):
+            rows[kind] = [x for r in results for x in sorted(r[kind], key=lambda x: x["key"])]
+        infos = {}
+        for kind in SYNTHESIS_DIRS:
+            infos[kind] = mf.write_shard(out_dir, f"{kind}/{name}", rows[kind], SYNTHESIS_SCHEMAS[kind], rg).to_json()
+        yield {"shards": infos, "funnel": funnel_part(results)}
+
+
+class WriteSynManifestDoFn(beam.DoFn):
+    def __init__(self, recipe: SynthesizeRecipe, beam_options: dict, source: dict):
+        self.recipe, self.beam_options, self.source = recipe, beam_options, source
+
+    def process(self, shard_results: list[dict], n_inputs: int, model_records: list[str]) -> Iterator[str]:
+        from unicurate.pipelines.score import merge_model_records
+
+        out_dir = self.recipe.output.path
+        shards: dict[str, list] = {k: [] for k in SYNTHESIS_DIRS}
+        for res in shard_results:
+            for kind, info in res["shards"].items():
+                shards[kind].append(info)
+        for k in shards:
+            shards[k].sort(key=lambda s: s["path"])
+        keep = {s["path"] for k in shards for s in shards[k]}
+        stale = mf.remove_stale_shards(out_dir, keep, dirs=SYNTHESIS_DIRS)
+        funnel = merge_funnel(r["funnel"] for r in shard_results)
+        models = merge_model_records(model_records) if model_records else unloaded_records(self.recipe)
+        counts = {"inputs": n_inputs, **{k: sum(s["rows"] for s in shards[k]) for k in SYNTHESIS_DIRS}}
+        manifest = {
+            "kind": "synthesis",
+            "schema_version": SYNTHESIS_SCHEMA_VERSION,
+            "unicurate_version": __version__,
+            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "recipe_hash": self.recipe.recipe_hash(),
+            "recipe": self.recipe.resolved(),
+            "source": self.source,
+            "models": models,
+            "uncalibrated": any(not m.get("calibrated", True) for m in models),
+            "beam_options": self.beam_options,
+            "counts": counts,
+            "funnel": funnel,
+            "shards": shards,
+            "removed_stale_shards": stale,
+        }
+        mf.write_json_atomic(mf.join(out_dir, mf.MANIFEST_NAME), manifest)
+        yield mf.join(out_dir, mf.MANIFEST_NAME)
+
+
+def unloaded_records(recipe: SynthesizeRecipe) -> list[dict]:
+    from unicurate.models import zoo
+
+    return [{"name": s.name, "title": s.title, "library": s.library, "uri": s.uri, "arch": s.arch,
+             "sha256": s.sha256, "calibrated": s.calibrated, "devices": [],
+             "note": "not loaded: the input had no kept images"} for s in zoo.synthesis_specs(recipe)]
+
+
+def shard_count(n_images: int, per_shard: int) -> int:
+    return max(1, math.ceil(n_images / per_shard))
+
+
+def build(p: beam.Pipeline, recipe: SynthesizeRecipe, paths: list[str], keys: Optional[list[str]], n_inputs: int,
+          beam_options: dict, source: dict):
+    """Add the synthesize pipeline to ``p``; returns the PCollection holding the manifest path."""
+    m = recipe.models
+    n_shards = shard_count(n_inputs, recipe.output.images_per_shard)
+    wanted = frozenset(keys) if keys is not None else None
+    results = (
+        p
+        | "KeptShards" >> beam.Create(paths, reshuffle=True)
+        | "ReadKeptRows" >> beam.FlatMap(read_kept_shard, wanted)
+        | "SpreadImages" >> beam.Reshuffle()
+        | "BatchImages" >> beam.BatchElements(min_batch_size=min(m.min_batch_size, m.batch_size),
+                                              max_batch_size=m.batch_size)
+        | "Synthesize" >> beam.ParDo(SynthesizeDoFn(recipe)).with_outputs(MODELS_TAG, main="results")
+    )
+    keyed = results.results | "ByShard" >> beam.Map(lambda r: (shard_of(r["image"]["source_key"], n_shards), r))
+    slots = p | "ShardSlots" >> beam.Create([(i, None) for i in range(n_shards)])
+    written = (
+        (keyed, slots)
+        | "WithSlots" >> beam.Flatten()
+        | "GroupByShard" >> beam.GroupByKey()
+        | "WriteShards" >> beam.ParDo(WriteSynShardsDoFn(recipe), n_shards)
+    )
+    records = (
+        results[MODELS_TAG]
+        | "DistinctModelRecords" >> beam.Distinct()
+        | "ModelRecords" >> beam.combiners.ToList()
+    )
+    return (
+        written
+        | "CollectShards" >> beam.combiners.ToList()
+        | "WriteManifest" >> beam.ParDo(WriteSynManifestDoFn(recipe, beam_options, source), n_inputs,
+                                        beam.pvalue.AsSingleton(records))
+    )

@@ -1,0 +1,89 @@
+"""Checks of edit triplets: re-detection, CLIP image-image similarity, change confined to the mask.
+
+All three are batched over the triplets of a batch and record their values on
+every triplet (so a threshold can be changed later); a failing triplet gets one
+reason per failed check.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from unicurate.schema import SynReason
+from unicurate.synthesis.edits import LOCAL_EDITS, EditResult
+from unicurate.synthesis.grounding import box_iou, prompt_for
+
+
+def change_outside(source: np.ndarray, target: np.ndarray, region: np.ndarray, tolerance: int = 8) -> float:
+    """Share of the pixels outside ``region`` whose largest channel difference exceeds ``tolerance``."""
+    outside = ~region
+    n = int(outside.sum())
+    if n == 0:
+        return 0.0
+    diff = np.abs(source.astype(np.int16) - target.astype(np.int16)).max(axis=-1)
+    return float((diff[outside] > tolerance).sum()) / n
+
+
+def redetect_scores(detector, edits: Sequence[EditResult], phrases: Sequence[str],
+                    box_threshold: float, iou: float) -> list[Optional[float]]:
+    """For remove/add triplets: best score of a detection of the phrase overlapping the object's box
+    in the target (0.0 when none); None for other edit types."""
+    idx = [i for i, e in enumerate(edits) if e.edit_type in ("remove", "add") and e.check_box is not None]
+    out: list[Optional[float]] = [None] * len(edits)
+    if not idx or detector is None:
+        return out
+    dets = detector.detect([edits[i].target for i in idx], [phrases[i] for i in idx], box_threshold=box_threshold)
+    for i, ds in zip(idx, dets):
+        box = edits[i].check_box
+        scores = [d.score for d in ds if box_iou(np.asarray(d.box, np.float32), box) >= iou]
+        out[i] = float(max(scores)) if scores else 0.0
+    return out
+
+
+def clip_similarities(clip, edits: Sequence[EditResult]) -> list[Optional[float]]:
+    """Cosine of CLIP image embeddings of source and target, one batched forward for all triplets."""
+    if clip is None or not edits:
+        return [None] * len(edits)
+    from PIL import Image
+
+    tensors = []
+    for e in edits:
+        tensors.append(clip.image_tensor(Image.fromarray(e.source)))
+        tensors.append(clip.image_tensor(Image.fromarray(e.target)))
+    emb = clip.encode_images(tensors)
+    return [float(np.dot(emb[2 * k], emb[2 * k + 1])) for k in range(len(edits))]
+
+
+def reasons_for(edit: EditResult, cfg, box_threshold: float, *, redetect: Optional[float],
+                clip_sim: Optional[float], outside: Optional[float]) -> list[str]:
+    """The failed checks of one triplet under ``cfg`` (a ChecksConfig)."""
+    r: list[str] = []
+    if cfg.redetect and redetect is not None:
+        if edit.edit_type == "remove" and redetect >= box_threshold:
+            r.append(SynReason.STILL_DETECTED.value)
+        if edit.edit_type == "add" and redetect < box_threshold:
+            r.append(SynReason.NOT_DETECTED.value)
+    if clip_sim is not None:
+        if cfg.min_clip_similarity is not None and clip_sim < cfg.min_clip_similarity:
+            r.append(SynReason.CLIP_TOO_DIFFERENT.value)
+        if cfg.max_clip_similarity is not None and clip_sim > cfg.max_clip_similarity:
+            r.append(SynReason.CLIP_TOO_SIMILAR.value)
+    if outside is not None and edit.edit_type in LOCAL_EDITS and outside > cfg.max_change_outside:
+        r.append(SynReason.CHANGE_OUTSIDE_MASK.value)
+    return r
+
+
+def check_edits(edits: Sequence[EditResult], phrases: Sequence[str], cfg, *, detector=None, clip=None,
+                box_threshold: float = 0.35) -> list[dict]:
+    """Measure and judge every triplet: [{"redetect_score", "clip_similarity", "change_outside", "reasons"}]."""
+    red = redetect_scores(detector if cfg.redetect else None, edits, [prompt_for(p) for p in phrases],
+                          box_threshold, cfg.redetect_iou)
+    sims = clip_similarities(clip, edits)
+    out = []
+    for e, rd, cs in zip(edits, red, sims):
+        outside = change_outside(e.source, e.target, e.region, cfg.change_tolerance)
+        out.append({"redetect_score": rd, "clip_similarity": cs, "change_outside": outside,
+                    "reasons": reasons_for(e, cfg, box_threshold, redetect=rd, clip_sim=cs, outside=outside)})
+    return out

@@ -1,0 +1,416 @@
+"""Open-vocabulary grounding: GroundingDINO boxes for the caption, then SAM masks for those boxes.
+
+* :class:`GroundingDinoDetector` wraps ``groundingdino-py``: the model is built
+  from the package's own config (SwinT-OGC) with ``build_model`` and its
+  checkpoint loaded the way the package's ``load_model`` does, except that the
+  BERT text encoder directory comes through the weight resolver (so it works
+  offline with a staged or local BERT folder). Images of a batch go through
+  one forward pass (the model pads them into a ``NestedTensor``), each with
+  its own caption; phrases come from the model's token map
+  (``get_phrases_from_posmap``); boxes get class-agnostic NMS.
+* :class:`SamSegmenter` wraps ``segment-anything``: one image-encoder pass for
+  the whole batch, then the prompt encoder and mask decoder with all boxes of
+  an image in one call, ``multimask_output=True``, and the mask with the best
+  predicted IoU kept with its predicted IoU and stability score (the same
+  steps as ``SamPredictor.predict_torch``, batched across images).
+
+The ``tiny`` profile builds the same classes with small shapes and seeded
+random weights: a 2-layer BERT with a small word-piece vocabulary written to
+the model cache, a 1-layer GroundingDINO transformer on the SwinT backbone,
+and a 2-layer 256 px SAM ViT. Their outputs are uncalibrated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from unicurate.models.resolver import ModelUnavailable, default_cache_dir, file_sha256
+from unicurate.models.zoo import ModelSpec
+
+log = logging.getLogger("unicurate")
+
+
+@dataclass
+class Detection:
+    box: np.ndarray  # xyxy, pixels of the original image
+    score: float
+    phrase: str
+
+
+@dataclass
+class Segment:
+    mask: np.ndarray  # bool HxW
+    pred_iou: float
+    stability: float
+
+
+@dataclass
+class GroundedObject:
+    index: int
+    box: np.ndarray
+    score: float
+    phrase: str
+    mask: np.ndarray
+    pred_iou: float
+    stability: float
+
+
+def prompt_for(caption: Optional[str]) -> str:
+    """GroundingDINO's caption convention: lower case, ending in ' .'."""
+    text = " ".join((caption or "").lower().split()).rstrip(" .")
+    return (text + " .") if text else ""
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
+    x1, y1 = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def _autocast(device: str, precision: str):
+    import contextlib
+
+    import torch
+
+    if device == "cuda" and precision in ("fp16", "bf16"):
+        return torch.autocast("cuda", dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# ------------------------------------------------------------------ tiny text encoder
+TINY_WORDS = (
+    "a an the of on in with and at to from by for is are this that there his her its their some two three "
+    "red orange yellow green blue purple pink black white gray grey brown dark light bright small large big "
+    "circle square triangle rectangle oval star shape shapes photo picture image drawing sign text background "
+    "gradient sky tree dog cat person man woman car house flower bird cup table chair ball book bottle "
+    "left right top bottom middle center near next behind front over under sideways taken transparent cut out"
+).split()
+
+
+def tiny_bert_dir(spec: ModelSpec, cache_dir: Optional[str] = None) -> Path:
+    """Write (once) a seeded random 2-layer BERT + word-piece vocab in the model cache; return its folder."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    opts = spec.options
+    tag = f"bert-L{opts.get('layers', 2)}-H{opts.get('hidden', 64)}-s{opts.get('seed', 0)}-v1"
+    root = Path(cache_dir or default_cache_dir()) / "tiny" / tag
+    if (root / ".complete").is_file():
+        return root
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "?", ",", "!", ":", "'", "-"]
+    vocab += list("0123456789abcdefghijklmnopqrstuvwxyz")
+    vocab += [f"##{c}" for c in "0123456789abcdefghijklmnopqrstuvwxyz"]
+    vocab += [w for w in dict.fromkeys(TINY_WORDS) if w not in vocab]
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{uuid.uuid4().hex[:8]}-", dir=_ensure(root.parent)))
+    try:
+        (tmp / "vocab.txt").write_text("\n".join(vocab) + "\n")
+        tok = BertTokenizer(str(tmp / "vocab.txt"), do_lower_case=True)
+        cfg = BertConfig(vocab_size=len(vocab), hidden_size=int(opts.get("hidden", 64)),
+                         num_hidden_layers=int(opts.get("layers", 2)), num_attention_heads=2,
+                         intermediate_size=4 * int(opts.get("hidden", 64)), max_position_embeddings=512)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(opts.get("seed", 0)))
+            model = BertModel(cfg)
+        model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        (tmp / ".complete").write_text("tiny random BERT for unicurate's tiny profile (uncalibrated)\n")
+        try:
+            os.replace(tmp, root)
+        except OSError:  # another process won the race: use its copy
+            shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        if tmp.exists() and tmp != root:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def _ensure(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def text_encoder_files_ok(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / "vocab.txt").is_file() and any(
+        (path / n).is_file() for n in ("model.safetensors", "pytorch_model.bin"))
+
+
+# ------------------------------------------------------------------ GroundingDINO
+TINY_GDINO = dict(
+    backbone="swin_T_224_1k", enc_layers=1, dec_layers=1, dim_feedforward=512, hidden_dim=256, nheads=8,
+    num_queries=100, use_checkpoint=False, use_transformer_ckpt=False, fusion_droppath=0.0,
+)
+
+
+class GroundingDinoDetector:
+    """Batched GroundingDINO (groundingdino-py) with the caption as prompt."""
+
+    def __init__(self, spec: ModelSpec, weights: Optional[Path], text_dir: Path, device: str, precision: str,
+                 *, image_size: Optional[int] = None, box_threshold: float = 0.35, text_threshold: float = 0.25,
+                 nms_iou: float = 0.7, max_objects: int = 4):
+        import torch
+        with _quiet_stdout():
+            from groundingdino.models import build_model
+            from groundingdino.util.misc import clean_state_dict
+            from groundingdino.util.slconfig import SLConfig
+
+        self.spec, self.device, self.precision = spec, device, precision
+        self.box_threshold, self.text_threshold = box_threshold, text_threshold
+        self.nms_iou, self.max_objects = nms_iou, max_objects
+        self.image_size = int(image_size or spec.options.get("image_size", 800))
+        cfg_path = Path(__import__("groundingdino").__file__).parent / "config" / spec.options.get(
+            "config", "GroundingDINO_SwinT_OGC.py")
+        args = SLConfig.fromfile(str(cfg_path))
+        tiny = spec.uri.startswith("tiny://")
+        if tiny:
+            for k, v in TINY_GDINO.items():
+                setattr(args, k, v)
+        args.text_encoder_type = str(text_dir)
+        args.device = device
+        if not text_encoder_files_ok(Path(text_dir)):
+            raise ModelUnavailable(f"model 'text_encoder': {text_dir} is not a BERT folder (needs config.json, "
+                                   "vocab.txt and model.safetensors or pytorch_model.bin)")
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        with _quiet_stdout(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(spec.options.get("seed", 0)))
+            model = build_model(args)
+        if tiny:
+            from unicurate.models.loaders import state_dict_sha256
+
+            self.sha256 = state_dict_sha256(model)
+        else:
+            try:
+                ckpt = torch.load(str(weights), map_location="cpu", weights_only=False)  # the package's format
+                state = ckpt["model"] if isinstance(ckpt, dict) and "model" in ckpt else ckpt
+                missing, unexpected = model.load_state_dict(clean_state_dict(state), strict=False)
+            except Exception as exc:  # noqa: BLE001
+                raise ModelUnavailable(f"model 'grounding_dino': cannot load {weights} as GroundingDINO "
+                                       f"{spec.arch}: {exc}") from None
+            if len(missing) > 10:
+                raise ModelUnavailable(f"model 'grounding_dino': {weights} does not fit GroundingDINO {spec.arch} "
+                                       f"({len(missing)} missing weights, e.g. {missing[:3]})")
+            self.sha256 = file_sha256(weights, remember=False)
+        self.model = model.eval().to(device)
+        self.tokenizer = model.tokenizer
+        import groundingdino.datasets.transforms as T
+
+        self.transform = T.Compose([T.RandomResize([self.image_size], max_size=int(self.image_size * 1333 / 800)),
+                                    T.ToTensor(), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+        from unicurate.models.loaders import _count
+
+        _count(spec.name)
+
+    def record(self) -> dict:
+        s = self.spec
+        return {"name": s.name, "title": s.title, "library": s.library, "uri": s.uri, "arch": s.arch,
+                "sha256": self.sha256, "calibrated": s.calibrated, "device": self.device,
+                "precision": self.precision}
+
+    def _truncate(self, prompt: str, max_tokens: int = 250) -> str:
+        toks = self.tokenizer.tokenize(prompt)
+        if len(toks) <= max_tokens:
+            return prompt
+        return self.tokenizer.convert_tokens_to_string(toks[: max_tokens - 1]).rstrip(" .") + " ."
+
+    def detect(self, images: Sequence[np.ndarray], captions: Sequence[str],
+               box_threshold: Optional[float] = None) -> list[list[Detection]]:
+        """Boxes per image (RGB uint8 arrays), each prompted with its own caption."""
+        import torch
+        from groundingdino.util.misc import nested_tensor_from_tensor_list
+        from groundingdino.util.utils import get_phrases_from_posmap
+        from PIL import Image
+        from torchvision.ops import nms
+
+        bt = self.box_threshold if box_threshold is None else box_threshold
+        out: list[list[Detection]] = [[] for _ in images]
+        todo = [i for i, c in enumerate(captions) if prompt_for(c)]
+        if not todo:
+            return out
+        prompts = [self._truncate(prompt_for(captions[i])) for i in todo]
+        tensors = [self.transform(Image.fromarray(images[i]), None)[0] for i in todo]
+        with torch.inference_mode(), _autocast(self.device, self.precision), _quiet_stdout():
+            res = self.model(nested_tensor_from_tensor_list([t.to(self.device) for t in tensors]), captions=prompts)
+        logits = res["pred_logits"].float().sigmoid().cpu()  # (B, nq, 256)
+        boxes = res["pred_boxes"].float().cpu()  # (B, nq, 4) cxcywh, normalised
+        for b, i in enumerate(todo):
+            h, w = images[i].shape[:2]
+            best = logits[b].max(dim=1)[0]
+            keep = best > bt
+            if not bool(keep.any()):
+                continue
+            lg, bx, sc = logits[b][keep], boxes[b][keep], best[keep]
+            cx, cy, bw, bh = bx.unbind(-1)
+            xyxy = torch.stack([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h], -1)
+            xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, w)
+            xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, h)
+            valid = ((xyxy[:, 2] - xyxy[:, 0]) >= 1) & ((xyxy[:, 3] - xyxy[:, 1]) >= 1)
+            lg, xyxy, sc = lg[valid], xyxy[valid], sc[valid]
+            kept = nms(xyxy, sc, self.nms_iou)[: self.max_objects]
+            tokenized = self.tokenizer(prompts[b])
+            for k in kept.tolist():
+                phrase = get_phrases_from_posmap(lg[k] > self.text_threshold, tokenized, self.tokenizer)
+                out[i].append(Detection(xyxy[k].numpy().astype(np.float32), float(sc[k]),
+                                        phrase.replace(".", "").strip()))
+        return out
+
+
+class _quiet_stdout:
+    """groundingdino prints and warns (deprecated torch calls) on build and forward; keep the terminal
+    for progress and the funnel."""
+
+    def __enter__(self):
+        import contextlib
+        import io
+        import warnings
+
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        self._cm = contextlib.redirect_stdout(io.StringIO())
+        self._cm.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._cm.__exit__(*exc)
+        return self._w.__exit__(*exc)
+
+
+# ------------------------------------------------------------------ SAM
+TINY_SAM = dict(embed_dim=64, depth=2, heads=2, global_attn=[1], img_size=256, prompt_dim=64, window=8)
+
+
+def build_tiny_sam(seed: int):
+    import torch
+    from functools import partial
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    t = TINY_SAM
+    emb = t["img_size"] // 16
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        sam = Sam(
+            image_encoder=ImageEncoderViT(
+                depth=t["depth"], embed_dim=t["embed_dim"], img_size=t["img_size"], mlp_ratio=4,
+                norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=t["heads"], patch_size=16,
+                qkv_bias=True, use_rel_pos=True, global_attn_indexes=t["global_attn"], window_size=t["window"],
+                out_chans=t["prompt_dim"]),
+            prompt_encoder=PromptEncoder(embed_dim=t["prompt_dim"], image_embedding_size=(emb, emb),
+                                         input_image_size=(t["img_size"], t["img_size"]), mask_in_chans=16),
+            mask_decoder=MaskDecoder(num_multimask_outputs=3,
+                                     transformer=TwoWayTransformer(depth=2, embedding_dim=t["prompt_dim"],
+                                                                   mlp_dim=256, num_heads=2),
+                                     transformer_dim=t["prompt_dim"], iou_head_depth=3, iou_head_hidden_dim=64),
+            pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375],
+        )
+    return sam
+
+
+class SamSegmenter:
+    """Batched SAM: one encoder pass per batch, all boxes of an image in one decoder call."""
+
+    def __init__(self, spec: ModelSpec, weights: Optional[Path], device: str, precision: str):
+        import torch
+        from segment_anything import sam_model_registry
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        self.spec, self.device, self.precision = spec, device, precision
+        if spec.uri.startswith("tiny://"):
+            sam = build_tiny_sam(int(spec.options.get("seed", 0)))
+            from unicurate.models.loaders import state_dict_sha256
+
+            self.sha256 = state_dict_sha256(sam)
+        else:
+            arch = spec.arch or "vit_h"
+            if arch not in sam_model_registry:
+                raise ModelUnavailable(f"model 'sam': unknown SAM architecture {arch!r}; "
+                                       f"known: {sorted(sam_model_registry)}")
+            try:
+                sam = sam_model_registry[arch](checkpoint=None)
+                state = torch.load(str(weights), map_location="cpu", weights_only=True)
+                sam.load_state_dict(state)
+            except Exception as exc:  # noqa: BLE001
+                raise ModelUnavailable(f"model 'sam': cannot load {weights} as SAM {arch}: {exc}") from None
+            self.sha256 = file_sha256(weights, remember=False)
+        self.model = sam.eval().to(device)
+        self.transform = ResizeLongestSide(sam.image_encoder.img_size)
+        from unicurate.models.loaders import _count
+
+        _count(spec.name)
+
+    record = GroundingDinoDetector.record
+
+    def segment(self, images: Sequence[np.ndarray], boxes: Sequence[Sequence[np.ndarray]]) -> list[list[Segment]]:
+        """Per image (RGB uint8), the best-of-3 mask for each of its boxes (xyxy pixels)."""
+        import torch
+        from segment_anything.utils.amg import calculate_stability_score
+
+        out: list[list[Segment]] = [[] for _ in images]
+        todo = [i for i, bs in enumerate(boxes) if len(bs)]
+        if not todo:
+            return out
+        sam = self.model
+        inputs, sizes = [], []
+        for i in todo:
+            x = self.transform.apply_image(images[i])
+            t = torch.as_tensor(x, device=self.device).permute(2, 0, 1).contiguous()[None].float()
+            sizes.append(tuple(t.shape[-2:]))
+            inputs.append(sam.preprocess(t))
+        with torch.inference_mode(), _autocast(self.device, self.precision):
+            emb = sam.image_encoder(torch.cat(inputs, 0))
+            for b, i in enumerate(todo):
+                orig = images[i].shape[:2]
+                bt = torch.as_tensor(np.stack(boxes[i]).astype(np.float32), device=self.device)
+                bt = self.transform.apply_boxes_torch(bt, orig)
+                sparse, dense = sam.prompt_encoder(points=None, boxes=bt, masks=None)
+                low, iou = sam.mask_decoder(image_embeddings=emb[b:b + 1], image_pe=sam.prompt_encoder.get_dense_pe(),
+                                            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                            multimask_output=True)
+                logits = sam.postprocess_masks(low.float(), sizes[b], orig)  # (n, 3, H, W)
+                best = iou.float().argmax(dim=1)
+                ar = torch.arange(len(best), device=best.device)
+                chosen = logits[ar, best]
+                stab = calculate_stability_score(chosen, sam.mask_threshold, 1.0)
+                masks = (chosen > sam.mask_threshold).cpu().numpy()
+                ious = iou.float()[ar, best].cpu().numpy()
+                for k in range(len(best)):
+                    out[i].append(Segment(masks[k], float(ious[k]), float(stab[k])))
+        return out
+
+
+class Grounder:
+    """Detector + segmenter: caption -> objects with boxes, phrases, masks and scores."""
+
+    def __init__(self, detector, segmenter):
+        self.detector, self.segmenter = detector, segmenter
+
+    def ground(self, images: Sequence[np.ndarray], captions: Sequence[str]) -> list[list[GroundedObject]]:
+        dets = self.detector.detect(images, captions)
+        segs = self.segmenter.segment(images, [[d.box for d in ds] for ds in dets])
+        out = []
+        for ds, ss in zip(dets, segs):
+            out.append([GroundedObject(k, d.box, d.score, d.phrase, s.mask, s.pred_iou, s.stability)
+                        for k, (d, s) in enumerate(zip(ds, ss))])
+        return out
+
+    def records(self) -> list[dict]:
+        recs = [self.detector.record(), self.segmenter.record()]
+        te = getattr(self.detector, "text_record", None)
+        return recs + ([te] if te else [])
+
+
+def records_json(records: list[dict]) -> str:
+    return json.dumps(records, sort_keys=True)
