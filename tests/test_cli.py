@@ -82,6 +82,18 @@ def test_demo_and_quickstart_multiprocessing(tmp_path):
         assert f"  {name} " in block, name
     assert "once per worker process" in block
     assert unicurate("validate", str(tmp_path / "demo")).returncode == 0
+    # step 2: synthesis on the demo's own kept images, every edit type written, outputs valid
+    syn = tmp_path / "demo" / "synthesis"
+    sm = json.loads((syn / "manifest.json").read_text())
+    assert sm["kind"] == "synthesis" and sm["uncalibrated"] is True
+    assert sm["counts"]["inputs"] == d_kept(tmp_path / "demo") == sm["counts"]["images"]
+    assert sm["funnel"]["subjects"] > 0 and sm["counts"]["subject"] == sm["funnel"]["subjects"]
+    for etype in ("remove", "add", "recolor", "move", "resize", "background", "replace"):
+        assert sm["funnel"]["edits"].get(etype, {}).get("written", 0) > 0, etype
+        assert f"\n{etype} " in res.stdout, etype
+    assert "WARNING: UNCALIBRATED models: grounding_dino" in res.stdout
+    ok = unicurate("validate", str(syn))
+    assert ok.returncode == 0 and "one images/ row per input image" in ok.stdout
 
     res = unicurate("run", str(ROOT / "configs" / "quickstart.yaml"), "--",
                     "--direct_num_workers", "2", "--direct_running_mode", "multi_processing",
@@ -92,6 +104,10 @@ def test_demo_and_quickstart_multiprocessing(tmp_path):
     m = json.loads((tmp_path / "unicurate-demo" / "manifest.json").read_text())
     d = json.loads((tmp_path / "demo" / "manifest.json").read_text())
     assert m["counts"] == d["counts"] and m["funnel"]["reasons"] == d["funnel"]["reasons"]
+
+
+def d_kept(out) -> int:
+    return json.loads((out / "manifest.json").read_text())["counts"]["kept"]
 
 
 @pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["--version"]])

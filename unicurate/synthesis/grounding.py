@@ -205,6 +205,7 @@ class GroundingDinoDetector:
             self.sha256 = file_sha256(weights, remember=False)
         self.model = model.eval().to(device)
         self.tokenizer = model.tokenizer
+        self._special = set(self.tokenizer.all_special_ids) | set(self.tokenizer.convert_tokens_to_ids(["."]))
         import groundingdino.datasets.transforms as T
 
         self.transform = T.Compose([T.RandomResize([self.image_size], max_size=int(self.image_size * 1333 / 800)),
@@ -260,8 +261,12 @@ class GroundingDinoDetector:
             lg, xyxy, sc = lg[valid], xyxy[valid], sc[valid]
             kept = nms(xyxy, sc, self.nms_iou)[: self.max_objects]
             tokenized = self.tokenizer(prompts[b])
+            ids = tokenized["input_ids"]
+            # [CLS], [SEP] and '.' carry no words: leave them out of the phrase
+            words = torch.zeros(lg.shape[1], dtype=torch.bool)
+            words[: len(ids)] = torch.tensor([t not in self._special for t in ids], dtype=torch.bool)
             for k in kept.tolist():
-                phrase = get_phrases_from_posmap(lg[k] > self.text_threshold, tokenized, self.tokenizer)
+                phrase = get_phrases_from_posmap((lg[k] > self.text_threshold) & words, tokenized, self.tokenizer)
                 out[i].append(Detection(xyxy[k].numpy().astype(np.float32), float(sc[k]),
                                         phrase.replace(".", "").strip()))
         return out
