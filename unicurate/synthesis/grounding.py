@@ -118,7 +118,8 @@ def tiny_bert_dir(spec: ModelSpec, cache_dir: Optional[str] = None) -> Path:
         (tmp / "vocab.txt").write_text("\n".join(vocab) + "\n")
         tok = BertTokenizer(str(tmp / "vocab.txt"), do_lower_case=True)
         cfg = BertConfig(vocab_size=len(vocab), hidden_size=int(opts.get("hidden", 64)),
-                         num_hidden_layers=int(opts.get("layers", 2)), num_attention_heads=2,
+                         num_hidden_layers=int(opts.get("layers", 2)),
+                         num_attention_heads=max(2, int(opts.get("hidden", 64)) // 64),
                          intermediate_size=4 * int(opts.get("hidden", 64)), max_position_embeddings=512)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(opts.get("seed", 0)))
@@ -173,7 +174,7 @@ class GroundingDinoDetector:
             "config", "GroundingDINO_SwinT_OGC.py")
         args = SLConfig.fromfile(str(cfg_path))
         tiny = spec.uri.startswith("tiny://")
-        if tiny:
+        if tiny and not spec.options.get("full_size"):  # full_size: the real architecture, random (benchmarks)
             for k, v in TINY_GDINO.items():
                 setattr(args, k, v)
         args.text_encoder_type = str(text_dir)
@@ -333,7 +334,14 @@ class SamSegmenter:
         from segment_anything.utils.transforms import ResizeLongestSide
 
         self.spec, self.device, self.precision = spec, device, precision
-        if spec.uri.startswith("tiny://"):
+        if spec.uri.startswith("tiny://") and spec.options.get("full_size"):  # real architecture, random
+            import torch
+
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(spec.options.get("seed", 0)))
+                sam = sam_model_registry[spec.arch](checkpoint=None)
+            self.sha256 = None
+        elif spec.uri.startswith("tiny://"):
             sam = build_tiny_sam(int(spec.options.get("seed", 0)))
             from unicurate.models.loaders import state_dict_sha256
 
