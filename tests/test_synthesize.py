@@ -205,3 +205,30 @@ def test_synthesize_recipe_errors_name_the_field():
         syn_recipe(edits={"colors": ["octarine"]})
     with pytest.raises(RecipeError, match="not found"):
         load_recipe("/nonexistent.yaml")
+
+
+def test_text_encoder_folder_through_the_resolver(tmp_path):
+    from unicurate.models import zoo
+    from unicurate.models.resolver import ModelUnavailable
+
+    local = tmp_path / "bert"
+    local.mkdir()
+    r = syn_recipe(models={"profile": "default", "cache_dir": str(tmp_path / "cache"), "offline": True,
+                           "overrides": {"text_encoder": {"uri": str(local)}}})
+    spec = {s.name: s for s in zoo.synthesis_specs(r)}["text_encoder"]
+    assert zoo.locate(spec, r.models) == local  # a local BERT folder is used as it is
+    r = syn_recipe(models={"profile": "default", "cache_dir": str(tmp_path / "cache"), "offline": True})
+    specs = {s.name: s for s in zoo.synthesis_specs(r)}
+    assert zoo.presence(specs["text_encoder"], str(tmp_path / "cache")) == "missing"
+    with pytest.raises(ModelUnavailable, match="text_encoder.*bert-base-uncased/config.json.*offline"):
+        zoo.locate(specs["text_encoder"], r.models)
+    # each file lands in one cache folder, which is what GroundingDINO is given
+    for f in spec.options["files"]:
+        p = tmp_path / "cache" / "hf" / "google-bert" / "bert-base-uncased" / f
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("{}")
+    assert zoo.presence(specs["text_encoder"], str(tmp_path / "cache")) == "cached"
+    assert zoo.locate(specs["text_encoder"], r.models) == p.parent
+    sam_b = syn_recipe(models={"profile": "default"}, grounding={"sam_arch": "vit_b"})
+    sam = {s.name: s for s in zoo.synthesis_specs(sam_b)}["sam"]
+    assert sam.arch == "vit_b" and sam.uri.endswith("sam_vit_b_01ec64.pth")

@@ -224,6 +224,10 @@ def recipe_specs(filters_cfg, models_cfg) -> list[ModelSpec]:
     return [spec_with_overrides(specs[n], models_cfg) for n in needed_models(filters_cfg)]
 
 
+def _remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
 def package_path(uri: str) -> Path:
     """``package://PKG/PATH`` -> the file inside the installed package."""
     rest = uri[len("package://"):]
@@ -250,8 +254,7 @@ def locate(spec: ModelSpec, models_cfg=None) -> Optional[Path]:
     profile = models_cfg.profile if models_cfg is not None else None
     files = spec.options.get("files")
     if files:  # a folder of files (a transformers model): a local folder, or each file resolved into one
-        p = parse_uri(spec.uri)
-        if not p.scheme:
+        if not _remote(spec.uri):
             return resolve(spec.uri, model=spec.name, profile=profile, **kw)
         got = [resolve(spec.uri.rstrip("/") + "/" + f, model=spec.name, profile=profile, **kw) for f in files]
         return got[0].parent
@@ -268,13 +271,17 @@ def presence(spec: ModelSpec, cache_dir: Optional[str] = None) -> str:
             return "in package"
         except ModelUnavailable:
             return "missing (package not installed)"
+    files = spec.options.get("files")
+    if files and _remote(spec.uri):
+        try:
+            got = [is_cached(spec.uri.rstrip("/") + "/" + f, cache_dir) for f in files]
+        except ValueError:
+            return "invalid uri"
+        return "cached" if all(got) else "missing"
     try:
         parse_uri(spec.uri)
     except ValueError:
         return "invalid uri"
-    files = spec.options.get("files")
-    if files and parse_uri(spec.uri).scheme:
-        return "cached" if all(is_cached(spec.uri.rstrip("/") + "/" + f, cache_dir) for f in files) else "missing"
     return "cached" if is_cached(spec.uri, cache_dir) else "missing"
 
 
