@@ -251,7 +251,19 @@ class SampleWebConfig(_Section):
     slow_seconds: float = Field(5.0, gt=0)
 
 
-class CurateRecipe(_Section):
+class _Recipe(_Section):
+    """What every recipe kind has: its resolved form and its hash (recorded in manifests)."""
+
+    def resolved(self) -> dict[str, Any]:
+        """The recipe with every default filled in, JSON-safe."""
+        return json.loads(self.model_dump_json())
+
+    def recipe_hash(self) -> str:
+        canon = json.dumps(self.resolved(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()
+
+
+class CurateRecipe(_Recipe):
     pipeline: Literal["curate"]
     name: str = "curate"
     input: InputConfig
@@ -262,14 +274,6 @@ class CurateRecipe(_Section):
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
     sample_web: SampleWebConfig | None = None
-
-    def resolved(self) -> dict[str, Any]:
-        """The recipe with every default filled in, JSON-safe."""
-        return json.loads(self.model_dump_json())
-
-    def recipe_hash(self) -> str:
-        canon = json.dumps(self.resolved(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canon.encode()).hexdigest()
 
 
 # ---------------------------------------------------------------- synthesize
@@ -397,7 +401,7 @@ class ChecksConfig(_Section):
     change_tolerance: int = Field(8, ge=0, le=255, description="per-channel difference that counts as change")
 
 
-class SynthesizeRecipe(_Section):
+class SynthesizeRecipe(_Recipe):
     pipeline: Literal["synthesize"]
     name: str = "synthesize"
     input: SynInputConfig
@@ -410,9 +414,6 @@ class SynthesizeRecipe(_Section):
     models: ModelsConfig = Field(default_factory=lambda: ModelsConfig(batch_size=4))
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
     seed: int = Field(0, description="seeds template choice, colours, offsets and augmentations per object")
-
-    resolved = CurateRecipe.resolved
-    recipe_hash = CurateRecipe.recipe_hash
 
 
 RECIPES: dict[str, type[BaseModel]] = {"curate": CurateRecipe, "synthesize": SynthesizeRecipe}

@@ -79,38 +79,14 @@ def validate(out_dir: str, check_rows: bool = True) -> Report:
             listed[shard["path"]] = shard
             totals[sub] += int(shard["rows"])
 
-    present = {rel for sub in mf.SHARD_DIRS for rel in mf.list_shard_files(out_dir, sub)}
-    for rel in sorted(present - set(listed)):
-        rep.add(f"{rel}: shard file is not listed in the manifest (left from another run?)")
+    present = _present_vs_listed(rep, mf.SHARD_DIRS, listed)
 
     seen_keys: dict[str, str] = {}
     for rel, shard in listed.items():
-        path = mf.join(out_dir, *rel.split("/"))
         if rel not in present:
-            rep.add(f"{rel}: listed in the manifest but missing")
             continue
-        rep.checked_shards += 1
-        try:
-            sha, size = _sha256_of(path)
-        except Exception as exc:  # noqa: BLE001
-            rep.add(f"{rel}: cannot read: {exc}")
-            continue
-        if size != shard["bytes"]:
-            rep.add(f"{rel}: size {size} bytes, manifest says {shard['bytes']}")
-        if sha != shard["sha256"]:
-            rep.add(f"{rel}: sha256 {sha[:12]}… does not match the manifest's {shard['sha256'][:12]}… (modified or corrupt)")
-            continue
-        try:
-            pf = _open_parquet(path)
-        except Exception as exc:  # noqa: BLE001
-            rep.add(f"{rel}: not a readable Parquet file: {exc}")
-            continue
-        rows = pf.metadata.num_rows
-        if rows != shard["rows"]:
-            rep.add(f"{rel}: {rows} rows, manifest says {shard['rows']}")
-        file_schema = pf.schema_arrow
-        if not file_schema.remove_metadata().equals(schema.remove_metadata()):
-            rep.add(f"{rel}: schema differs from {version}")
+        pf = _check_file(rep, out_dir, rel, shard, schema, version)
+        if pf is None:
             continue
         if check_rows:
             table = pf.read(columns=["key", "status", "reject_reasons"])
@@ -146,15 +122,25 @@ def validate(out_dir: str, check_rows: bool = True) -> Report:
     return rep
 
 
+def _present_vs_listed(rep: Report, dirs, listed) -> set[str]:
+    """Shard files present in ``dirs``; unlisted and missing ones are problems."""
+    present = {rel for sub in dirs for rel in mf.list_shard_files(rep.out_dir, sub)}
+    for rel in sorted(present - set(listed)):
+        rep.add(f"{rel}: shard file is not listed in the manifest (left from another run?)")
+    for rel in sorted(set(listed) - present):
+        rep.add(f"{rel}: listed in the manifest but missing")
+    return present
+
+
 def _check_file(rep: Report, out_dir: str, rel: str, shard: dict, schema, label: str):
-    """Presence, size, checksum, row count and schema of one listed shard; the open ParquetFile or None."""
+    """Size, checksum, row count and schema of one present, listed shard; the open ParquetFile or None."""
     path = mf.join(out_dir, *rel.split("/"))
+    rep.checked_shards += 1
     try:
         sha, size = _sha256_of(path)
     except Exception as exc:  # noqa: BLE001
-        rep.add(f"{rel}: listed in the manifest but cannot be read ({type(exc).__name__})")
+        rep.add(f"{rel}: cannot read: {exc}")
         return None
-    rep.checked_shards += 1
     if size != shard["bytes"]:
         rep.add(f"{rel}: size {size} bytes, manifest says {shard['bytes']}")
     if sha != shard["sha256"]:
@@ -182,11 +168,7 @@ def _validate_synthesis(rep: Report, manifest: dict, check_rows: bool) -> Report
         return rep
     shards = manifest.get("shards", {})
     listed = {s["path"]: (kind, s) for kind in SYNTHESIS_DIRS for s in shards.get(kind, [])}
-    present = {rel for kind in SYNTHESIS_DIRS for rel in mf.list_shard_files(out_dir, kind)}
-    for rel in sorted(present - set(listed)):
-        rep.add(f"{rel}: shard file is not listed in the manifest (left from another run?)")
-    for rel in sorted(set(listed) - present):
-        rep.add(f"{rel}: listed in the manifest but missing")
+    present = _present_vs_listed(rep, SYNTHESIS_DIRS, listed)
     totals = {k: 0 for k in SYNTHESIS_DIRS}
     images: dict[str, dict] = {}
     per_image = {k: {} for k in ("subject", "edit", "rejected")}

@@ -98,9 +98,13 @@ class Loaded:
     precision: str = "fp32"
 
     def record(self) -> dict:
-        return {"name": self.spec.name, "title": self.spec.title, "library": self.spec.library,
-                "uri": self.spec.uri, "arch": self.spec.arch, "sha256": self.sha256,
-                "calibrated": self.spec.calibrated, "device": self.device, "precision": self.precision}
+        return model_record(self.spec, self.sha256, self.device, self.precision)
+
+
+def model_record(spec: ModelSpec, sha256: Optional[str], device: str, precision: str) -> dict:
+    """What the manifest records of one loaded model."""
+    return {"name": spec.name, "title": spec.title, "library": spec.library, "uri": spec.uri, "arch": spec.arch,
+            "sha256": sha256, "calibrated": spec.calibrated, "device": device, "precision": precision}
 
 
 # ------------------------------------------------------------------ CLIP (open_clip)

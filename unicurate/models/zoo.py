@@ -285,21 +285,32 @@ def presence(spec: ModelSpec, cache_dir: Optional[str] = None) -> str:
     return "cached" if is_cached(spec.uri, cache_dir) else "missing"
 
 
+def locate_all(specs: list[ModelSpec], models_cfg) -> list[tuple[ModelSpec, Optional[Path]]]:
+    return [(spec, locate(spec, models_cfg)) for spec in specs]
+
+
 def preflight(filters_cfg, models_cfg) -> list[tuple[ModelSpec, Optional[Path]]]:
-    """Resolve every model a recipe needs, before any input is read. Raises ModelUnavailable."""
+    """Resolve every model the curate filters need, before any input is read. Raises ModelUnavailable."""
     try:
         specs = recipe_specs(filters_cfg, models_cfg)
     except ValueError as exc:
         raise ModelUnavailable(str(exc)) from None
-    return [(spec, locate(spec, models_cfg)) for spec in specs]
+    return locate_all(specs, models_cfg)
 
 
-def unloaded_records(filters_cfg, models_cfg) -> list[dict]:
-    """Manifest records of the recipe's models when no row reached them (so none was loaded): no I/O.
+def recipe_preflight(recipe) -> list[tuple[ModelSpec, Optional[Path]]]:
+    """Resolve every model a curate or synthesize recipe needs. Raises ModelUnavailable."""
+    try:
+        specs = specs_for_recipe(recipe)
+    except ValueError as exc:
+        raise ModelUnavailable(str(exc)) from None
+    return locate_all(specs, recipe.models)
+
+
+def unloaded_records(specs: list[ModelSpec], note: str) -> list[dict]:
+    """Manifest records of models that were never loaded (no row reached them): no I/O.
 
     ``sha256`` is the expected one from the recipe, when it gives one; nothing is resolved or hashed.
     """
     return [{"name": s.name, "title": s.title, "library": s.library, "uri": s.uri, "arch": s.arch,
-             "sha256": s.sha256, "calibrated": s.calibrated, "devices": [],
-             "note": "not loaded: no row reached the model stage"}
-            for s in recipe_specs(filters_cfg, models_cfg)]
+             "sha256": s.sha256, "calibrated": s.calibrated, "devices": [], "note": note} for s in specs]

@@ -16,9 +16,6 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import math
-import os
-import sys
-import time
 import zlib
 from typing import Iterator, Optional
 
@@ -49,50 +46,13 @@ def shard_of(key: str, n_shards: int) -> int:
 
 
 # ------------------------------------------------------------------ progress
-class _Progress:
-    """Prints a progress line per worker process at most every ``every`` seconds.
-
-    Writes to a duplicate of stderr taken at import time, because img2dataset's
-    Resizer temporarily points fd 2 at /dev/null while it decodes.
-    """
-
-    def __init__(self, every: float = 2.0):
-        self.every = every
-        self.start = self.last = time.monotonic()
-        self.done = self.ok = 0
-        try:
-            self._fd = os.dup(sys.stderr.fileno())
-        except (OSError, ValueError, AttributeError):
-            self._fd = None
-
-    def add(self, ok: bool) -> None:
-        self.done += 1
-        self.ok += ok
-        now = time.monotonic()
-        if now - self.last >= self.every:
-            self.last = now
-            self.emit()
-
-    def emit(self) -> None:
-        if self._fd is None or not self.done:
-            return
-        rate = self.done / max(1e-6, time.monotonic() - self.start)
-        line = (f"[unicurate] worker {os.getpid()}: {self.done} fetched, {self.ok} decoded, "
-                f"{self.done - self.ok} failed, {rate:.1f}/s\n")
-        try:
-            os.write(self._fd, line.encode())
-        except OSError:
-            pass
+def _describe_fetch(c: dict, rate: float) -> str:
+    done, ok = c.get("done", 0), c.get("ok", 0)
+    return f"{done} fetched, {ok} decoded, {done - ok} failed, {rate:.1f}/s"
 
 
-_PROGRESS: Optional[_Progress] = None
-
-
-def _progress() -> _Progress:
-    global _PROGRESS
-    if _PROGRESS is None:
-        _PROGRESS = _Progress()
-    return _PROGRESS
+def _progress() -> perworker.Progress:
+    return perworker.progress("fetch", _describe_fetch)
 
 
 # ------------------------------------------------------------------ stages
@@ -155,15 +115,14 @@ class FetchDoFn(beam.DoFn):
         progress = _progress()
         for row, fetched in self.fetcher.fetch(todo):
             ok = fetched.image is not None or (fetched.sha256 is not None and fetched.original_width is not None)
-            progress.add(ok)
+            progress.add(done=1, ok=int(ok))
             self.fetched.inc()
             if fetched.reasons and fetched.error:
                 self.failed.inc()
             yield finish_row(row, fetched)
 
     def teardown(self):
-        if _PROGRESS is not None:
-            _PROGRESS.emit()
+        perworker.emit_progress("fetch")
 
 
 def finish_row(row: dict, fetched) -> dict:
@@ -242,7 +201,8 @@ class WriteManifestDoFn(beam.DoFn):
         keep = {s["path"] for s in shards[KEPT] + shards[REJECTED]}
         stale = mf.remove_stale_shards(out_dir, keep)
         models = (sc.merge_model_records(model_records) if model_records
-                  else zoo.unloaded_records(self.recipe.filters, self.recipe.models))
+                  else zoo.unloaded_records(zoo.specs_for_recipe(self.recipe),
+                                                  "not loaded: no row reached the model stage"))
         manifest = {
             "kind": "curated",
             "schema_version": CURATED_SCHEMA_VERSION,

@@ -1,10 +1,15 @@
-"""One object per worker process, shared by every DoFn instance in it (``apache_beam.utils.shared``)."""
+"""Per worker process: one shared object (``apache_beam.utils.shared``), the model DoFn base, progress lines."""
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable
 
+import apache_beam as beam
+from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
+
+NAMESPACE = "unicurate"  # Beam counters of every unicurate pipeline
 
 
 class Holder:
@@ -26,3 +31,101 @@ def acquire(handle: shared.Shared, build: Callable[[], Any], tag: str) -> tuple[
         return Holder(build())
 
     return handle.acquire(_build, tag=tag), bool(built)
+
+
+class Progress:
+    """Counts per worker process and prints a line at most every ``every`` seconds.
+
+    Writes to a duplicate of stderr taken at creation, because img2dataset's
+    Resizer temporarily points fd 2 at /dev/null while it decodes.
+    ``describe(counts, rate_per_second_of_first_count)`` makes the line.
+    """
+
+    def __init__(self, describe: Callable[[dict, float], str], every: float = 2.0):
+        import os
+        import sys
+        import time
+
+        self.describe, self.every = describe, every
+        self.start = self.last = time.monotonic()
+        self.counts: dict[str, int] = {}
+        try:
+            self._fd = os.dup(sys.stderr.fileno())
+        except (OSError, ValueError, AttributeError):
+            self._fd = None
+
+    def add(self, **counts: int) -> None:
+        import time
+
+        for k, v in counts.items():
+            self.counts[k] = self.counts.get(k, 0) + v
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            self.emit()
+
+    def emit(self) -> None:
+        import os
+        import time
+
+        if self._fd is None or not self.counts:
+            return
+        first = next(iter(self.counts.values()))
+        rate = first / max(1e-6, time.monotonic() - self.start)
+        try:
+            os.write(self._fd, f"[unicurate] worker {os.getpid()}: {self.describe(self.counts, rate)}\n".encode())
+        except OSError:
+            pass
+
+
+_PROGRESS: dict[str, Progress] = {}
+
+
+def progress(name: str, describe: Callable[[dict, float], str], every: float = 2.0) -> Progress:
+    """The process's progress reporter called ``name`` (created on first use)."""
+    if name not in _PROGRESS:
+        _PROGRESS[name] = Progress(describe, every)
+    return _PROGRESS[name]
+
+
+def emit_progress(name: str) -> None:
+    if name in _PROGRESS:
+        _PROGRESS[name].emit()
+
+
+class ModelDoFn(beam.DoFn):
+    """A DoFn holding one model object per worker process (``shared.Shared``).
+
+    Subclasses give ``build()`` (loads the models; runs once per process) and
+    ``records()`` (the manifest records of what was loaded). ``started()``,
+    yielded from at the top of ``process``, counts the load once (Beam counters
+    only count inside ``process``) and reports the records once per DoFn
+    instance on the ``MODELS_TAG`` output.
+    """
+
+    MODELS_TAG = "models"
+
+    def __init__(self, tag: str):
+        self.tag = tag
+        self._shared = shared.Shared()
+        self.loads = Metrics.counter(NAMESPACE, "model_loads")
+        self.batches = Metrics.counter(NAMESPACE, "model_batches")
+
+    def build(self) -> Any:
+        raise NotImplementedError
+
+    def records(self) -> list[dict]:
+        raise NotImplementedError
+
+    def setup(self):
+        self._holder, built = acquire(self._shared, self.build, tag=self.tag)
+        self.model = self._holder.value
+        self._load_to_count, self._reported = built, False
+
+    def started(self):
+        if self._load_to_count:
+            self._load_to_count = False
+            self.loads.inc()
+        if not self._reported:
+            self._reported = True
+            yield beam.pvalue.TaggedOutput(self.MODELS_TAG, json.dumps(self.records(), sort_keys=True))

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from unicurate.config import CurateRecipe, RecipeError, RunnerConfig
+from unicurate.schema import KEPT
 
 log = logging.getLogger("unicurate")
 
@@ -52,15 +53,18 @@ def _known(options, arg: str) -> bool:
     return name in all_opts or (name.startswith("no") and name[2:] in all_opts)
 
 
-def _absolutise(recipe: CurateRecipe) -> CurateRecipe:
-    """Local paths become absolute so worker processes agree with the driver."""
+def _absolute(path: str) -> str:
+    return path if is_remote(path) else str(Path(path).expanduser().absolute())
+
+
+def _absolutise(recipe):
+    """Local input and output paths become absolute so worker processes agree with the driver."""
     inp = recipe.input
-    paths = [p if is_remote(p) else str(Path(p).expanduser().absolute()) for p in inp.paths]
-    out = recipe.output.path
-    out = out if is_remote(out) else str(Path(out).expanduser().absolute())
+    path = inp.path if isinstance(inp.path, str) else None
+    new_in = _absolute(path) if path is not None else [_absolute(p) for p in inp.path]
     return recipe.model_copy(update={
-        "input": inp.model_copy(update={"path": paths[0] if isinstance(inp.path, str) else paths}),
-        "output": recipe.output.model_copy(update={"path": out}),
+        "input": inp.model_copy(update={"path": new_in}),
+        "output": recipe.output.model_copy(update={"path": _absolute(recipe.output.path)}),
     })
 
 
@@ -120,13 +124,13 @@ def run_synthesize(recipe, beam_args: Optional[list[str]] = None, say: Callable[
     from unicurate.manifests import manifest as mf
     from unicurate.pipelines import synthesize as syn
 
-    recipe = _absolutise_paths(recipe)
+    recipe = _absolutise(recipe)
     options = pipeline_options(recipe.runner, beam_args or [])
     opts = options.get_all_options(drop_default=True, retain_unknown_options=True)
-    check_synthesis_models(recipe, say)  # missing weights stop the run here, before any input is read
+    check_models(recipe, say)  # missing weights stop the run here, before any input is read
     cur, paths, keys = syn.prepare(recipe)  # input problems stop the run here too
     n_inputs = len(keys) if keys is not None else sum(
-        s["rows"] for s in cur["shards"][KEPT_DIR] if s.get("rows"))
+        s["rows"] for s in cur["shards"][KEPT] if s.get("rows"))
     say(f"synthesize: {n_inputs} kept image(s) in {len(paths)} shard(s) of {recipe.input.path} -> "
         f"{recipe.output.path}")
     say(f"runner: {opts.get('runner', 'DirectRunner')}, workers: {opts.get('direct_num_workers', 1)}, "
@@ -145,46 +149,10 @@ def run_synthesize(recipe, beam_args: Optional[list[str]] = None, say: Callable[
     return manifest
 
 
-KEPT_DIR = "kept"
-
-
-def _absolutise_paths(recipe):
-    """Synthesize recipes: input and output folders absolute, so worker processes agree with the driver."""
-    def absol(p: str) -> str:
-        return p if is_remote(p) else str(Path(p).expanduser().absolute())
-
-    return recipe.model_copy(update={
-        "input": recipe.input.model_copy(update={"path": absol(recipe.input.path)}),
-        "output": recipe.output.model_copy(update={"path": absol(recipe.output.path)}),
-    })
-
-
-def check_synthesis_models(recipe, say: Callable[[str], None] = print) -> list:
-    """Resolve every model a synthesize recipe needs before any input is read (ModelUnavailable if not)."""
-    from unicurate.models import zoo
-    from unicurate.models.resolver import ModelUnavailable
-
-    try:
-        specs = zoo.synthesis_specs(recipe)
-    except ValueError as exc:
-        raise ModelUnavailable(str(exc)) from None
-    located = [(spec, zoo.locate(spec, recipe.models)) for spec in specs]
-    say(f"models ({recipe.models.profile} profile): " + ", ".join(
-        f"{spec.name}{'' if spec.calibrated else ' [uncalibrated]'}" for spec, _ in located)
-        + f", inpainter {recipe.edits.inpainter}")
-    if any(not spec.calibrated for spec, _ in located):
-        say("WARNING: the tiny profile's models have random weights: boxes, masks and similarities are "
-            "UNCALIBRATED (fine for tests and the demo, meaningless for real data)")
-    return located
-
-
 def format_synthesis_funnel(manifest: dict) -> str:
     """Images by outcome, objects, subjects and edits per type with their reject reasons."""
     f = manifest["funnel"]
-    lines = []
-    if manifest.get("uncalibrated"):
-        names = ", ".join(m["name"] for m in manifest.get("models", []) if not m.get("calibrated"))
-        lines.append(f"WARNING: UNCALIBRATED models: {names} have tiny random weights (tests/demo only)")
+    lines = _uncalibrated_line(manifest, "models")
     lines.append(f"images: {f['images']} in: " + ", ".join(f"{k} {v}" for k, v in f["image_status"].items()))
     o = f["objects"]
     lines.append(f"objects: {o['detected']} detected, {o['accepted']} passed the mask checks, "
@@ -208,22 +176,28 @@ def format_synthesis_funnel(manifest: dict) -> str:
     return "\n".join(lines)
 
 
-def check_models(recipe: CurateRecipe, say: Callable[[str], None] = print) -> list:
-    """Resolve every model the recipe needs (cache, mirror, download) before any input is read.
-
-    Raises ``ModelUnavailable`` naming the model, its URI and how to stage it.
-    """
+def check_models(recipe, say: Callable[[str], None] = print) -> list:
+    """Resolve every model a curate or synthesize recipe needs (cache, mirror, download) before any input
+    is read. Raises ``ModelUnavailable`` naming the model, its URI and how to stage it."""
     from unicurate.models import zoo
 
-    if not recipe.filters.model_filters():
+    located = zoo.recipe_preflight(recipe)
+    if not located:
         return []
-    located = zoo.preflight(recipe.filters, recipe.models)
+    extra = f", inpainter {recipe.edits.inpainter}" if recipe.pipeline == "synthesize" else ""
     say(f"models ({recipe.models.profile} profile): " + ", ".join(
-        f"{spec.name}{'' if spec.calibrated else ' [uncalibrated]'}" for spec, _ in located))
+        f"{spec.name}{'' if spec.calibrated else ' [uncalibrated]'}" for spec, _ in located) + extra)
     if any(not spec.calibrated for spec, _ in located):
-        say("WARNING: the tiny profile's models have random weights: their scores are UNCALIBRATED "
+        say("WARNING: the tiny profile's models have random weights: their outputs are UNCALIBRATED "
             "(fine for tests and the demo, meaningless for real data)")
     return located
+
+
+def _uncalibrated_line(manifest: dict, what: str) -> list[str]:
+    if not manifest.get("uncalibrated"):
+        return []
+    names = ", ".join(m["name"] for m in manifest.get("models", []) if not m.get("calibrated"))
+    return [f"WARNING: UNCALIBRATED {what}: {names} have tiny random weights (tests/demo only)"]
 
 
 def counters(result) -> dict:
@@ -249,10 +223,7 @@ def format_funnel(manifest: dict) -> str:
     """The funnel as a text table: stages with counts and percentages, then reasons."""
     funnel = manifest["funnel"]
     total = max(1, funnel["inputs"])
-    lines = []
-    if manifest.get("uncalibrated"):
-        names = ", ".join(m["name"] for m in manifest.get("models", []) if not m.get("calibrated"))
-        lines.append(f"WARNING: UNCALIBRATED scores: {names} have tiny random weights (tests/demo only)")
+    lines = _uncalibrated_line(manifest, "scores")
     width = max(len(s["label"]) for s in funnel["stages"]) + 2
     lines.append(f"{'stage':<{width}}{'rows':>8}{'%':>8}")
     lines.append(f"{'inputs':<{width}}{funnel['inputs']:>8}{100.0:>7.1f}%")

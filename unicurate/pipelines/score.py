@@ -19,7 +19,6 @@ from typing import Iterator, Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.utils import shared
 
 from unicurate.config import CurateRecipe
 from unicurate.filters.scoring import ModelDecider
@@ -27,8 +26,8 @@ from unicurate.pipelines import perworker
 from unicurate.schema import REASON_STAGE, SCORE_COLUMNS, Reason, Stage
 
 log = logging.getLogger("unicurate")
-_NS = "unicurate"
-MODELS_TAG = "models"
+_NS = perworker.NAMESPACE
+MODELS_TAG = perworker.ModelDoFn.MODELS_TAG
 QUANTILES = 1000  # cutoff resolution for keep_top_fraction: 0.1% of the run
 
 
@@ -39,36 +38,27 @@ def reaches_models(row: dict) -> bool:
     return not any(REASON_STAGE[Reason(r)] in early for r in row["reject_reasons"])
 
 
-class ScoreDoFn(beam.DoFn):
+class ScoreDoFn(perworker.ModelDoFn):
     """Scores batches of rows with every model filter; models load once per worker process."""
 
     def __init__(self, recipe: CurateRecipe):
+        super().__init__(tag=f"scorer-{recipe.recipe_hash()}")
         self.recipe = recipe
-        self._shared = shared.Shared()
-        self.loads = Metrics.counter(_NS, "model_loads")
-        self.batches = Metrics.counter(_NS, "model_batches")
         self.scored = Metrics.counter(_NS, "model_rows")
         self.errors = Metrics.counter(_NS, "score_errors")
 
-    def setup(self):
+    def build(self):
         from unicurate.filters.scoring import ModelScorer
 
-        r = self.recipe
-        self._holder, built = perworker.acquire(self._shared, lambda: ModelScorer(r.filters, r.models),
-                                                tag=f"scorer-{r.recipe_hash()}")
-        self.scorer = self._holder.value
-        self._reported = False
-        self._load_to_count = built  # counters only count inside process(): report it there
+        return ModelScorer(self.recipe.filters, self.recipe.models)
+
+    def records(self) -> list[dict]:
+        return self.model.model_records()
 
     def process(self, batch: list[dict]) -> Iterator:
-        if self._load_to_count:
-            self._load_to_count = False
-            self.loads.inc()
-        if not self._reported:
-            self._reported = True
-            yield beam.pvalue.TaggedOutput(MODELS_TAG, json.dumps(self.scorer.model_records(), sort_keys=True))
+        yield from self.started()
         todo = [row for row in batch if reaches_models(row)]
-        results = self.scorer.score_rows(todo) if todo else []
+        results = self.model.score_rows(todo) if todo else []
         if todo:
             self.batches.inc()
             self.scored.inc(len(todo))

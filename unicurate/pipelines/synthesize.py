@@ -13,22 +13,18 @@ index, so a shard's four files describe the same images.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import math
-import os
-import sys
-import time
 from collections import Counter
 from typing import Iterator, Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.utils import shared
 
 from unicurate import __version__
 from unicurate.config import SynthesizeRecipe
 from unicurate.manifests import manifest as mf
+from unicurate.models import zoo
 from unicurate.pipelines import perworker
 from unicurate.pipelines.curate import shard_of
 from unicurate.pipelines.ingest import InputError
@@ -36,8 +32,8 @@ from unicurate.schema import (CURATED_SCHEMA_VERSION, EDIT_TYPES, KEPT, SYNTHESI
                               SYNTHESIS_SCHEMAS, shard_name)
 
 log = logging.getLogger("unicurate")
-_NS = "unicurate"
-MODELS_TAG = "models"
+_NS = perworker.NAMESPACE
+MODELS_TAG = perworker.ModelDoFn.MODELS_TAG
 READ_COLUMNS = ["key", "caption", "image", "width", "height"]
 
 
@@ -90,70 +86,36 @@ def read_kept_shard(path: str, keys: Optional[frozenset]) -> Iterator[dict]:
                 yield row
 
 
-# ------------------------------------------------------------------ progress
-class _Progress:
-    def __init__(self, every: float = 5.0):
-        self.every, self.start, self.last = every, time.monotonic(), time.monotonic()
-        self.images = self.samples = 0
-        try:
-            self._fd = os.dup(sys.stderr.fileno())
-        except (OSError, ValueError, AttributeError):
-            self._fd = None
-
-    def add(self, images: int, samples: int) -> None:
-        self.images += images
-        self.samples += samples
-        if time.monotonic() - self.last >= self.every:
-            self.last = time.monotonic()
-            if self._fd is not None:
-                rate = self.images / max(1e-6, self.last - self.start)
-                line = (f"[unicurate] worker {os.getpid()}: {self.images} images synthesized, "
-                        f"{self.samples} samples, {rate:.2f} images/s\n")
-                try:
-                    os.write(self._fd, line.encode())
-                except OSError:
-                    pass
-
-
-_PROGRESS: Optional[_Progress] = None
-
-
 # ------------------------------------------------------------------ model stage
-class SynthesizeDoFn(beam.DoFn):
+def _describe(c: dict, rate: float) -> str:
+    return f"{c['images']} images synthesized, {c['samples']} samples, {rate:.2f} images/s"
+
+
+class SynthesizeDoFn(perworker.ModelDoFn):
     """Runs a Synthesizer on batches of curated rows; models load once per worker process."""
 
     def __init__(self, recipe: SynthesizeRecipe):
+        super().__init__(tag=f"syn-{recipe.recipe_hash()}")
         self.recipe = recipe
-        self._shared = shared.Shared()
-        self.loads = Metrics.counter(_NS, "model_loads")
-        self.batches = Metrics.counter(_NS, "model_batches")
         self.images = Metrics.counter(_NS, "images")
         self.samples = Metrics.counter(_NS, "samples")
 
-    def setup(self):
+    def build(self):
         from unicurate.synthesis.synthesizer import Synthesizer
 
-        r = self.recipe
-        self._holder, built = perworker.acquire(self._shared, lambda: Synthesizer(r), tag=f"syn-{r.recipe_hash()}")
-        self.syn = self._holder.value
-        self._load_to_count, self._reported = built, False
+        return Synthesizer(self.recipe)
+
+    def records(self) -> list[dict]:
+        return self.model.records
 
     def process(self, batch: list[dict]) -> Iterator:
-        global _PROGRESS
-        if self._load_to_count:
-            self._load_to_count = False
-            self.loads.inc()
-        if not self._reported:
-            self._reported = True
-            yield beam.pvalue.TaggedOutput(MODELS_TAG, json.dumps(self.syn.records, sort_keys=True))
-        results = self.syn.process(batch)
+        yield from self.started()
+        results = self.model.process(batch)
         self.batches.inc()
         self.images.inc(len(results))
         n = sum(len(r.subject) + len(r.edit) for r in results)
         self.samples.inc(n)
-        if _PROGRESS is None:
-            _PROGRESS = _Progress()
-        _PROGRESS.add(len(results), n)
+        perworker.progress("synthesize", _describe, every=5.0).add(images=len(results), samples=n)
         for res in results:
             yield {"image": res.image, "subject": res.subject, "edit": res.edit, "rejected": res.rejected}
 
@@ -238,7 +200,8 @@ class WriteSynManifestDoFn(beam.DoFn):
         keep = {s["path"] for k in shards for s in shards[k]}
         stale = mf.remove_stale_shards(out_dir, keep, dirs=SYNTHESIS_DIRS)
         funnel = merge_funnel(r["funnel"] for r in shard_results)
-        models = merge_model_records(model_records) if model_records else unloaded_records(self.recipe)
+        models = (merge_model_records(model_records) if model_records
+                  else zoo.unloaded_records(zoo.synthesis_specs(self.recipe), "not loaded: the input had no kept images"))
         counts = {"inputs": n_inputs, **{k: sum(s["rows"] for s in shards[k]) for k in SYNTHESIS_DIRS}}
         manifest = {
             "kind": "synthesis",
@@ -258,14 +221,6 @@ class WriteSynManifestDoFn(beam.DoFn):
         }
         mf.write_json_atomic(mf.join(out_dir, mf.MANIFEST_NAME), manifest)
         yield mf.join(out_dir, mf.MANIFEST_NAME)
-
-
-def unloaded_records(recipe: SynthesizeRecipe) -> list[dict]:
-    from unicurate.models import zoo
-
-    return [{"name": s.name, "title": s.title, "library": s.library, "uri": s.uri, "arch": s.arch,
-             "sha256": s.sha256, "calibrated": s.calibrated, "devices": [],
-             "note": "not loaded: the input had no kept images"} for s in zoo.synthesis_specs(recipe)]
 
 
 def shard_count(n_images: int, per_shard: int) -> int:

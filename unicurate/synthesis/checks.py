@@ -48,12 +48,16 @@ def clip_similarities(clip, edits: Sequence[EditResult]) -> list[Optional[float]
         return [None] * len(edits)
     from PIL import Image
 
-    tensors = []
+    # an image is the source of most of its edits (and remove/add swap theirs): embed each array once
+    index: dict[int, int] = {}
+    arrays: list[np.ndarray] = []
     for e in edits:
-        tensors.append(clip.image_tensor(Image.fromarray(e.source)))
-        tensors.append(clip.image_tensor(Image.fromarray(e.target)))
-    emb = clip.encode_images(tensors)
-    return [float(np.dot(emb[2 * k], emb[2 * k + 1])) for k in range(len(edits))]
+        for a in (e.source, e.target):
+            if id(a) not in index:
+                index[id(a)] = len(arrays)
+                arrays.append(a)
+    emb = clip.encode_images([clip.image_tensor(Image.fromarray(a)) for a in arrays])
+    return [float(np.dot(emb[index[id(e.source)]], emb[index[id(e.target)]])) for e in edits]
 
 
 def reasons_for(edit: EditResult, cfg, box_threshold: float, *, redetect: Optional[float],

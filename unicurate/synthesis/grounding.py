@@ -22,18 +22,21 @@ and a 2-layer 256 px SAM ViT. Their outputs are uncalibrated.
 
 from __future__ import annotations
 
-import json
+import contextlib
+import io
 import logging
 import os
 import shutil
 import tempfile
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
+from unicurate.models.loaders import Loaded, _count, state_dict_sha256
 from unicurate.models.resolver import ModelUnavailable, default_cache_dir, file_sha256
 from unicurate.models.zoo import ModelSpec
 
@@ -80,8 +83,6 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _autocast(device: str, precision: str):
-    import contextlib
-
     import torch
 
     if device == "cuda" and precision in ("fp16", "bf16"):
@@ -154,7 +155,7 @@ TINY_GDINO = dict(
 )
 
 
-class GroundingDinoDetector:
+class GroundingDinoDetector(Loaded):
     """Batched GroundingDINO (groundingdino-py) with the caption as prompt."""
 
     def __init__(self, spec: ModelSpec, weights: Optional[Path], text_dir: Path, device: str, precision: str,
@@ -189,8 +190,6 @@ class GroundingDinoDetector:
             torch.manual_seed(int(spec.options.get("seed", 0)))
             model = build_model(args)
         if tiny:
-            from unicurate.models.loaders import state_dict_sha256
-
             self.sha256 = state_dict_sha256(model)
         else:
             try:
@@ -211,15 +210,7 @@ class GroundingDinoDetector:
 
         self.transform = T.Compose([T.RandomResize([self.image_size], max_size=int(self.image_size * 1333 / 800)),
                                     T.ToTensor(), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
-        from unicurate.models.loaders import _count
-
         _count(spec.name)
-
-    def record(self) -> dict:
-        s = self.spec
-        return {"name": s.name, "title": s.title, "library": s.library, "uri": s.uri, "arch": s.arch,
-                "sha256": self.sha256, "calibrated": s.calibrated, "device": self.device,
-                "precision": self.precision}
 
     def _truncate(self, prompt: str, max_tokens: int = 250) -> str:
         toks = self.tokenizer.tokenize(prompt)
@@ -273,26 +264,14 @@ class GroundingDinoDetector:
         return out
 
 
-class _quiet_stdout:
+@contextlib.contextmanager
+def _quiet_stdout():
     """groundingdino prints and warns (deprecated torch calls) on build and forward; keep the terminal
     for progress and the funnel."""
-
-    def __enter__(self):
-        import contextlib
-        import io
-        import warnings
-
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", FutureWarning)
-        self._cm = contextlib.redirect_stdout(io.StringIO())
-        self._cm.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self._cm.__exit__(*exc)
-        return self._w.__exit__(*exc)
+        yield
 
 
 # ------------------------------------------------------------------ SAM
@@ -325,7 +304,7 @@ def build_tiny_sam(seed: int):
     return sam
 
 
-class SamSegmenter:
+class SamSegmenter(Loaded):
     """Batched SAM: one encoder pass per batch, all boxes of an image in one decoder call."""
 
     def __init__(self, spec: ModelSpec, weights: Optional[Path], device: str, precision: str):
@@ -335,16 +314,12 @@ class SamSegmenter:
 
         self.spec, self.device, self.precision = spec, device, precision
         if spec.uri.startswith("tiny://") and spec.options.get("full_size"):  # real architecture, random
-            import torch
-
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(spec.options.get("seed", 0)))
                 sam = sam_model_registry[spec.arch](checkpoint=None)
             self.sha256 = None
         elif spec.uri.startswith("tiny://"):
             sam = build_tiny_sam(int(spec.options.get("seed", 0)))
-            from unicurate.models.loaders import state_dict_sha256
-
             self.sha256 = state_dict_sha256(sam)
         else:
             arch = spec.arch or "vit_h"
@@ -360,11 +335,7 @@ class SamSegmenter:
             self.sha256 = file_sha256(weights, remember=False)
         self.model = sam.eval().to(device)
         self.transform = ResizeLongestSide(sam.image_encoder.img_size)
-        from unicurate.models.loaders import _count
-
         _count(spec.name)
-
-    record = GroundingDinoDetector.record
 
     def segment(self, images: Sequence[np.ndarray], boxes: Sequence[Sequence[np.ndarray]]) -> list[list[Segment]]:
         """Per image (RGB uint8), the best-of-3 mask for each of its boxes (xyxy pixels)."""
@@ -418,12 +389,3 @@ class Grounder:
             out.append([GroundedObject(k, d.box, d.score, d.phrase, s.mask, s.pred_iou, s.stability)
                         for k, (d, s) in enumerate(zip(ds, ss))])
         return out
-
-    def records(self) -> list[dict]:
-        recs = [self.detector.record(), self.segmenter.record()]
-        te = getattr(self.detector, "text_record", None)
-        return recs + ([te] if te else [])
-
-
-def records_json(records: list[dict]) -> str:
-    return json.dumps(records, sort_keys=True)

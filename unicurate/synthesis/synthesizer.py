@@ -87,7 +87,7 @@ def _seed(text: str, seed: int) -> int:
 def load_models(recipe) -> dict[str, Any]:
     """Load every model a synthesize recipe needs (once per worker): grounder, clip, inpainter, records."""
     from unicurate.models import zoo
-    from unicurate.models.loaders import ClipModel, select_device
+    from unicurate.models.loaders import ClipModel, model_record, select_device
     from unicurate.models.resolver import file_sha256
     from unicurate.synthesis.grounding import GroundingDinoDetector, Grounder, SamSegmenter, tiny_bert_dir
 
@@ -102,9 +102,7 @@ def load_models(recipe) -> dict[str, Any]:
                                 box_threshold=g.box_threshold, text_threshold=g.text_threshold,
                                 nms_iou=g.nms_iou, max_objects=g.max_objects)
     weights = next((text_dir / n for n in ("model.safetensors", "pytorch_model.bin") if (text_dir / n).is_file()))
-    text_rec = {"name": te.name, "title": te.title, "library": te.library, "uri": te.uri, "arch": te.arch,
-                "sha256": file_sha256(weights, remember=False), "calibrated": te.calibrated, "device": device,
-                "precision": precision}
+    text_rec = model_record(te, file_sha256(weights, remember=False), device, precision)
     seg = SamSegmenter(specs["sam"], zoo.locate(specs["sam"], m), device, precision)
     records = [det.record(), text_rec, seg.record()]
     clip = None
@@ -112,11 +110,9 @@ def load_models(recipe) -> dict[str, Any]:
         clip = ClipModel(specs["clip"], zoo.locate(specs["clip"], m), device, precision)
         records.append(clip.record())
     if "lama" in specs:
-        inpainter = ed.LamaInpainter(zoo.locate(specs["lama"], m), device)
-        lama = specs["lama"]
-        records.append({"name": "lama", "title": lama.title, "library": "torch", "uri": lama.uri, "arch": lama.arch,
-                        "sha256": file_sha256(zoo.locate(lama, m), remember=False), "calibrated": True,
-                        "device": device, "precision": "fp32"})
+        lama_path = zoo.locate(specs["lama"], m)
+        inpainter = ed.LamaInpainter(lama_path, device)
+        records.append(model_record(specs["lama"], file_sha256(lama_path, remember=False), device, "fp32"))
     else:
         inpainter = ed.TeleaInpainter(recipe.edits.inpaint_radius)
         records.append({"name": "inpainter", "title": "OpenCV Telea inpainting (no weights)", "library": "opencv",
@@ -147,6 +143,7 @@ class Synthesizer:
     # ---------------------------------------------------------------- per batch
     def process(self, rows: Sequence[dict]) -> list[ImageResult]:
         r = self.recipe
+        self._encoded: dict = {}
         results: list[ImageResult] = []
         images: list[Optional[np.ndarray]] = []
         for row in rows:
@@ -215,6 +212,7 @@ class Synthesizer:
                 res.image.update(status=code.value, reject_reasons=[code.value] + child)
         for res in results:
             res.image.update(subjects=len(res.subject), edits=len(res.edit), rejected=len(res.rejected))
+        self._encoded = {}
         for i in ok:
             self._pool.appendleft(({"key": rows[i]["key"]}, images[i], [(o, None) for o, _ in accepted[i]]))
         return results
@@ -224,14 +222,27 @@ class Synthesizer:
         h, w = img.shape[:2]
         return ed.normalised_box(obj.box, w, h)
 
+    def _cached(self, arr: np.ndarray, kind: str, encode) -> bytes:
+        """Encode each array once per batch: an image is the source of most of its edits and the target of
+        its subject samples, and remove/add share their images and mask. Entries hold the array, so its
+        id cannot be reused while the batch runs."""
+        key = (id(arr), kind)
+        hit = self._encoded.get(key)
+        if hit is None:
+            hit = self._encoded[key] = (arr, encode(arr))
+        return hit[1]
+
     def _enc(self, img: np.ndarray) -> bytes:
         o = self.recipe.output
-        return encode_image(img, o.image_format, o.jpeg_quality)
+        return self._cached(img, "image", lambda a: encode_image(a, o.image_format, o.jpeg_quality))
+
+    def _mask(self, mask: np.ndarray) -> bytes:
+        return self._cached(mask, "mask", encode_mask)
 
     def _rejected_object(self, row, img, obj: GroundedObject, mm: quality.MaskMetrics) -> dict:
         return {"key": f"{row['key']}-o{obj.index}", "source_key": row["key"], "object_index": obj.index,
                 "kind": "object", "edit_type": None, "reject_reasons": list(mm.reasons), "error": None,
-                "phrase": tp.clean_phrase(obj.phrase), "box": self._box_norm(obj, img), "mask": encode_mask(obj.mask),
+                "phrase": tp.clean_phrase(obj.phrase), "box": self._box_norm(obj, img), "mask": self._mask(obj.mask),
                 "source_image": None, "target_image": None, "instruction": None, "params": None,
                 "detection_score": obj.score, "pred_iou": mm.pred_iou, "stability_score": mm.stability,
                 "mask_area": mm.mask_area, "box_area": mm.box_area, "largest_component": mm.largest_component,
@@ -248,7 +259,7 @@ class Synthesizer:
         tid, text = sj.instruction(obj.phrase, row.get("caption") or "", f"{self.recipe.seed}:{key}")
         h, w = img.shape[:2]
         return {"key": key, "source_key": row["key"], "object_index": obj.index,
-                "phrase": tp.clean_phrase(obj.phrase), "box": self._box_norm(obj, img), "mask": encode_mask(obj.mask),
+                "phrase": tp.clean_phrase(obj.phrase), "box": self._box_norm(obj, img), "mask": self._mask(obj.mask),
                 "reference_image": self._enc(ref), "target_image": self._enc(img),
                 "image_format": self.recipe.output.image_format, "width": w, "height": h, "instruction": text,
                 "template_id": tid, "caption": row.get("caption"), "augmentations": json.dumps(applied),
@@ -260,7 +271,7 @@ class Synthesizer:
         return {"key": f"{row['key']}-e{obj.index}-{e.edit_type}", "source_key": row["key"],
                 "object_index": obj.index, "edit_type": e.edit_type, "instruction": e.instruction,
                 "template_id": e.template_id, "source_image": self._enc(e.source), "target_image": self._enc(e.target),
-                "mask": encode_mask(e.region), "image_format": self.recipe.output.image_format, "width": w,
+                "mask": self._mask(e.region), "image_format": self.recipe.output.image_format, "width": w,
                 "height": h, "phrase": tp.clean_phrase(obj.phrase), "box": ed.normalised_box(obj.box, w, h),
                 "caption": row.get("caption"), "params": json.dumps(e.params, sort_keys=True),
                 "partner_key": e.partner_key, "detection_score": obj.score, "pred_iou": obj.pred_iou,
@@ -277,7 +288,7 @@ class Synthesizer:
         return {"key": f"{row['key']}-e{obj.index}-{etype}", "source_key": row["key"], "object_index": obj.index,
                 "kind": "edit", "edit_type": etype, "reject_reasons": list(reasons), "error": error,
                 "phrase": tp.clean_phrase(obj.phrase), "box": box,
-                "mask": encode_mask(e.region) if e is not None else None,
+                "mask": self._mask(e.region) if e is not None else None,
                 "source_image": self._enc(e.source) if keep else None,
                 "target_image": self._enc(e.target) if keep else None,
                 "instruction": e.instruction if e is not None else None,
