@@ -51,7 +51,11 @@ def default_recipe(name: str) -> Path:
 def cmd_run(args, beam_args: list[str]) -> int:
     from unicurate.config import RecipeError, load_recipe
 
-    overrides = {}
+    try:
+        overrides = _parse_overrides(args.set or [])
+    except ValueError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
     if args.input:
         overrides["input.path"] = args.input
     if args.output:
@@ -69,6 +73,22 @@ def cmd_run(args, beam_args: list[str]) -> int:
     out = manifest["recipe"]["output"]["path"]
     _say(f"\nwrote {out} in {manifest.get('_elapsed_seconds', 0):.1f}s; check it with: unicurate validate {out}")
     return EXIT_OK
+
+
+def _parse_overrides(items: list[str]) -> dict:
+    """``--set filters.aesthetic.min_score=5.5`` -> {"filters.aesthetic.min_score": 5.5} (values parsed as YAML)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        path, sep, raw = item.partition("=")
+        if not sep or not path.strip() or any(not p for p in path.strip().split(".")):
+            raise ValueError(f"--set {item!r}: expected DOTTED.PATH=VALUE, e.g. filters.aesthetic.min_score=5.5")
+        try:
+            out[path.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--set {item!r}: the value is not valid YAML: {exc}") from None
+    return out
 
 
 def _funnel(manifest: dict) -> str:
@@ -109,6 +129,70 @@ def cmd_validate(args) -> int:
     rep = validate(args.dir)
     print(format_report(rep), file=sys.stdout if rep.ok else sys.stderr)
     return EXIT_OK if rep.ok else EXIT_FAILED
+
+
+def cmd_stats(args) -> int:
+    import json
+
+    from unicurate.manifests.stats import StatsError, format_stats, stats
+
+    try:
+        s = stats(args.dir, by=args.by)
+    except StatsError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    print(json.dumps(s, indent=2, sort_keys=True) if args.json else format_stats(s), flush=True)
+    return EXIT_OK
+
+
+def cmd_whatif(args) -> int:
+    import json
+
+    from unicurate.manifests.stats import StatsError
+    from unicurate.manifests.whatif import WhatIfError, apply, format_whatif, whatif
+
+    try:
+        s = whatif(args.dir, args.set or [])
+        print(json.dumps(s, indent=2, sort_keys=True) if args.json else format_whatif(s), flush=True)
+        if args.apply:
+            m = apply(args.dir, args.set, args.apply, say=_say if not args.json else (lambda _m: None))
+            if not args.json:
+                _say(f"\nwrote {args.apply}: {m['counts']['kept']} kept, {m['counts']['rejected']} rejected "
+                     f"(rows copied); check it with: unicurate validate {args.apply}")
+    except (WhatIfError, StatsError) as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def cmd_report(args) -> int:
+    from unicurate.manifests.report import ReportError, write_report
+    from unicurate.manifests.stats import StatsError
+
+    try:
+        path = write_report(args.dir, args.out)
+    except (ReportError, StatsError) as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    _say(f"wrote {path} (one self-contained HTML file; open it in a browser)")
+    return EXIT_OK
+
+
+def cmd_export(args) -> int:
+    from unicurate.manifests.export import ExportError, export
+    from unicurate.manifests.stats import StatsError
+
+    try:
+        em = export(args.dir, args.format, args.to, kept_only=args.kept_only, max_count=args.max_count, say=_say)
+    except (ExportError, StatsError) as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    total = sum(em["counts"].values())
+    _say(f"exported {total} rows as {args.format} to {args.to} ({len(em['files'])} files; "
+         f"checksums in {args.to}/unicurate-export.json)")
+    if em["source"]["uncalibrated"]:
+        _say("warning: the source run used UNCALIBRATED models (tiny profile); do not train on it")
+    return EXIT_OK
 
 
 def _models_cfg(args):
@@ -207,6 +291,10 @@ def cmd_demo(args, beam_args: list[str]) -> int:
     _say("")
     _say(format_synthesis_funnel(syn_manifest))
     _say(f"\nnext: unicurate validate {out} && unicurate validate {syn_out}")
+    _say(f"      unicurate stats {out}            (funnel, reasons, score quantiles; --json)")
+    _say(f"      unicurate report {out}           (HTML report; also for {syn_out})")
+    _say(f"      unicurate whatif {out} --set clip_score>=0 --set aesthetic_score>=-0.228")
+    _say(f"      unicurate export {out} --format webdataset|mds|hf --to EXPORT_DIR")
     return EXIT_OK
 
 
@@ -259,9 +347,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="recipe file, e.g. configs/quickstart.yaml")
     p.add_argument("--input", help="override input.path")
     p.add_argument("--output", help="override output.path")
+    p.add_argument("--set", action="append", metavar="PATH=VALUE",
+                   help="override any recipe field, e.g. --set filters.aesthetic.min_score=5.5 (repeatable)")
 
     p = sub.add_parser("validate", help="check an output folder against its manifest")
     p.add_argument("dir", help="output folder (local or gs://)")
+
+    p = sub.add_parser("stats", help="funnel, reject reasons, sources, score quantiles and sizes (polars)")
+    p.add_argument("dir", help="curated or synthesis output folder")
+    p.add_argument("--json", action="store_true", help="print one stable JSON object")
+    p.add_argument("--by", help="also break the funnel down by this column (e.g. source)")
+
+    p = sub.add_parser("whatif", help="recompute the selection under new thresholds from recorded scores")
+    p.add_argument("dir", help="curated output folder")
+    p.add_argument("--set", action="append", metavar="SCORE>=VALUE",
+                   help="e.g. clip_score>=0.3, aesthetic_score>=5.5, nsfw_score<=0.4, text_coverage<=0.1, "
+                        "watermark_score=off (repeatable)")
+    p.add_argument("--apply", metavar="NEW_OUT", help="write the new selection as an output folder (rows copied)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("report", help="write one self-contained HTML report")
+    p.add_argument("dir", help="curated or synthesis output folder")
+    p.add_argument("--out", help="HTML file to write (default: DIR/report.html)")
+
+    p = sub.add_parser("export", help="export to WebDataset, MosaicML Streaming (MDS) or Hugging Face datasets")
+    p.add_argument("dir", help="curated or synthesis output folder")
+    p.add_argument("--format", required=True, choices=["webdataset", "mds", "hf"])
+    p.add_argument("--to", required=True, help="destination folder (new, empty, or an earlier export)")
+    p.add_argument("--kept-only", action="store_true", help="curated runs: only kept rows (default: kept + rejected)")
+    p.add_argument("--max-count", type=int, default=10_000, help="samples per WebDataset tar (default 10000)")
 
     p = sub.add_parser("models", help="list or fetch the models of a profile")
     msub = p.add_subparsers(dest="models_command", required=True)
@@ -295,6 +409,14 @@ def main(argv: Optional[list[str]] = None) -> int:
             return cmd_run(args, beam_args)
         if args.command == "validate":
             return cmd_validate(args)
+        if args.command == "stats":
+            return cmd_stats(args)
+        if args.command == "whatif":
+            return cmd_whatif(args)
+        if args.command == "report":
+            return cmd_report(args)
+        if args.command == "export":
+            return cmd_export(args)
         if args.command == "models":
             return cmd_models(args)
         if args.command == "demo":

@@ -1,0 +1,349 @@
+"""What-if thresholds: recompute the selection of a curate run from its recorded scores.
+
+No model runs. The run's recipe (from its manifest) gets the new thresholds;
+each row's model-filter reasons are decided again by the same
+:class:`~unicurate.filters.scoring.ModelDecider` the pipeline uses, and the
+duplicate decisions are made again by the same functions (an exact duplicate's
+winner is the earliest row that passes every other filter, so it can change
+when thresholds do). Everything else a row was rejected for (download, decode,
+rule filters, score errors) stays. The result is what a fresh ``unicurate run``
+of the changed recipe would keep, given the same downloads and scores.
+
+``apply`` writes the new selection as a complete output folder (shards with
+the same names, a manifest whose recipe is the changed one and which records
+where it was derived from), so every other command works on it.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+import polars as pl
+
+from unicurate import __version__
+from unicurate.filters import dedup as dd
+from unicurate.manifests import manifest as mf
+from unicurate.manifests import stats as st
+from unicurate.schema import CURATED_SCHEMA, CURATED_SCHEMA_VERSION, KEPT, REASON_STAGE, REJECTED, Reason, Stage
+
+# --set SCORE OP VALUE -> the recipe field it changes. OP is the direction a row must satisfy to be kept.
+SETTABLE = {
+    "clip_score": (">=", "clip_score", "min_score"),
+    "aesthetic_score": (">=", "aesthetic", "min_score"),
+    "nsfw_score": ("<=", "nsfw", "max_score"),
+    "watermark_score": ("<=", "watermark", "max_score"),
+    "text_coverage": (None, "text_coverage", None),  # <= max_coverage, >= min_coverage
+}
+_SET_RE = re.compile(r"^\s*([a-z_]+)\s*(>=|<=|=)\s*(\S+)\s*$")
+# reasons a what-if decides again; every other reason a row has stays
+MODEL_REASONS = frozenset(r.value for r in Reason if REASON_STAGE[r] == Stage.SCORE and r != Reason.SCORE_ERROR)
+DEDUP_REASONS = frozenset({Reason.DUPLICATE.value, Reason.NEAR_DUPLICATE.value})
+_CHUNK = 50_000
+
+
+class WhatIfError(ValueError):
+    """A --set expression or the output cannot be used; the message says why and what to do."""
+
+
+@dataclass
+class Setting:
+    score: str
+    op: str
+    value: Optional[float]  # None: the bound is removed ("off")
+    section: str
+    field: str
+
+    def text(self) -> str:
+        return f"{self.score}=off" if self.value is None else f"{self.score}{self.op}{self.value:g}"
+
+
+def parse_setting(expr: str) -> Setting:
+    """``clip_score>=0.3``, ``nsfw_score<=0.4``, ``text_coverage<=0.1``, ``watermark_score=off``."""
+    m = _SET_RE.match(expr)
+    if not m and expr.strip() in SETTABLE:
+        raise WhatIfError(f"--set {expr!r} has no bound: quote the expression, or the shell takes '>' as a "
+                          f"redirection, e.g. --set '{expr.strip()}>=0.3'")
+    if not m:
+        raise WhatIfError(f"--set {expr!r}: expected SCORE>=VALUE, SCORE<=VALUE or SCORE=off, "
+                          f"e.g. clip_score>=0.3 (scores: {', '.join(SETTABLE)})")
+    score, op, raw = m.groups()
+    if score not in SETTABLE:
+        raise WhatIfError(f"--set {expr!r}: unknown score {score!r}; scores with thresholds: {', '.join(SETTABLE)}")
+    want_op, section, field = SETTABLE[score]
+    if op == "=":
+        if raw.lower() not in ("off", "none", "null"):
+            raise WhatIfError(f"--set {expr!r}: use {score}{want_op or '<='}{raw} for a bound, or {score}=off "
+                              "to remove it")
+        if score == "text_coverage":
+            return Setting(score, "=", None, section, "*")
+        return Setting(score, "=", None, section, field)
+    try:
+        value = float(raw)
+    except ValueError:
+        raise WhatIfError(f"--set {expr!r}: {raw!r} is not a number") from None
+    if score == "text_coverage":
+        return Setting(score, op, value, section, "max_coverage" if op == "<=" else "min_coverage")
+    if op != want_op:
+        kind = "minimum" if want_op == ">=" else "maximum"
+        raise WhatIfError(f"--set {expr!r}: {score} is a {kind} (rows are kept when {score} {want_op} the bound); "
+                          f"use {score}{want_op}{raw}")
+    return Setting(score, op, value, section, field)
+
+
+def changed_recipe(recipe: dict, settings: Sequence[Setting]) -> dict:
+    """The run's recipe with the new bounds (resolved form, as in the manifest)."""
+    from unicurate.config import RecipeError, parse_recipe
+
+    data = copy.deepcopy(recipe)
+    filters = data.setdefault("filters", {})
+    for s in settings:
+        sec = filters.get(s.section)
+        if sec is None:
+            raise WhatIfError(f"--set {s.text()}: the run did not use the {s.section} filter, so no {s.score} was "
+                              "recorded; add the filter to the recipe and rerun")
+        if s.field == "*":
+            sec["max_coverage"] = sec["min_coverage"] = None
+        else:
+            sec[s.field] = s.value
+        if s.section == "clip_score":
+            sec["keep_top_fraction"] = None  # an absolute bound replaces the run-wide top fraction
+    try:
+        return parse_recipe(data, source="what-if recipe").resolved()
+    except RecipeError as exc:
+        raise WhatIfError(str(exc)) from None
+
+
+# ------------------------------------------------------------------ recompute
+def _order_of(df: pl.DataFrame) -> list[tuple]:
+    """Input order (file index, row) as the pipeline defines it: files sorted by path."""
+    files = sorted({f for f in df["input_file"].to_list() if f is not None})
+    index = {f: i for i, f in enumerate(files)}
+    return [(index.get(f, -1), r if r is not None else -1)
+            for f, r in zip(df["input_file"].to_list(), df["input_row"].to_list())]
+
+
+def recompute(out_dir: str, manifest: dict, settings: Sequence[Setting]) -> tuple[dict, pl.DataFrame]:
+    """(the changed recipe, a frame: key, old status, new reject_reasons, duplicate_of, old/new status)."""
+    from unicurate.config import parse_recipe
+    from unicurate.filters.scoring import ModelDecider
+
+    if manifest.get("kind") != "curated":
+        raise WhatIfError(f"{out_dir} is a {manifest.get('kind')} output; what-if thresholds apply to curate runs")
+    new_recipe = changed_recipe(manifest["recipe"], settings)
+    cfg = parse_recipe(new_recipe, source="what-if recipe")
+    cols = ["key", "status", "reject_reasons", "duplicate_of", "sha256", "phash", "input_file", "input_row",
+            *st.CURATED_SCORES, "ocr_text"]
+    df = st.scan_curated(out_dir, manifest, cols).collect()
+    c = cfg.filters.clip_score
+    cutoff = manifest.get("clip_score_cutoff") if c is not None and c.keep_top_fraction is not None else None
+    decider = ModelDecider(cfg.filters)
+    reasons: list[list[str]] = []
+    for chunk in df.iter_slices(_CHUNK):
+        rows = chunk.to_dicts()
+        decided = decider.reasons(rows, clip_min_score=cutoff)
+        for row, new in zip(rows, decided):
+            base = [r for r in row["reject_reasons"] if r not in MODEL_REASONS and r not in DEDUP_REASONS]
+            reasons.append(base + new)
+    keys = df["key"].to_list()
+    order = _order_of(df)
+    # a repeated url keeps what ingest said (it was never downloaded); image duplicates are decided again
+    dup_of = [old if Reason.DUPLICATE_URL.value in rs else None
+              for old, rs in zip(df["duplicate_of"].to_list(), reasons)]
+    dcfg = cfg.filters.dedup
+    index = {k: i for i, k in enumerate(keys)}
+    exact_losers: set[str] = set()
+    if dcfg.exact:
+        groups: dict[str, list] = defaultdict(list)
+        for i, sha in enumerate(df["sha256"].to_list()):
+            if sha:
+                groups[sha].append(dd.Rec(order[i], keys[i], not reasons[i], sha))
+        for recs in groups.values():
+            for loser, winner in dd.exact_losers(recs):
+                exact_losers.add(loser)
+                dup_of[index[loser]] = winner
+    near: dict[str, tuple] = {}
+    if dcfg.near:
+        bands: dict[tuple, list] = defaultdict(list)
+        for i, ph in enumerate(df["phash"].to_list()):
+            if ph and not reasons[i]:
+                for band in dd.phash_bands(ph, dcfg.max_distance):
+                    bands[band].append(dd.Rec(order[i], keys[i], True, ph))
+        for recs in bands.values():
+            for loser, (o, winner) in dd.near_losers(recs, dcfg.max_distance):
+                if loser not in near or tuple(o) < tuple(near[loser][0]):
+                    near[loser] = (tuple(o), winner)
+    for i, k in enumerate(keys):
+        if k in exact_losers:
+            reasons[i].append(Reason.DUPLICATE.value)
+        elif k in near and not reasons[i]:
+            reasons[i].append(Reason.NEAR_DUPLICATE.value)
+            dup_of[i] = near[k][1]
+    result = pl.DataFrame({
+        "key": keys,
+        "old_status": df["status"],
+        "old_reasons": df["reject_reasons"],
+        "reject_reasons": pl.Series(reasons, dtype=pl.List(pl.String)),
+        "duplicate_of": pl.Series(dup_of, dtype=pl.String),
+    }).with_columns(pl.when(pl.col("reject_reasons").list.len() == 0).then(pl.lit(KEPT))
+                    .otherwise(pl.lit(REJECTED)).alias("status"))
+    return new_recipe, result
+
+
+def whatif(out_dir: str, exprs: Sequence[str]) -> dict:
+    """Counts and funnel before and after the new thresholds (no output written)."""
+    if not exprs:
+        raise WhatIfError("give at least one --set, e.g. --set clip_score>=0.3")
+    settings = [parse_setting(e) for e in exprs]
+    manifest = st.load_manifest(out_dir)
+    new_recipe, res = recompute(out_dir, manifest, settings)
+    return _summary(out_dir, manifest, settings, new_recipe, res)
+
+
+def _summary(out_dir, manifest, settings, new_recipe, res: pl.DataFrame) -> dict:
+    before_inputs, before = st.funnel_from(res.lazy().select(pl.col("old_reasons").alias("reject_reasons")))
+    inputs, after = st.funnel_from(res.lazy())
+    kept = res.filter(pl.col("status") == KEPT).height
+    was = res.filter(pl.col("old_status") == KEPT).height
+    gained = res.filter((pl.col("status") == KEPT) & (pl.col("old_status") != KEPT)).height
+    lost = res.filter((pl.col("status") != KEPT) & (pl.col("old_status") == KEPT)).height
+    order = [r.value for r in Reason]
+    return {
+        "out_dir": str(out_dir),
+        "settings": [s.text() for s in settings],
+        "rows": inputs,
+        "before": {"kept": was, "rejected": inputs - was, "funnel": before,
+                   "reasons": st.reasons_from(res.lazy().select(pl.col("old_reasons").alias("reject_reasons")),
+                                              before_inputs, order)},
+        "after": {"kept": kept, "rejected": inputs - kept, "funnel": after,
+                  "reasons": st.reasons_from(res.lazy(), inputs, order)},
+        "newly_kept": gained,
+        "newly_rejected": lost,
+        "thresholds": {"before": st.thresholds(manifest["recipe"], manifest),
+                       "after": st.thresholds(new_recipe, {"clip_score_cutoff": None})},
+        "uncalibrated": bool(manifest.get("uncalibrated")),
+    }
+
+
+def format_whatif(s: dict) -> str:
+    lines = []
+    if s["uncalibrated"]:
+        lines += ["WARNING: this run used UNCALIBRATED models (tiny profile): its scores are meaningless", ""]
+    lines.append(f"what if {' and '.join(s['settings'])} on {s['out_dir']} ({s['rows']} rows):")
+    b, a = s["before"], s["after"]
+    lines.append(f"  kept {b['kept']} -> {a['kept']} ({a['kept'] - b['kept']:+d}); "
+                 f"{s['newly_kept']} newly kept, {s['newly_rejected']} newly rejected")
+    lines.append("")
+    lines += st._table(["stage", "before", "after", "after % of inputs"],
+                       [[x["label"], x["rows"], y["rows"], st._pct_s(y["pct_of_inputs"])]
+                        for x, y in zip(b["funnel"], a["funnel"])])
+    rb = {r["reason"]: r["rows"] for r in b["reasons"]}
+    ra = {r["reason"]: r["rows"] for r in a["reasons"]}
+    changed = [code for code in dict.fromkeys(list(rb) + list(ra)) if rb.get(code, 0) != ra.get(code, 0)]
+    if changed:
+        lines += ["", "reasons that changed"] + st._table(["reason", "before", "after"],
+                                                         [[c, rb.get(c, 0), ra.get(c, 0)] for c in changed])
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ apply
+def apply(out_dir: str, exprs: Sequence[str], new_out: str, say: Callable[[str], None] = lambda m: None) -> dict:
+    """Write the what-if selection to ``new_out`` (rows copied, same shard names); returns its manifest."""
+    import pyarrow.parquet as pq
+
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    if not exprs:
+        raise WhatIfError("give at least one --set, e.g. --set clip_score>=0.3")
+    if _same_folder(out_dir, new_out):
+        raise WhatIfError("--apply must name a new folder: the source run is never modified")
+    settings = [parse_setting(e) for e in exprs]
+    manifest = st.load_manifest(out_dir)
+    new_recipe, res = recompute(out_dir, manifest, settings)
+    gained = res.filter((pl.col("status") == KEPT) & (pl.col("old_status") != KEPT))["key"].to_list()
+    if gained:
+        no_image = (st.scan_curated(out_dir, manifest, ["key", "image"])
+                    .filter(pl.col("key").is_in(gained) & pl.col("image").is_null())
+                    .select("key").collect()["key"].to_list())
+        if no_image:
+            raise WhatIfError(
+                f"{len(no_image)} row(s) would become kept but the run did not store their images "
+                f"(output.keep_rejected_images was false), e.g. {no_image[0]}; tighten thresholds only, or rerun "
+                "with output.keep_rejected_images: true to make any threshold applicable")
+    decision = {r["key"]: r for r in res.select("key", "status", "reject_reasons", "duplicate_of").iter_rows(named=True)}
+    keep_images = bool(new_recipe.get("output", {}).get("keep_rejected_images"))
+    new_recipe["output"]["path"] = str(new_out)
+    mf.remove_manifest(new_out)
+    rg = int(new_recipe["output"].get("row_group_rows") or 256)
+    shards = {KEPT: [], REJECTED: []}
+    names = sorted({s["path"].split("/", 1)[1] for sub in (KEPT, REJECTED)
+                    for s in manifest["shards"].get(sub, [])})
+    funnel_parts = []
+    for name in names:
+        rows = []
+        for sub in (KEPT, REJECTED):
+            path = mf.join(out_dir, sub, name)
+            if not FileSystems.exists(path):
+                continue
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
+                rows.extend(pq.read_table(fh).to_pylist())
+        kept, rejected = [], []
+        for row in sorted(rows, key=lambda r: r["key"]):
+            d = decision[row["key"]]
+            row["reject_reasons"] = list(d["reject_reasons"])
+            row["duplicate_of"] = d["duplicate_of"]
+            row["status"] = d["status"]
+            if row["status"] == REJECTED and not keep_images:
+                row["image"] = None
+            (kept if row["status"] == KEPT else rejected).append(row)
+        for sub, part in ((KEPT, kept), (REJECTED, rejected)):
+            info = mf.write_shard(new_out, f"{sub}/{name}", part, CURATED_SCHEMA, rg)
+            shards[sub].append(info.to_json())
+            funnel_parts.append(mf.funnel_counts(r["reject_reasons"] for r in part))
+        say(f"wrote {name}: {len(kept)} kept, {len(rejected)} rejected")
+    stale = mf.remove_stale_shards(new_out, {s["path"] for sub in shards.values() for s in sub})
+    n_kept = sum(s["rows"] for s in shards[KEPT])
+    n_rej = sum(s["rows"] for s in shards[REJECTED])
+    c = (new_recipe.get("filters") or {}).get("clip_score") or {}
+    new_manifest = {
+        "kind": "curated",
+        "schema_version": CURATED_SCHEMA_VERSION,
+        "unicurate_version": __version__,
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "recipe_hash": _hash(new_recipe),
+        "recipe": new_recipe,
+        "models": manifest.get("models", []),
+        "uncalibrated": manifest.get("uncalibrated", False),
+        "model_filters": manifest.get("model_filters", []),
+        "clip_score_cutoff": manifest.get("clip_score_cutoff") if c.get("keep_top_fraction") is not None else None,
+        "beam_options": manifest.get("beam_options", {}),
+        "counts": {"inputs": n_kept + n_rej, "kept": n_kept, "rejected": n_rej},
+        "funnel": mf.merge_funnels(funnel_parts),
+        "shards": shards,
+        "removed_stale_shards": stale,
+        "derived_from": {"path": str(out_dir), "recipe_hash": manifest.get("recipe_hash"),
+                         "whatif": [s.text() for s in settings], "rows": "copied"},
+    }
+    mf.write_json_atomic(mf.join(new_out, mf.MANIFEST_NAME), new_manifest)
+    return new_manifest
+
+
+def _hash(recipe: dict) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _same_folder(a: str, b: str) -> bool:
+    import os
+
+    if "://" in a or "://" in b:
+        return a.rstrip("/") == b.rstrip("/")
+    return os.path.realpath(a) == os.path.realpath(b)
+
