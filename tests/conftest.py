@@ -63,3 +63,57 @@ def curated(web, web_input, tmp_path_factory):
     recipe = parse_recipe(base_recipe(web_input, out))
     manifest = run_curate(recipe, say=lambda _m: None)
     return out, manifest
+
+
+SCORED_FILTERS = {"clip_score": {"keep_top_fraction": 0.9}, "aesthetic": {"min_score": None},
+                  "watermark": {"max_score": None}, "dedup": {"exact": True}}
+
+
+@pytest.fixture(scope="session")
+def scored(web, web_input, tmp_path_factory):
+    """A curate run with tiny model filters whose shards keep rejected images (stats, whatif, report, export)."""
+    from unicurate.pipelines.runner import run_curate
+
+    out = tmp_path_factory.mktemp("scored")
+    data = base_recipe(web_input, out, filters=SCORED_FILTERS, output={"keep_rejected_images": True})
+    manifest = run_curate(parse_recipe(data), say=lambda _m: None)
+    return out, manifest, data
+
+
+@pytest.fixture(scope="session")
+def synthesized(scored, tmp_path_factory):
+    """A tiny synthesis run over the scored run's first kept images."""
+    from unicurate.pipelines.runner import run_synthesize
+
+    out = tmp_path_factory.mktemp("synthesized")
+    recipe = parse_recipe({
+        "pipeline": "synthesize", "input": {"path": str(scored[0]), "max_images": 8},
+        "output": {"path": str(out), "images_per_shard": 4}, "models": {"profile": "tiny", "batch_size": 4},
+        "quality": {"min_pred_iou": 0.0, "min_stability": 0.0},
+        "edits": {"per_object": 7},
+        "checks": {"redetect": False, "clip_similarity": True, "min_clip_similarity": None,
+                   "max_clip_similarity": None, "max_change_outside": 0.0}})
+    manifest = run_synthesize(recipe, say=lambda _m: None)
+    return out, manifest
+
+
+def rewrite_shard(out_dir, rel: str, change) -> None:
+    """Test helper: rewrite one shard's rows with ``change(rows)`` and fix its manifest entry (size, sha, rows)."""
+    import hashlib
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(out_dir) / rel
+    table = pq.read_table(path)
+    rows = change(table.to_pylist())
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path, compression="zstd")
+    mpath = Path(out_dir) / "manifest.json"
+    m = json.loads(mpath.read_text())
+    data = path.read_bytes()
+    for entries in m["shards"].values():
+        for e in entries:
+            if e["path"] == rel:
+                e.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), rows=len(rows))
+    mpath.write_text(json.dumps(m))

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 from unicurate import __version__
-from unicurate.manifests import manifest as mf
 from unicurate.manifests import stats as st
 from unicurate.schema import KEPT, REJECTED
 

@@ -189,17 +189,18 @@ def read_manifest(out_dir: str) -> dict:
         return json.loads(fh.read().decode("utf-8"))
 
 
-def list_shard_files(out_dir: str, sub: str) -> list[str]:
-    """Relative paths of the ``part-*.parquet`` files present in OUT/sub."""
+def list_shard_files(out_dir: str, sub: str, every_parquet: bool = False) -> list[str]:
+    """Relative paths of the ``part-*.parquet`` files present in OUT/sub (``every_parquet``: any ``*.parquet``,
+    leftovers of interrupted writes included)."""
     from apache_beam.io.filesystems import FileSystems
 
-    pattern = join(out_dir, sub, "part-*.parquet")
+    pattern = join(out_dir, sub, "*.parquet" if every_parquet else "part-*.parquet")
     try:
         matches = FileSystems.match([pattern])[0].metadata_list
     except Exception:  # noqa: BLE001 - folder missing
         return []
     names = sorted(posixpath.basename(m.path) for m in matches)
-    return [f"{sub}/{n}" for n in names if SHARD_RE.match(n)]
+    return [f"{sub}/{n}" for n in names if every_parquet or SHARD_RE.match(n)]
 
 
 def remove_stale_shards(out_dir: str, keep: set[str], dirs: Sequence[str] = SHARD_DIRS) -> list[str]:

@@ -124,9 +124,10 @@ def validate(out_dir: str, check_rows: bool = True) -> Report:
 
 def _present_vs_listed(rep: Report, dirs, listed) -> set[str]:
     """Shard files present in ``dirs``; unlisted and missing ones are problems."""
-    present = {rel for sub in dirs for rel in mf.list_shard_files(rep.out_dir, sub)}
+    present = {rel for sub in dirs for rel in mf.list_shard_files(rep.out_dir, sub, every_parquet=True)}
     for rel in sorted(present - set(listed)):
-        rep.add(f"{rel}: shard file is not listed in the manifest (left from another run?)")
+        rep.add(f"{rel}: Parquet file in the output folder is not listed in the manifest (left from another run "
+                "or an interrupted write?)")
     for rel in sorted(set(listed) - present):
         rep.add(f"{rel}: listed in the manifest but missing")
     return present
@@ -153,6 +154,14 @@ def _check_file(rep: Report, out_dir: str, rel: str, shard: dict, schema, label:
         return None
     if pf.metadata.num_rows != shard["rows"]:
         rep.add(f"{rel}: {pf.metadata.num_rows} rows, manifest says {shard['rows']}")
+    meta = pf.schema_arrow.metadata or {}
+    for field_ in (b"unicurate.schema_version", b"unicurate.kind"):
+        want = (schema.metadata or {}).get(field_)
+        if want is not None and meta.get(field_) != want:
+            got = meta.get(field_)
+            rep.add(f"{rel}: {field_.decode()} is {got.decode() if got else 'missing'} in the file, this unicurate "
+                    f"writes and reads {want.decode()} (schema.py)")
+            return None
     if not pf.schema_arrow.remove_metadata().equals(schema.remove_metadata()):
         rep.add(f"{rel}: schema differs from {label}")
         return None

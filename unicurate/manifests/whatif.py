@@ -21,7 +21,7 @@ import datetime as _dt
 import re
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import polars as pl
 
