@@ -381,6 +381,9 @@ def export(out_dir: str, fmt: str, to: str, kept_only: bool = False, max_count: 
     if src is not None and (os.path.commonpath([os.path.realpath(src), os.path.realpath(dest)])
                             == os.path.realpath(src)):
         raise ExportError(f"--to {to} is inside the output folder {out_dir}; choose a folder outside it")
+    for subs in _tables(manifest, kept_only).values():  # every key is checked before anything is written
+        for key in st.scan(out_dir, manifest, subs, ["key"]).collect()["key"].to_list():
+            check_key(key)
     _prepare_dest(dest)
     writer = {"webdataset": _export_wds, "mds": _export_mds, "hf": _export_hf}[fmt]
     counts = writer(out_dir, manifest, dest, kept_only, max_count, say)

@@ -1,0 +1,193 @@
+"""Exports round-trip: WebDataset, MosaicML Streaming (MDS) and Hugging Face datasets, read back with each library."""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import rewrite_shard
+from unicurate.manifests.export import EXPORT_MANIFEST, ExportError, export
+
+SCORES = ("clip_score", "aesthetic_score", "watermark_score")
+
+
+def source_rows(out: Path, subs) -> dict[str, dict]:
+    rows = {}
+    for sub in subs:
+        for f in sorted((out / sub).glob("part-*.parquet")):
+            rows.update({r["key"]: r for r in pq.read_table(f).to_pylist()})
+    return rows
+
+
+def same(a, b) -> bool:
+    if a is None or b is None or (isinstance(a, float) and math.isnan(a)):
+        return (a is None or math.isnan(a)) and (b is None or (isinstance(b, float) and math.isnan(b)))
+    return a == pytest.approx(b, rel=1e-6)
+
+
+def check_export_manifest(dest: Path, counts: dict) -> None:
+    import hashlib
+
+    em = json.loads((dest / EXPORT_MANIFEST).read_text())
+    assert em["counts"] == counts
+    listed = {f["path"]: f for f in em["files"]}
+    on_disk = {p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file() and p.name != EXPORT_MANIFEST}
+    assert set(listed) == on_disk
+    for rel, f in listed.items():
+        assert hashlib.sha256((dest / rel).read_bytes()).hexdigest() == f["sha256"]
+
+
+def test_webdataset_round_trip(scored, tmp_path):
+    import webdataset as wds
+
+    out = scored[0]
+    src = source_rows(out, ("kept", "rejected"))
+    dest = tmp_path / "wds"
+    em = export(str(out), "webdataset", str(dest), max_count=20)
+    check_export_manifest(dest, {"train": scored[1]["counts"]["kept"], "rejected": scored[1]["counts"]["rejected"]})
+    assert len(glob.glob(str(dest / "train" / "*.tar"))) > 1  # maxcount splits shards
+    seen = {}
+    for table in ("train", "rejected"):
+        for s in wds.WebDataset(sorted(glob.glob(str(dest / table / "*.tar"))), shardshuffle=False, empty_check=False):
+            seen[s["__key__"]] = (table, s)
+    assert set(seen) == set(src)
+    for key, (table, s) in seen.items():
+        row = src[key]
+        meta = json.loads(s["json"])
+        assert (table == "train") == (row["status"] == "kept")
+        assert s["txt"].decode() == (row["caption"] or "")
+        assert s.get("jpg") == row["image"]  # the exact stored bytes (None: not downloaded)
+        assert meta["reject_reasons"] == row["reject_reasons"] and meta["url"] == row["url"]
+        for c in SCORES:
+            assert same(meta[c], row[c]), (key, c)
+    assert em["format"] == "webdataset"
+
+
+def test_mds_round_trip(scored, tmp_path):
+    from streaming import StreamingDataset
+
+    out = scored[0]
+    src = source_rows(out, ("kept",))
+    dest = tmp_path / "mds"
+    export(str(out), "mds", str(dest), kept_only=True)
+    check_export_manifest(dest, {"train": len(src)})
+    assert not (dest / "rejected").exists()
+    ds = StreamingDataset(local=str(dest / "train"), shuffle=False, batch_size=1)
+    got = {ds[i]["key"]: ds[i] for i in range(len(ds))}
+    assert set(got) == set(src)
+    for key, s in got.items():
+        row = src[key]
+        assert s["caption"] == row["caption"] and s["image"] == row["image"]
+        assert (s["width"], s["height"]) == (row["width"], row["height"])
+        for c in SCORES:
+            assert same(s[c], row[c]) and same(s["meta"][c], row[c])
+        assert s["meta"]["status"] == "kept" and s["meta"]["reject_reasons"] == []
+
+
+def test_hf_round_trip_and_dataset_card(scored, tmp_path):
+    import datasets
+
+    out = scored[0]
+    src = source_rows(out, ("kept", "rejected"))
+    dest = tmp_path / "hf"
+    export(str(out), "hf", str(dest))
+    card = (dest / "README.md").read_text()
+    assert card.startswith("---\nlicense: other") and "configs:" in card and "## Funnel" in card
+    assert "Uncalibrated models" in card and "| clip | `tiny://" in card
+    for ds in (datasets.load_dataset(str(dest)), datasets.load_dataset("parquet", data_dir=str(dest))):
+        assert set(ds) == {"train", "rejected"}
+        assert ds["train"].features["image"] == datasets.Image()
+        assert ds["train"].num_rows == scored[1]["counts"]["kept"]
+        raw = ds.cast_column("image", datasets.Image(decode=False))
+        for split in ("train", "rejected"):
+            for r in raw[split]:
+                row = src[r["key"]]
+                assert r["caption"] == row["caption"] and r["reject_reasons"] == row["reject_reasons"]
+                assert (r["image"]["bytes"] if r["image"] else None) == row["image"]
+                for c in SCORES:
+                    assert same(r[c], row[c]), (r["key"], c)
+    first = datasets.load_dataset(str(dest), split="train")[0]["image"]
+    assert first.size[0] > 0  # decodes to a PIL image
+
+
+@pytest.mark.parametrize("fmt", ["webdataset", "mds", "hf"])
+def test_synthesis_exports_triplets_and_subjects(synthesized, tmp_path, fmt):
+    out, manifest = synthesized
+    edits, subjects = source_rows(out, ("edit",)), source_rows(out, ("subject",))
+    assert edits and subjects
+    dest = tmp_path / fmt
+    export(str(out), fmt, str(dest))
+    check_export_manifest(dest, {"edit": len(edits), "subject": len(subjects)})
+    if fmt == "webdataset":
+        import webdataset as wds
+
+        got = {s["__key__"]: s for s in wds.WebDataset(sorted(glob.glob(str(dest / "edit" / "*.tar"))),
+                                                         shardshuffle=False)}
+        assert set(got) == set(edits)
+        for key, s in got.items():
+            ext = "jpg" if edits[key]["image_format"] in ("jpg", "jpeg") else edits[key]["image_format"]
+            assert s[f"src.{ext}"] == edits[key]["source_image"] and s[f"tgt.{ext}"] == edits[key]["target_image"]
+            assert s["mask.png"] == edits[key]["mask"]
+            assert s["instruction.txt"].decode() == edits[key]["instruction"]
+            assert json.loads(s["json"])["edit_type"] == edits[key]["edit_type"]
+        subs = {s["__key__"]: s for s in wds.WebDataset(sorted(glob.glob(str(dest / "subject" / "*.tar"))),
+                                                          shardshuffle=False)}
+        assert {k: s["ref.png"] for k, s in subs.items()} == {k: r["reference_image"] for k, r in subjects.items()}
+    elif fmt == "mds":
+        from streaming import StreamingDataset
+
+        ds = StreamingDataset(local=str(dest / "edit"), shuffle=False, batch_size=1)
+        got = {ds[i]["key"]: ds[i] for i in range(len(ds))}
+        assert set(got) == set(edits)
+        for key, s in got.items():
+            r = edits[key]
+            assert (s["source_image"], s["target_image"], s["mask"]) == (r["source_image"], r["target_image"], r["mask"])
+            assert s["instruction"] == r["instruction"] and same(s["clip_similarity"], r["clip_similarity"])
+    else:
+        import datasets
+
+        ds = datasets.load_dataset(str(dest), "edit", split="train")
+        raw = ds.cast_column("source_image", datasets.Image(decode=False)).cast_column(
+            "target_image", datasets.Image(decode=False))
+        assert {r["key"] for r in raw} == set(edits)
+        for r in raw:
+            e = edits[r["key"]]
+            assert r["source_image"]["bytes"] == e["source_image"] and r["target_image"]["bytes"] == e["target_image"]
+            assert r["instruction"] == e["instruction"] and r["edit_type"] == e["edit_type"]
+        sub = datasets.load_dataset(str(dest), "subject", split="train")
+        assert sorted(sub["key"]) == sorted(subjects)
+        assert datasets.load_dataset("parquet", data_dir=str(dest / "data" / "edit"), split="train").num_rows == len(edits)
+
+
+def test_export_refuses_unsafe_keys_and_foreign_destinations(scored, tmp_path):
+    out = tmp_path / "evil"
+    shutil.copytree(scored[0], out)
+    kept0 = sorted(p.name for p in (out / "kept").glob("part-*.parquet"))[0]
+    rewrite_shard(out, f"kept/{kept0}", lambda rows: [dict(rows[0], key="../../escaped")] + rows[1:])
+    for fmt in ("webdataset", "mds", "hf"):
+        dest = tmp_path / f"dest-{fmt}"
+        with pytest.raises(ExportError, match="unsafe sample key"):
+            export(str(out), fmt, str(dest))
+        assert not dest.exists()  # refused before anything was written
+        assert not list(tmp_path.glob("escaped*")) and not (tmp_path.parent / "escaped").exists()
+    # a non-empty folder that is not an earlier export is refused; an earlier export is replaced
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "mine.txt").write_text("keep me")
+    with pytest.raises(ExportError, match="not empty"):
+        export(str(scored[0]), "webdataset", str(busy))
+    assert (busy / "mine.txt").read_text() == "keep me"
+    again = tmp_path / "again"
+    export(str(scored[0]), "hf", str(again))
+    em = export(str(scored[0]), "webdataset", str(again), kept_only=True)
+    assert not (again / "data").exists() and set(em["counts"]) == {"train"}
+    with pytest.raises(ExportError, match="inside the output folder"):
+        export(str(scored[0]), "hf", str(Path(scored[0]) / "export"))
+    with pytest.raises(ExportError, match="unknown format"):
+        export(str(scored[0]), "tfrecord", str(tmp_path / "x"))
