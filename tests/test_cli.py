@@ -95,15 +95,47 @@ def test_demo_and_quickstart_multiprocessing(tmp_path):
     ok = unicurate("validate", str(syn))
     assert ok.returncode == 0 and "one images/ row per input image" in ok.stdout
 
-    res = unicurate("run", str(ROOT / "configs" / "quickstart.yaml"), "--",
+    # audit and export the demo's output with the commands the demo prints
+    demo = tmp_path / "demo"
+    d = json.loads((demo / "manifest.json").read_text())
+    stats = unicurate("stats", str(demo), "--json")
+    assert stats.returncode == 0, stats.stderr
+    s = json.loads(stats.stdout)
+    assert (s["rows"], s["kept"]) == (d["counts"]["inputs"], d["counts"]["kept"])
+    assert json.loads(unicurate("stats", str(syn), "--json").stdout)["subjects"] == sm["counts"]["subject"]
+    for target in (demo, syn):
+        rep = unicurate("report", str(target))
+        assert rep.returncode == 0 and (target / "report.html").stat().st_size > 50_000, rep.stderr
+    for fmt in ("webdataset", "mds", "hf"):
+        for target, name in ((demo, "curated"), (syn, "synthesis")):
+            ex = unicurate("export", str(target), "--format", fmt, "--to", str(tmp_path / f"x-{name}-{fmt}"))
+            assert ex.returncode == 0, ex.stderr
+            em = json.loads((tmp_path / f"x-{name}-{fmt}" / "unicurate-export.json").read_text())
+            want = ({"train": d["counts"]["kept"], "rejected": d["counts"]["rejected"]} if name == "curated"
+                    else {"edit": sm["counts"]["edit"], "subject": sm["counts"]["subject"]})
+            assert em["counts"] == want and em["files"], (fmt, name)
+
+    # what-if on the demo == a fresh run of the quickstart with those thresholds (here on two worker processes)
+    clip_t = s["scores"]["all"]["clip_score"]["p50"]
+    aes_t = s["scores"]["kept"]["aesthetic_score"]["p25"]
+    wi = unicurate("whatif", str(demo), "--set", f"clip_score>={clip_t}", "--set", f"aesthetic_score>={aes_t}",
+                   "--json")
+    assert wi.returncode == 0, wi.stderr
+    w = json.loads(wi.stdout)
+    assert w["before"]["kept"] == d["counts"]["kept"] and w["after"]["kept"] < d["counts"]["kept"]
+    res = unicurate("run", str(ROOT / "configs" / "quickstart.yaml"),
+                    "--set", f"filters.clip_score.min_score={clip_t}", "--set", "filters.clip_score.keep_top_fraction=null",
+                    "--set", f"filters.aesthetic.min_score={aes_t}", "--",
                     "--direct_num_workers", "2", "--direct_running_mode", "multi_processing",
                     cwd=tmp_path, timeout=300)
     assert res.returncode == 0, res.stderr
     assert "workers: 2, mode: multi_processing" in res.stdout
     assert unicurate("validate", str(tmp_path / "unicurate-demo")).returncode == 0
     m = json.loads((tmp_path / "unicurate-demo" / "manifest.json").read_text())
-    d = json.loads((tmp_path / "demo" / "manifest.json").read_text())
-    assert m["counts"] == d["counts"] and m["funnel"]["reasons"] == d["funnel"]["reasons"]
+    assert m["recipe"]["filters"]["clip_score"]["min_score"] == clip_t
+    assert m["counts"]["kept"] == w["after"]["kept"]
+    assert m["funnel"]["reasons"] == {r["reason"]: r["rows"] for r in w["after"]["reasons"]}
+    assert m["counts"]["inputs"] == d["counts"]["inputs"]
 
 
 def d_kept(out) -> int:
