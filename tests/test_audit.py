@@ -179,8 +179,6 @@ def test_validate_checks_schema_version_unlisted_files_and_duplicate_keys(scored
     rep = validate(str(out))
     assert any(f"key {dup['key']} appears twice" in p for p in rep.problems), rep.problems
     # a shard whose schema version is not the one schema.py knows
-    import pyarrow as pa
-
     out2 = tmp_path / "copy2"
     shutil.copytree(src, out2)
     path = out2 / "kept" / kept0

@@ -259,9 +259,8 @@ def synthesis_stats(out_dir: str, manifest: Optional[dict] = None) -> dict:
                                  for s in IMAGE_STATUSES],
                    "reasons": reasons_from(images, n_images, syn_order)},
     }
-    edits = scan(out_dir, manifest, ("edit",), ("edit_type", *SYNTHESIS_SCORES[:2], "stability_score",
-                                                 "clip_similarity", "change_outside", "redetect_score")) \
-        if "edit" in present else None
+    edit_scores = [c for c in SYNTHESIS_SCORES if c != "mask_area"]  # edit rows carry no mask_area
+    edits = scan(out_dir, manifest, ("edit",), ("edit_type", *edit_scores)) if "edit" in present else None
     rejected = scan(out_dir, manifest, ("rejected",), ("kind", "edit_type", "reject_reasons", *SYNTHESIS_SCORES)) \
         if "rejected" in present else None
     subjects = scan(out_dir, manifest, ("subject",), ("detection_score", "pred_iou", "stability_score", "mask_area")) \
