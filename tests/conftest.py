@@ -7,6 +7,12 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# datasets caches what load_dataset builds, keyed by the data files' paths: a fresh cache per test session, so a
+# folder exported again under a path an earlier session used is read from disk, not from a stale cache
+import tempfile  # noqa: E402
+
+os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="unicurate-test-hf-datasets-")
 
 import copy  # noqa: E402
 from pathlib import Path  # noqa: E402
