@@ -191,3 +191,20 @@ def test_export_refuses_unsafe_keys_and_foreign_destinations(scored, tmp_path):
         export(str(scored[0]), "hf", str(Path(scored[0]) / "export"))
     with pytest.raises(ExportError, match="unknown format"):
         export(str(scored[0]), "tfrecord", str(tmp_path / "x"))
+
+
+def test_hf_export_skips_empty_shards(scored, tmp_path):
+    """datasets cannot write an empty Parquet file with Image features: an empty shard is skipped, not a crash."""
+    import datasets
+
+    out = tmp_path / "run"
+    shutil.copytree(scored[0], out)
+    names = sorted(p.name for p in (out / "kept").glob("part-*.parquet"))
+    rewrite_shard(out, f"kept/{names[0]}", lambda rows: [])
+    rest = sum(pq.read_metadata(out / "kept" / n).num_rows for n in names[1:])
+    dest = tmp_path / "hf"
+    em = export(str(out), "hf", str(dest), kept_only=True)
+    assert em["counts"] == {"train": rest}
+    files = sorted(p.name for p in (dest / "data").glob("*.parquet"))
+    assert files == [f"train-{i:05d}-of-{len(names) - 1:05d}.parquet" for i in range(len(names) - 1)]
+    assert datasets.load_dataset(str(dest), split="train").num_rows == rest

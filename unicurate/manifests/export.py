@@ -268,15 +268,18 @@ def _export_hf(out_dir, manifest, dest: Path, kept_only: bool, max_count: int, s
         folder = _inside(dest, dest / "data" / table) if synthesis else _inside(dest, dest / "data")
         folder.mkdir(parents=True, exist_ok=True)
         split = "train" if synthesis else table
-        n_files = max(1, len(st.shard_paths(out_dir, manifest, subs)))
-        n = 0
-        for i, rows in enumerate(_read_shards(out_dir, manifest, subs)):
+        # datasets cannot write or read an empty Parquet file with Image features: empty source shards are
+        # skipped, files are numbered over the non-empty ones, and a table without rows gets no files
+        shards = (manifest.get("shards") or {})
+        n_files = sum(1 for sub in subs for sh in shards.get(sub, []) if sh.get("rows"))
+        n = i = 0
+        for rows in _read_shards(out_dir, manifest, subs):
+            if not rows:
+                continue
             ds = hf.Dataset.from_dict(_hf_columns(features, rows), features=features, split=hf.Split(split))
             ds.to_parquet(str(_inside(dest, folder / f"{split}-{i:05d}-of-{n_files:05d}.parquet")))
             n += len(rows)
-        if n == 0:  # keep the split loadable: one empty file with the features
-            hf.Dataset.from_dict({k: [] for k in features}, features=features).to_parquet(
-                str(folder / f"{split}-00000-of-00001.parquet"))
+            i += 1
         counts[table] = n
         say(f"{table}: {n} rows -> {folder}")
     (dest / "README.md").write_text(dataset_card(manifest, counts, kept_only), encoding="utf-8")
@@ -294,15 +297,16 @@ def dataset_card(manifest: dict, counts: dict[str, int], kept_only: bool) -> str
          "pretty_name: " + json.dumps(f"unicurate {name}"),
          "tags:", "- unicurate", "- image-text" if not synthesis else "- image-editing",
          "task_categories:", "- text-to-image" if not synthesis else "- image-to-image", "configs:"]
+    tables = [t for t, n in counts.items() if n]  # a table without rows has no files to point at
     if synthesis:
-        for i, table in enumerate(counts):
+        for i, table in enumerate(tables):
             y += [f"- config_name: {table}", "  data_files:", "  - split: train",
                   f"    path: data/{table}/train-*.parquet"]
             if i == 0:
                 y.append("  default: true")
     else:
         y += ["- config_name: default", "  data_files:"]
-        for table in counts:
+        for table in tables:
             y += [f"  - split: {table}", f"    path: data/{table}-*.parquet"]
     y.append("---")
     body = [f"# unicurate {manifest['kind']} dataset: {name}", ""]
