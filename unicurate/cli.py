@@ -149,16 +149,15 @@ def cmd_whatif(args) -> int:
     import json
 
     from unicurate.manifests.stats import StatsError
-    from unicurate.manifests.whatif import WhatIfError, apply, format_whatif, whatif
+    from unicurate.manifests.whatif import WhatIfError, format_whatif, whatif
 
     try:
-        s = whatif(args.dir, args.set or [])
+        s = whatif(args.dir, args.set or [], apply_to=args.apply, say=_say if not args.json else (lambda _m: None))
+        m = s.pop("applied", None)
         print(json.dumps(s, indent=2, sort_keys=True) if args.json else format_whatif(s), flush=True)
-        if args.apply:
-            m = apply(args.dir, args.set, args.apply, say=_say if not args.json else (lambda _m: None))
-            if not args.json:
-                _say(f"\nwrote {args.apply}: {m['counts']['kept']} kept, {m['counts']['rejected']} rejected "
-                     f"(rows copied); check it with: unicurate validate {args.apply}")
+        if m is not None and not args.json:
+            _say(f"\nwrote {args.apply}: {m['counts']['kept']} kept, {m['counts']['rejected']} rejected "
+                 f"(rows copied); check it with: unicurate validate {args.apply}")
     except (WhatIfError, StatsError) as exc:
         _err(str(exc))
         return EXIT_USAGE

@@ -23,6 +23,7 @@ A rerun into the same DEST replaces the previous export's files.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
 import math
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 from unicurate import __version__
+from unicurate.manifests import manifest as mf
 from unicurate.manifests import stats as st
 from unicurate.schema import KEPT, REJECTED
 
@@ -60,13 +62,26 @@ def _tables(manifest: dict, kept_only: bool) -> dict[str, list[str]]:
 
 def _read_shards(out_dir: str, manifest: dict, subs: Sequence[str]) -> Iterator[list[dict]]:
     """Rows of each listed shard, one shard at a time."""
-    import pyarrow.parquet as pq
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
-
     for path in st.shard_paths(out_dir, manifest, subs):
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
-            yield pq.read_table(fh).to_pylist()
+        yield mf.read_rows(path)
+
+
+def _write_samples(out_dir, manifest, dest: Path, kept_only: bool, say, open_sink, to_sample) -> dict[str, int]:
+    """Each export table into DEST/<table>/ through ``open_sink(folder, table)`` (a context manager with
+    ``write``); ``to_sample(table, row)`` makes what it writes. Returns rows per table."""
+    counts = {}
+    for table, subs in _tables(manifest, kept_only).items():
+        folder = _inside(dest, dest / table)
+        folder.mkdir(parents=True, exist_ok=True)
+        n = 0
+        with open_sink(folder, table) as sink:
+            for rows in _read_shards(out_dir, manifest, subs):
+                for row in rows:
+                    sink.write(to_sample(table, row))
+                    n += 1
+        counts[table] = n
+        say(f"{table}: {n} samples -> {folder}")
+    return counts
 
 
 def check_key(key: Any) -> str:
@@ -141,23 +156,16 @@ def _export_wds(out_dir, manifest, dest: Path, kept_only: bool, max_count: int, 
         import webdataset as wds
     except ImportError as exc:  # pragma: no cover - the export extra is part of the dev install
         raise ExportError(f"webdataset is not installed ({exc}); pip install 'unicurate[export]'") from None
-    counts = {}
-    for table, subs in _tables(manifest, kept_only).items():
-        folder = _inside(dest, dest / table)
-        folder.mkdir(parents=True, exist_ok=True)
-        n = 0
-        with wds.ShardWriter(str(folder / f"{table}-%06d.tar"), maxcount=max_count, verbose=0,
-                             encoder=False, mtime=0) as sink:
-            for rows in _read_shards(out_dir, manifest, subs):
-                for row in rows:
-                    sink.write(_wds_sample(table, row))
-                    n += 1
-        counts[table] = n
-        say(f"{table}: {n} samples -> {folder}")
-    return counts
+
+    def open_sink(folder: Path, table: str):
+        return wds.ShardWriter(str(folder / f"{table}-%06d.tar"), maxcount=max_count, verbose=0, encoder=False,
+                               mtime=0)
+
+    return _write_samples(out_dir, manifest, dest, kept_only, say, open_sink, _wds_sample)
 
 
 # ------------------------------------------------------------------ MDS
+@functools.lru_cache(maxsize=None)
 def _mds_columns(table: str) -> dict[str, str]:
     if table in ("train", "rejected"):
         cols = {"key": "str", "caption": "str", "image": "bytes", "image_format": "str", "width": "int",
@@ -201,21 +209,13 @@ def _export_mds(out_dir, manifest, dest: Path, kept_only: bool, max_count: int, 
         from streaming import MDSWriter
     except ImportError as exc:  # pragma: no cover
         raise ExportError(f"mosaicml-streaming is not installed ({exc}); pip install 'unicurate[export]'") from None
-    counts = {}
-    for table, subs in _tables(manifest, kept_only).items():
-        folder = _inside(dest, dest / table)
-        folder.mkdir(parents=True, exist_ok=True)
-        columns = _mds_columns(table)
-        n = 0
-        with MDSWriter(out=str(folder), columns=columns, compression=None, size_limit="64mb",
-                       hashes=["sha1"], progress_bar=False) as writer:
-            for rows in _read_shards(out_dir, manifest, subs):
-                for row in rows:
-                    writer.write(_mds_sample(columns, row))
-                    n += 1
-        counts[table] = n
-        say(f"{table}: {n} samples -> {folder}")
-    return counts
+
+    def open_sink(folder: Path, table: str):
+        return MDSWriter(out=str(folder), columns=_mds_columns(table), compression=None, size_limit="64mb",
+                         hashes=["sha1"], progress_bar=False)
+
+    return _write_samples(out_dir, manifest, dest, kept_only, say, open_sink,
+                          lambda table, row: _mds_sample(_mds_columns(table), row))
 
 
 # ------------------------------------------------------------------ Hugging Face

@@ -176,6 +176,35 @@ def write_json_atomic(path: str, obj: Any) -> None:
     FileSystems.rename([tmp], [path])
 
 
+def manifest_header(kind: str, schema_version: str, recipe) -> dict:
+    """The fields every manifest starts with; ``recipe`` is a validated recipe (config._Recipe)."""
+    import datetime as _dt
+
+    from unicurate import __version__
+
+    return {
+        "kind": kind,
+        "schema_version": schema_version,
+        "unicurate_version": __version__,
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "recipe_hash": recipe.recipe_hash(),
+        "recipe": recipe.resolved(),
+    }
+
+
+def open_parquet(path: str) -> pq.ParquetFile:
+    """A Parquet file on any Beam filesystem (local, gs://)."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    return pq.ParquetFile(FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED))
+
+
+def read_rows(path: str) -> list[dict]:
+    """Every row of one shard, as dicts."""
+    return open_parquet(path).read().to_pylist()
+
+
 def read_manifest(out_dir: str) -> dict:
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems

@@ -251,14 +251,19 @@ def _curated_tile(row: dict, cls: str) -> str:
             f'<figcaption>{esc(row.get("caption"))}{_score_line(row, _TILE_SCORES)}{reasons}{err}</figcaption></figure>')
 
 
-def _rows_with_images(out_dir: str, manifest: dict, sub: str, keys: Sequence[str]) -> list[dict]:
+_CURATED_TILE_COLUMNS = ["key", "caption", "url", "image", "reject_reasons", "error", "sha256", *_TILE_SCORES]
+
+
+def _sample(out_dir: str, manifest: dict, sub: str, columns: Sequence[str], where: pl.Expr, n: int) -> list[dict]:
+    """Up to ``n`` rows of OUT/sub matching ``where``, the first by key; only their images are read."""
+    if not (manifest.get("shards") or {}).get(sub):
+        return []
+    lf = st.scan(out_dir, manifest, (sub,), columns)
+    keys = lf.filter(where).select("key").sort("key").head(n).collect()["key"].to_list()
     if not keys:
         return []
-    df = (st.scan(out_dir, manifest, (sub,), ["key", "caption", "url", "image", "reject_reasons", "error", "sha256",
-                                            *_TILE_SCORES])
-          .filter(pl.col("key").is_in(list(keys))).collect())
-    by_key = {r["key"]: r for r in df.iter_rows(named=True)}
-    return [by_key[k] for k in keys if k in by_key]
+    by_key = {r["key"]: r for r in lf.filter(pl.col("key").is_in(keys)).collect().iter_rows(named=True)}
+    return [by_key[k] for k in keys]
 
 
 def curated_report(out_dir: str, manifest: dict, max_kept: int = 24, per_reason: int = 6) -> str:
@@ -296,18 +301,16 @@ def curated_report(out_dir: str, manifest: dict, max_kept: int = 24, per_reason:
                     f'<div class="plots">{"".join(plots) or "<p>No model scores in this run.</p>"}</div>'
                     + _score_table(s) + "</section>")
     # kept grid
-    kept_keys = (lf.filter(pl.col("reject_reasons").list.len() == 0).select("key").sort("key").head(max_kept)
-                 .collect()["key"].to_list())
-    tiles = [_curated_tile(r, "kept") for r in _rows_with_images(out_dir, manifest, KEPT, kept_keys)]
+    tiles = [_curated_tile(r, "kept") for r in _sample(out_dir, manifest, KEPT, _CURATED_TILE_COLUMNS, pl.lit(True),
+                                                       max_kept)]
     sections.append(f'<section id="kept"><h2>Kept samples ({len(tiles)} of {s["kept"]})</h2>'
                     f'<div class="grid">{"".join(tiles)}</div></section>')
     # rejected per reason
     parts = []
     for r in s["reasons"]:
         code = r["reason"]
-        keys = (lf.filter(pl.col("reject_reasons").list.contains(code)).select("key").sort("key").head(per_reason)
-                .collect()["key"].to_list())
-        rows = _rows_with_images(out_dir, manifest, REJECTED, keys)
+        rows = _sample(out_dir, manifest, REJECTED, _CURATED_TILE_COLUMNS, pl.col("reject_reasons").list.contains(code),
+                       per_reason)
         parts.append(f'<section class="reason" data-reason="{esc(code)}"><h3>{esc(code)} '
                      f'({len(rows)} of {r["rows"]})</h3><div class="grid">'
                      + "".join(_curated_tile(row, "rejected") for row in rows) + "</div></section>")
@@ -327,18 +330,6 @@ def _score_table(s: dict) -> str:
 
 
 # ------------------------------------------------------------------ synthesis
-def _syn_rows(out_dir, manifest, sub, cols, where, n) -> list[dict]:
-    if not (manifest.get("shards") or {}).get(sub):
-        return []
-    lf = st.scan(out_dir, manifest, (sub,), cols)
-    keys = lf.filter(where).select("key").sort("key").head(n).collect()["key"].to_list()
-    if not keys:
-        return []
-    df = lf.filter(pl.col("key").is_in(keys)).collect()
-    by_key = {r["key"]: r for r in df.iter_rows(named=True)}
-    return [by_key[k] for k in keys]
-
-
 def synthesis_report(out_dir: str, manifest: dict, per_type: int = 4, max_subjects: int = 12) -> str:
     s = st.synthesis_stats(out_dir, manifest)
     sections = []
@@ -387,7 +378,7 @@ def synthesis_report(out_dir: str, manifest: dict, per_type: int = 4, max_subjec
             "change_outside", "pred_iou"]
     parts = []
     for t in EDIT_TYPES:
-        rows = _syn_rows(out_dir, manifest, "edit", cols, pl.col("edit_type") == t, per_type)
+        rows = _sample(out_dir, manifest, "edit", cols, pl.col("edit_type") == t, per_type)
         if not rows:
             continue
         figs = [f'<figure class="tile triplet" data-key="{esc(r["key"])}" data-edit="{esc(t)}"><div class="pair">'
@@ -401,7 +392,7 @@ def synthesis_report(out_dir: str, manifest: dict, per_type: int = 4, max_subjec
                      f'<div class="grid wide">{"".join(figs)}</div></section>')
     sections.append(f'<section id="triplets"><h2>Edit triplets: source / instruction / target</h2>{"".join(parts)}'
                     "</section>")
-    rows = _syn_rows(out_dir, manifest, "subject", ["key", "instruction", "reference_image", "target_image", "mask",
+    rows = _sample(out_dir, manifest, "subject", ["key", "instruction", "reference_image", "target_image", "mask",
                                                     "phrase", "pred_iou", "mask_area"], pl.lit(True), max_subjects)
     figs = [f'<figure class="tile subject-pair" data-key="{esc(r["key"])}"><div class="pair">'
             f'<div><div class="lbl">reference</div>{_img(thumbnail(r["reference_image"], 240), "reference", "no image")}'

@@ -6,7 +6,6 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Optional
 
-import pyarrow.parquet as pq
 
 from unicurate.manifests import manifest as mf
 from unicurate.schema import (EDIT_TYPES, IMAGE_STATUSES, KEPT, REASON_CODES, REJECTED, SCHEMAS, SYN_REASON_CODES,
@@ -43,13 +42,6 @@ def _sha256_of(path: str) -> tuple[str, int]:
             sha.update(chunk)
             size += len(chunk)
     return sha.hexdigest(), size
-
-
-def _open_parquet(path: str) -> pq.ParquetFile:
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
-
-    return pq.ParquetFile(FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED))
 
 
 def validate(out_dir: str, check_rows: bool = True) -> Report:
@@ -148,7 +140,7 @@ def _check_file(rep: Report, out_dir: str, rel: str, shard: dict, schema, label:
         rep.add(f"{rel}: sha256 {sha[:12]}… does not match the manifest's {shard['sha256'][:12]}… (modified or corrupt)")
         return None
     try:
-        pf = _open_parquet(path)
+        pf = mf.open_parquet(path)
     except Exception as exc:  # noqa: BLE001
         rep.add(f"{rel}: not a readable Parquet file: {exc}")
         return None

@@ -17,7 +17,6 @@ where it was derived from), so every other command works on it.
 from __future__ import annotations
 
 import copy
-import datetime as _dt
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -25,7 +24,6 @@ from typing import Callable, Optional, Sequence
 
 import polars as pl
 
-from unicurate import __version__
 from unicurate.filters import dedup as dd
 from unicurate.manifests import manifest as mf
 from unicurate.manifests import stats as st
@@ -95,8 +93,8 @@ def parse_setting(expr: str) -> Setting:
     return Setting(score, op, value, section, field)
 
 
-def changed_recipe(recipe: dict, settings: Sequence[Setting]) -> dict:
-    """The run's recipe with the new bounds (resolved form, as in the manifest)."""
+def changed_recipe(recipe: dict, settings: Sequence[Setting]):
+    """The run's recipe (resolved form, from the manifest) with the new bounds, validated (a CurateRecipe)."""
     from unicurate.config import RecipeError, parse_recipe
 
     data = copy.deepcopy(recipe)
@@ -113,7 +111,7 @@ def changed_recipe(recipe: dict, settings: Sequence[Setting]) -> dict:
         if s.section == "clip_score":
             sec["keep_top_fraction"] = None  # an absolute bound replaces the run-wide top fraction
     try:
-        return parse_recipe(data, source="what-if recipe").resolved()
+        return parse_recipe(data, source="what-if recipe")
     except RecipeError as exc:
         raise WhatIfError(str(exc)) from None
 
@@ -127,15 +125,13 @@ def _order_of(df: pl.DataFrame) -> list[tuple]:
             for f, r in zip(df["input_file"].to_list(), df["input_row"].to_list())]
 
 
-def recompute(out_dir: str, manifest: dict, settings: Sequence[Setting]) -> tuple[dict, pl.DataFrame]:
-    """(the changed recipe, a frame: key, old status, new reject_reasons, duplicate_of, old/new status)."""
-    from unicurate.config import parse_recipe
+def recompute(out_dir: str, manifest: dict, settings: Sequence[Setting]) -> tuple:
+    """(the changed CurateRecipe, a frame: key, old status and reasons, new reject_reasons, duplicate_of, status)."""
     from unicurate.filters.scoring import ModelDecider
 
     if manifest.get("kind") != "curated":
         raise WhatIfError(f"{out_dir} is a {manifest.get('kind')} output; what-if thresholds apply to curate runs")
-    new_recipe = changed_recipe(manifest["recipe"], settings)
-    cfg = parse_recipe(new_recipe, source="what-if recipe")
+    cfg = changed_recipe(manifest["recipe"], settings)
     cols = ["key", "status", "reject_reasons", "duplicate_of", "sha256", "phash", "input_file", "input_row",
             *st.CURATED_SCORES, "ocr_text"]
     df = st.scan_curated(out_dir, manifest, cols).collect()
@@ -191,17 +187,29 @@ def recompute(out_dir: str, manifest: dict, settings: Sequence[Setting]) -> tupl
         "duplicate_of": pl.Series(dup_of, dtype=pl.String),
     }).with_columns(pl.when(pl.col("reject_reasons").list.len() == 0).then(pl.lit(KEPT))
                     .otherwise(pl.lit(REJECTED)).alias("status"))
-    return new_recipe, result
+    return cfg, result
 
 
-def whatif(out_dir: str, exprs: Sequence[str]) -> dict:
-    """Counts and funnel before and after the new thresholds (no output written)."""
+def _plan(out_dir: str, exprs: Sequence[str]) -> tuple:
     if not exprs:
         raise WhatIfError("give at least one --set, e.g. --set clip_score>=0.3")
     settings = [parse_setting(e) for e in exprs]
     manifest = st.load_manifest(out_dir)
-    new_recipe, res = recompute(out_dir, manifest, settings)
-    return _summary(out_dir, manifest, settings, new_recipe, res)
+    recipe, res = recompute(out_dir, manifest, settings)
+    return manifest, settings, recipe, res
+
+
+def whatif(out_dir: str, exprs: Sequence[str], apply_to: Optional[str] = None,
+           say: Callable[[str], None] = lambda m: None) -> dict:
+    """Counts and funnel before and after the new thresholds; with ``apply_to`` the selection is also written
+    there (its manifest under "applied")."""
+    if apply_to is not None and _same_folder(out_dir, apply_to):
+        raise WhatIfError("--apply must name a new folder: the source run is never modified")
+    manifest, settings, recipe, res = _plan(out_dir, exprs)
+    summary = _summary(out_dir, manifest, settings, recipe, res)
+    if apply_to is not None:
+        summary["applied"] = _apply(out_dir, manifest, settings, recipe, res, apply_to, say)
+    return summary
 
 
 def _summary(out_dir, manifest, settings, new_recipe, res: pl.DataFrame) -> dict:
@@ -224,7 +232,7 @@ def _summary(out_dir, manifest, settings, new_recipe, res: pl.DataFrame) -> dict
         "newly_kept": gained,
         "newly_rejected": lost,
         "thresholds": {"before": st.thresholds(manifest["recipe"], manifest),
-                       "after": st.thresholds(new_recipe, {"clip_score_cutoff": None})},
+                       "after": st.thresholds(new_recipe.resolved(), {"clip_score_cutoff": None})},
         "uncalibrated": bool(manifest.get("uncalibrated")),
     }
 
@@ -253,18 +261,10 @@ def format_whatif(s: dict) -> str:
 # ------------------------------------------------------------------ apply
 def apply(out_dir: str, exprs: Sequence[str], new_out: str, say: Callable[[str], None] = lambda m: None) -> dict:
     """Write the what-if selection to ``new_out`` (rows copied, same shard names); returns its manifest."""
-    import pyarrow.parquet as pq
+    return whatif(out_dir, exprs, apply_to=new_out, say=say)["applied"]
 
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
 
-    if not exprs:
-        raise WhatIfError("give at least one --set, e.g. --set clip_score>=0.3")
-    if _same_folder(out_dir, new_out):
-        raise WhatIfError("--apply must name a new folder: the source run is never modified")
-    settings = [parse_setting(e) for e in exprs]
-    manifest = st.load_manifest(out_dir)
-    new_recipe, res = recompute(out_dir, manifest, settings)
+def _apply(out_dir, manifest, settings, new_recipe, res: pl.DataFrame, new_out: str, say) -> dict:
     gained = res.filter((pl.col("status") == KEPT) & (pl.col("old_status") != KEPT))["key"].to_list()
     if gained:
         no_image = (st.scan_curated(out_dir, manifest, ["key", "image"])
@@ -276,22 +276,17 @@ def apply(out_dir: str, exprs: Sequence[str], new_out: str, say: Callable[[str],
                 f"(output.keep_rejected_images was false), e.g. {no_image[0]}; tighten thresholds only, or rerun "
                 "with output.keep_rejected_images: true to make any threshold applicable")
     decision = {r["key"]: r for r in res.select("key", "status", "reject_reasons", "duplicate_of").iter_rows(named=True)}
-    keep_images = bool(new_recipe.get("output", {}).get("keep_rejected_images"))
-    new_recipe["output"]["path"] = str(new_out)
+    recipe = new_recipe.model_copy(update={"output": new_recipe.output.model_copy(update={"path": str(new_out)})})
+    keep_images = recipe.output.keep_rejected_images
     mf.remove_manifest(new_out)
-    rg = int(new_recipe["output"].get("row_group_rows") or 256)
+    rg = recipe.output.row_group_rows
     shards = {KEPT: [], REJECTED: []}
-    names = sorted({s["path"].split("/", 1)[1] for sub in (KEPT, REJECTED)
-                    for s in manifest["shards"].get(sub, [])})
+    listed = {sh["path"] for sub in (KEPT, REJECTED) for sh in manifest["shards"].get(sub, [])}
+    names = sorted({rel.split("/", 1)[1] for rel in listed})
     funnel_parts = []
-    for name in names:
-        rows = []
-        for sub in (KEPT, REJECTED):
-            path = mf.join(out_dir, sub, name)
-            if not FileSystems.exists(path):
-                continue
-            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
-                rows.extend(pq.read_table(fh).to_pylist())
+    for name in names:  # a key's shard index depends only on the key and the shard count: same names
+        rows = [row for sub in (KEPT, REJECTED) if f"{sub}/{name}" in listed
+                for row in mf.read_rows(mf.join(out_dir, sub, name))]
         kept, rejected = [], []
         for row in sorted(rows, key=lambda r: r["key"]):
             d = decision[row["key"]]
@@ -309,18 +304,14 @@ def apply(out_dir: str, exprs: Sequence[str], new_out: str, say: Callable[[str],
     stale = mf.remove_stale_shards(new_out, {s["path"] for sub in shards.values() for s in sub})
     n_kept = sum(s["rows"] for s in shards[KEPT])
     n_rej = sum(s["rows"] for s in shards[REJECTED])
-    c = (new_recipe.get("filters") or {}).get("clip_score") or {}
+    clip = recipe.filters.clip_score
     new_manifest = {
-        "kind": "curated",
-        "schema_version": CURATED_SCHEMA_VERSION,
-        "unicurate_version": __version__,
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "recipe_hash": _hash(new_recipe),
-        "recipe": new_recipe,
+        **mf.manifest_header("curated", CURATED_SCHEMA_VERSION, recipe),
         "models": manifest.get("models", []),
         "uncalibrated": manifest.get("uncalibrated", False),
         "model_filters": manifest.get("model_filters", []),
-        "clip_score_cutoff": manifest.get("clip_score_cutoff") if c.get("keep_top_fraction") is not None else None,
+        "clip_score_cutoff": (manifest.get("clip_score_cutoff")
+                              if clip is not None and clip.keep_top_fraction is not None else None),
         "beam_options": manifest.get("beam_options", {}),
         "counts": {"inputs": n_kept + n_rej, "kept": n_kept, "rejected": n_rej},
         "funnel": mf.merge_funnels(funnel_parts),
@@ -331,13 +322,6 @@ def apply(out_dir: str, exprs: Sequence[str], new_out: str, say: Callable[[str],
     }
     mf.write_json_atomic(mf.join(new_out, mf.MANIFEST_NAME), new_manifest)
     return new_manifest
-
-
-def _hash(recipe: dict) -> str:
-    import hashlib
-    import json
-
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _same_folder(a: str, b: str) -> bool:

@@ -13,7 +13,6 @@ joined to their rows by shard, not broadcast as side inputs.
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import math
 import zlib
@@ -23,7 +22,6 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
-from unicurate import __version__
 from unicurate.config import CurateRecipe
 from unicurate.filters import dedup as dd
 from unicurate.filters import rules
@@ -204,12 +202,7 @@ class WriteManifestDoFn(beam.DoFn):
                   else zoo.unloaded_records(zoo.specs_for_recipe(self.recipe),
                                                   "not loaded: no row reached the model stage"))
         manifest = {
-            "kind": "curated",
-            "schema_version": CURATED_SCHEMA_VERSION,
-            "unicurate_version": __version__,
-            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "recipe_hash": self.recipe.recipe_hash(),
-            "recipe": self.recipe.resolved(),
+            **mf.manifest_header("curated", CURATED_SCHEMA_VERSION, self.recipe),
             "models": models,
             "uncalibrated": any(not m["calibrated"] for m in models),
             "model_filters": self.recipe.filters.model_filters(),

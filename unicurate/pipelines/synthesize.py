@@ -12,7 +12,6 @@ index, so a shard's four files describe the same images.
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import math
 from collections import Counter
@@ -21,7 +20,6 @@ from typing import Iterator, Optional
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from unicurate import __version__
 from unicurate.config import SynthesizeRecipe
 from unicurate.manifests import manifest as mf
 from unicurate.models import zoo
@@ -204,12 +202,7 @@ class WriteSynManifestDoFn(beam.DoFn):
                   else zoo.unloaded_records(zoo.synthesis_specs(self.recipe), "not loaded: the input had no kept images"))
         counts = {"inputs": n_inputs, **{k: sum(s["rows"] for s in shards[k]) for k in SYNTHESIS_DIRS}}
         manifest = {
-            "kind": "synthesis",
-            "schema_version": SYNTHESIS_SCHEMA_VERSION,
-            "unicurate_version": __version__,
-            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "recipe_hash": self.recipe.recipe_hash(),
-            "recipe": self.recipe.resolved(),
+            **mf.manifest_header("synthesis", SYNTHESIS_SCHEMA_VERSION, self.recipe),
             "source": self.source,
             "models": models,
             "uncalibrated": any(not m.get("calibrated", True) for m in models),
