@@ -292,7 +292,7 @@ def cmd_demo(args, beam_args: list[str]) -> int:
     _say(f"\nnext: unicurate validate {out} && unicurate validate {syn_out}")
     _say(f"      unicurate stats {out}            (funnel, reasons, score quantiles; --json)")
     _say(f"      unicurate report {out}           (HTML report; also for {syn_out})")
-    _say(f"      unicurate whatif {out} --set clip_score>=0 --set aesthetic_score>=-0.228")
+    _say(f"      unicurate whatif {out} --set 'clip_score>=0' --set 'aesthetic_score>=-0.228'")
     _say(f"      unicurate export {out} --format webdataset|mds|hf --to EXPORT_DIR")
     return EXIT_OK
 
