@@ -41,6 +41,7 @@ def base_recipe(input_path, output_path, **sections) -> dict:
         "resize": {"image_size": 256, "encode_quality": 90},
         "filters": {"min_width": 64, "min_height": 64, "max_aspect_ratio": 3.0, "caption_min_words": 1},
         "models": {"profile": "tiny"},
+        "runner": {"direct_num_workers": 1},  # in-memory; tests that scale out say so
     }
     for name, values in sections.items():
         data.setdefault(name, {}).update(copy.deepcopy(values))
@@ -95,6 +96,7 @@ def synthesized(scored, tmp_path_factory):
     recipe = parse_recipe({
         "pipeline": "synthesize", "input": {"path": str(scored[0]), "max_images": 8},
         "output": {"path": str(out), "images_per_shard": 4}, "models": {"profile": "tiny", "batch_size": 4},
+        "runner": {"direct_num_workers": 1},
         "quality": {"min_pred_iou": 0.0, "min_stability": 0.0},
         "edits": {"per_object": 7},
         "checks": {"redetect": False, "clip_similarity": True, "min_clip_similarity": None,

@@ -154,7 +154,7 @@ def test_failed_pipeline_is_one_clear_message(web_input, tmp_path):
     (out / "kept").write_text("a file where the kept/ folder should be")
     r = tmp_path / "r.yaml"
     r.write_text(f"pipeline: curate\ninput: {{path: {web_input}}}\noutput: {{path: {out}}}\n"
-                 "download: {timeout: 0.5, allow_private_networks: true}\n")
+                 "download: {timeout: 0.5, allow_private_networks: true}\nrunner: {direct_num_workers: 1}\n")
     res = unicurate("run", str(r), cwd=tmp_path)
     assert res.returncode == 1
     assert "the pipeline failed" in res.stderr and "marked unfinished" in res.stderr

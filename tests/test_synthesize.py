@@ -20,6 +20,7 @@ from test_synthesis_ops import RED, StubDetector, scene
 def syn_recipe(tmp_path=None, **sections) -> object:
     data = {"pipeline": "synthesize", "input": {"path": str(tmp_path or "in")},
             "output": {"path": str((tmp_path or "out"))}, "models": {"profile": "tiny", "batch_size": 4},
+            "runner": {"direct_num_workers": 1},
             "edits": {"per_object": 7},
             "checks": {"redetect": False, "clip_similarity": False, "min_clip_similarity": None,
                        "max_clip_similarity": None, "max_change_outside": 0.0}}

@@ -65,9 +65,11 @@ def cmd_run(args, beam_args: list[str]) -> int:
     except RecipeError as exc:
         _err(str(exc))
         return EXIT_USAGE
-    manifest, code = _run(recipe, beam_args)
+    manifest, code = _run(recipe, beam_args, dry_run=args.dry_run, job_file=args.job_file)
     if manifest is None:
         return code
+    if args.dry_run:
+        return EXIT_OK
     _say("")
     _say(_funnel(manifest))
     out = manifest["recipe"]["output"]["path"]
@@ -97,8 +99,12 @@ def _funnel(manifest: dict) -> str:
     return format_synthesis_funnel(manifest) if manifest.get("kind") == "synthesis" else format_funnel(manifest)
 
 
-def _run(recipe, beam_args: list[str]) -> tuple[Optional[dict], int]:
-    """Run a recipe: (manifest, EXIT_OK), or on failure one clear message and (None, exit code)."""
+def _run(recipe, beam_args: list[str], dry_run: bool = False,
+         job_file: Optional[str] = None) -> tuple[Optional[dict], int]:
+    """Run a recipe: (manifest, EXIT_OK), or on failure one clear message and (None, exit code).
+
+    ``dry_run``: build the pipeline for the chosen runner and write the job description instead (no manifest).
+    """
     from unicurate.config import RecipeError
     from unicurate.models.resolver import ModelUnavailable
     from unicurate.pipelines.ingest import InputError
@@ -106,8 +112,8 @@ def _run(recipe, beam_args: list[str]) -> tuple[Optional[dict], int]:
 
     try:
         if recipe.pipeline == "synthesize":
-            return run_synthesize(recipe, beam_args, say=_say), EXIT_OK
-        return run_curate(recipe, beam_args, say=_say), EXIT_OK
+            return run_synthesize(recipe, beam_args, say=_say, dry_run=dry_run, job_file=job_file), EXIT_OK
+        return run_curate(recipe, beam_args, say=_say, dry_run=dry_run, job_file=job_file), EXIT_OK
     except (RecipeError, InputError) as exc:
         _err(str(exc))
         return None, EXIT_USAGE
@@ -117,6 +123,9 @@ def _run(recipe, beam_args: list[str]) -> tuple[Optional[dict], int]:
         return None, EXIT_USAGE
     except Exception as exc:  # noqa: BLE001 - a failed pipeline: say what and where, not a traceback
         logging.getLogger("unicurate").debug("pipeline failed", exc_info=True)  # shown with --verbose
+        if dry_run:
+            _err(f"the dry run failed while building the job: {exc}")
+            return None, EXIT_FAILED
         _err(f"the pipeline failed: {exc}")
         _err(f"{recipe.output.path} has no manifest.json, so it is marked unfinished; "
              "fix the cause and rerun the same command")
@@ -348,6 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="override output.path")
     p.add_argument("--set", action="append", metavar="PATH=VALUE",
                    help="override any recipe field, e.g. --set filters.aesthetic.min_score=5.5 (repeatable)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="build the pipeline for the chosen runner and write its job description (graph, container "
+                        "image, accelerators, options) as JSON without running or submitting anything; with "
+                        "DataflowRunner this needs no network")
+    p.add_argument("--job-file", help="where --dry-run writes the job description (default: OUTPUT.job.json next to "
+                                      "a local output folder, ./NAME.job.json for a gs:// output)")
 
     p = sub.add_parser("validate", help="check an output folder against its manifest")
     p.add_argument("dir", help="output folder (local or gs://)")

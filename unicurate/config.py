@@ -231,14 +231,85 @@ class ModelsConfig(_Section):
     )
 
 
-class RunnerConfig(_Section):
-    profile: Literal["local"] = Field(
-        "local", description="local = Beam DirectRunner; Beam flags after `--` override anything here"
+GPU_TYPES = ("nvidia-l4", "nvidia-tesla-t4", "nvidia-tesla-a100", "nvidia-a100-80gb", "nvidia-h100-80gb",
+             "nvidia-tesla-v100", "nvidia-tesla-p100", "nvidia-tesla-p4")
+
+
+class GpuConfig(_Section):
+    """GPUs for the model stages on Dataflow (Runner v2). See README "Running on Dataflow"."""
+
+    type: str = Field("nvidia-l4", description=f"Dataflow accelerator type, e.g. {', '.join(GPU_TYPES[:3])}")
+    count: int = Field(1, ge=1, le=8, description="GPUs per worker VM")
+    install_driver: bool = Field(True, description="let Dataflow install the NVIDIA driver on the VM")
+    placement: Literal["all_workers", "model_stages"] = Field(
+        "all_workers",
+        description="all_workers = every worker VM gets the GPU (dataflow_service_options worker_accelerator); "
+                    "model_stages = only the model transforms carry an `accelerator` resource hint and Dataflow "
+                    "right-fits them onto GPU workers while download/decode stay on machine_type CPU workers",
     )
-    direct_num_workers: int = Field(1, ge=0, description="0 = one per CPU core")
-    direct_running_mode: Literal["in_memory", "multi_threading", "multi_processing"] = "in_memory"
+    min_ram: str | None = Field(None, description="resource hint for the model stages, e.g. 32GB (model_stages only)")
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, v: str) -> str:
+        if not v.startswith("nvidia-"):
+            raise ValueError(f"Dataflow accelerator types start with 'nvidia-' (e.g. {', '.join(GPU_TYPES[:3])})")
+        return v
+
+    def accelerator(self) -> str:
+        """Dataflow's accelerator string: type:T;count:N[;install-nvidia-driver]."""
+        return f"type:{self.type};count:{self.count}" + (";install-nvidia-driver" if self.install_driver else "")
+
+
+class DataflowConfig(_Section):
+    """The `dataflow` runner profile: Beam's DataflowRunner on Google Cloud, Runner v2, a custom container."""
+
+    project: str | None = Field(None, description="Google Cloud project id")
+    region: str = Field("us-central1", description="Dataflow region (GPU types vary by zone/region)")
+    temp_location: str | None = Field(None, description="gs:// folder for temporary files")
+    staging_location: str | None = Field(None, description="gs:// folder for staged files (default: temp_location)")
+    sdk_container_image: str | None = Field(
+        None, description="the worker image built from docker/Dockerfile, e.g. "
+                          "us-docker.pkg.dev/PROJECT/unicurate/worker:0.1.0")
+    machine_type: str | None = Field(None, description="worker VM type, e.g. g2-standard-8 for one L4 GPU; "
+                                                       "n2-standard-8 for CPU-only runs")
+    num_workers: int | None = Field(None, ge=1, description="workers to start with")
+    max_num_workers: int | None = Field(None, ge=1, description="autoscaling ceiling")
+    disk_size_gb: int | None = Field(None, ge=10, description="boot disk per worker (the image and weights cache)")
+    gpu: GpuConfig | None = Field(None, description="GPUs for the model stages; omit for CPU workers")
+    harness_threads: int | None = Field(
+        None, ge=1, description="number_of_worker_harness_threads; default with a GPU: 4 threads in one SDK "
+                                "process per VM, so one model copy serves each GPU")
+    one_sdk_process: bool | None = Field(
+        None, description="run one SDK process per worker VM (experiment no_use_multiple_sdk_containers); "
+                          "default: on with a GPU (one model copy per GPU), off without")
+    service_account_email: str | None = None
+    network: str | None = None
+    subnetwork: str | None = None
+    use_public_ips: bool | None = Field(None, description="false = workers without external IPs (then model "
+                                                          "weights must come from gs://: models.mirror)")
+    job_name: str | None = Field(None, description="default: unicurate-<recipe name>-<time>")
+
+    @field_validator("temp_location", "staging_location")
+    @classmethod
+    def _gcs(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("gs://"):
+            raise ValueError("Dataflow needs a gs:// folder here")
+        return v
+
+
+class RunnerConfig(_Section):
+    profile: Literal["local", "dataflow"] = Field(
+        "local", description="local = Beam DirectRunner on this machine; dataflow = Google Cloud Dataflow "
+                             "(runner.dataflow); Beam flags after `--` override anything here"
+    )
+    direct_num_workers: int = Field(0, ge=0, description="local: worker processes; 0 = one per CPU core")
+    direct_running_mode: Literal["auto", "in_memory", "multi_threading", "multi_processing"] = Field(
+        "auto", description="local: auto = multi_processing with more than one worker, else in_memory"
+    )
+    dataflow: DataflowConfig = Field(default_factory=DataflowConfig)
     options: dict[str, Any] = Field(
-        default_factory=dict, description="any other Beam pipeline options, e.g. {project: my-proj}"
+        default_factory=dict, description="any other Beam pipeline options, e.g. {experiments: [...]}"
     )
 
 

@@ -196,7 +196,7 @@ def _beam_exists(path: str) -> bool:
     return FileSystems.exists(path)
 
 
-def _mirror_path(mirror: str, relpath: str) -> str:
+def mirror_path(mirror: str, relpath: str) -> str:
     """``relpath`` (cache layout) under a mirror folder, local or remote, joined by Beam's filesystems."""
     from apache_beam.io.filesystems import FileSystems
 
@@ -269,7 +269,7 @@ def resolve(
         return dest
     tried = [f"cache {dest}"]
     if mirror:
-        src = _mirror_path(mirror, p.relpath)
+        src = mirror_path(mirror, p.relpath)
         tried.append(f"mirror {src}")
         try:
             exists = _beam_exists(src)
@@ -303,7 +303,7 @@ def stage(uri: str, dest_root: str, *, model: str, sha256: Optional[str] = None,
     local = resolve(uri, model=model, sha256=sha256, cache_dir=cache_dir, offline=offline)
     p = parse_uri(uri)
     rel = p.relpath or f"local/{Path(p.local).name}"
-    target = _mirror_path(dest_root, rel)
+    target = mirror_path(dest_root, rel)
     if "://" in target:
         from apache_beam.io.filesystems import FileSystems
 

@@ -307,6 +307,78 @@ def recipe_preflight(recipe) -> list[tuple[ModelSpec, Optional[Path]]]:
     return locate_all(specs, recipe.models)
 
 
+def worker_source(spec: ModelSpec, models_cfg, probe: bool = True) -> str:
+    """Where workers on another machine (Dataflow) will read ``spec``'s weights, checked without downloading.
+
+    The workers' resolver looks in their own cache, then ``models.mirror``, then the model's URI; this
+    machine's disk is not theirs. ``probe`` checks that the file exists there (gs:// needs credentials and
+    network, so a dry run skips it). Raises ModelUnavailable naming the model, the URI and how to stage it.
+    """
+    from unicurate.models import resolver as rs
+
+    if spec.uri.startswith("tiny://"):
+        return "built in (tiny profile: built in code, no weights)"
+    if spec.uri.startswith("package://"):
+        package_path(spec.uri)  # the worker image installs the same packages
+        return f"{spec.uri} (in the installed package)"
+    profile = models_cfg.profile
+    files = spec.options.get("files")
+    uris = [spec.uri.rstrip("/") + "/" + f for f in files] if files and _remote(spec.uri) else [spec.uri]
+    mirror = models_cfg.mirror
+    where = []
+    for uri in uris:
+        try:
+            p = rs.parse_uri(uri)
+        except ValueError as exc:
+            raise ModelUnavailable(f"model '{spec.name}': {exc}") from None
+        if not p.scheme:
+            raise ModelUnavailable(
+                f"model '{spec.name}': weights {uri} are a path on this machine, which Dataflow workers cannot "
+                f"read. To fix: copy them to gs:// (`unicurate models fetch --to gs://BUCKET/unicurate-models`) "
+                f"and set models.mirror: gs://BUCKET/unicurate-models (or models.overrides.{spec.name}.uri: gs://...)")
+        if mirror:
+            if not _remote(mirror):
+                raise ModelUnavailable(
+                    f"model '{spec.name}': models.mirror {mirror} is a folder on this machine, which Dataflow "
+                    f"workers cannot read. To fix: {rs.staging_hint(profile).replace('DIR', 'gs://BUCKET/PATH')}")
+            src = rs.mirror_path(mirror, p.relpath)
+            if probe and not _exists(src, spec.name, uri):
+                raise ModelUnavailable(
+                    f"model '{spec.name}': weights {uri} are not in the mirror ({src} does not exist). To fix: "
+                    f"`unicurate models fetch --to {mirror}` on a machine with internet access")
+            where.append(src)
+        elif p.scheme == "gs":
+            if probe and not _exists(uri, spec.name, uri):
+                raise ModelUnavailable(f"model '{spec.name}': weights {uri} do not exist")
+            where.append(uri)
+        else:
+            if models_cfg.offline:
+                raise ModelUnavailable(
+                    f"model '{spec.name}': models.offline is on and there is no models.mirror, so workers cannot "
+                    f"get {uri}. To fix: {rs.staging_hint(profile).replace('DIR', 'gs://BUCKET/PATH')}")
+            where.append(f"{uri} (downloaded by each worker VM: needs internet access on the workers; "
+                         f"stage it to gs:// and set models.mirror to avoid that)")
+    return where[0] if len(where) == 1 else f"{len(where)} files, e.g. {where[0]}"
+
+
+def _exists(path: str, model: str, uri: str) -> bool:
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        return FileSystems.exists(path)
+    except Exception as exc:  # noqa: BLE001 - e.g. no credentials or no gcp extra
+        raise ModelUnavailable(f"model '{model}': cannot check {path} for {uri}: {type(exc).__name__}: {exc}") from None
+
+
+def recipe_worker_sources(recipe, probe: bool = True) -> list[tuple[ModelSpec, str]]:
+    """:func:`worker_source` of every model a recipe needs. Raises ModelUnavailable."""
+    try:
+        specs = specs_for_recipe(recipe)
+    except ValueError as exc:
+        raise ModelUnavailable(str(exc)) from None
+    return [(spec, worker_source(spec, recipe.models, probe)) for spec in specs]
+
+
 def unloaded_records(specs: list[ModelSpec], note: str) -> list[dict]:
     """Manifest records of models that were never loaded (no row reached them): no I/O.
 

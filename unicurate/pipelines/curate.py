@@ -80,6 +80,7 @@ class FetchDoFn(beam.DoFn):
         self._shared = shared.Shared()
         self.fetched = Metrics.counter(_NS, "fetched")
         self.failed = Metrics.counter(_NS, "fetch_failed")
+        self.span = perworker.StageSpan("fetch")
 
     def setup(self):
         from unicurate.pipelines.fetch import Fetcher
@@ -104,6 +105,7 @@ class FetchDoFn(beam.DoFn):
         self.fetcher = self._holder.value
 
     def process(self, batch: list[dict]) -> Iterator[dict]:
+        self.span.mark()
         todo = []
         for row in batch:
             if row["reject_reasons"]:  # invalid input or repeated url: nothing to download
@@ -118,6 +120,7 @@ class FetchDoFn(beam.DoFn):
             if fetched.reasons and fetched.error:
                 self.failed.inc()
             yield finish_row(row, fetched)
+        self.span.mark()
 
     def teardown(self):
         perworker.emit_progress("fetch")

@@ -93,6 +93,23 @@ def emit_progress(name: str) -> None:
         _PROGRESS[name].emit()
 
 
+class StageSpan:
+    """Wall-clock span of a stage over all workers: a Beam distribution of epoch milliseconds.
+
+    Each bundle of work records when it started and ended; the distribution's min and max (merged by the
+    runner over every worker) are the stage's first start and last end. ``counters()`` turns them into
+    ``<name>_seconds``.
+    """
+
+    def __init__(self, name: str):
+        self.dist = Metrics.distribution(NAMESPACE, f"{name}_span_ms")
+
+    def mark(self) -> None:
+        import time
+
+        self.dist.update(int(time.time() * 1000))
+
+
 class ModelDoFn(beam.DoFn):
     """A DoFn holding one model object per worker process (``shared.Shared``).
 
@@ -105,11 +122,12 @@ class ModelDoFn(beam.DoFn):
 
     MODELS_TAG = "models"
 
-    def __init__(self, tag: str):
+    def __init__(self, tag: str, stage: str = "model"):
         self.tag = tag
         self._shared = shared.Shared()
         self.loads = Metrics.counter(NAMESPACE, "model_loads")
         self.batches = Metrics.counter(NAMESPACE, "model_batches")
+        self.span = StageSpan(stage)
 
     def build(self) -> Any:
         raise NotImplementedError
@@ -123,6 +141,7 @@ class ModelDoFn(beam.DoFn):
         self._load_to_count, self._reported = built, False
 
     def started(self):
+        self.span.mark()
         if self._load_to_count:
             self._load_to_count = False
             self.loads.inc()

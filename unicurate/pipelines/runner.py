@@ -19,13 +19,76 @@ def is_remote(path: str) -> bool:
     return "://" in path
 
 
-def beam_flags(runner: RunnerConfig, extra_args: list[str]) -> list[str]:
-    """Recipe runner section as Beam flags; flags given after ``--`` come last and win."""
+DATAFLOW = "DataflowRunner"
+
+
+def local_workers(runner: RunnerConfig) -> int:
+    return runner.direct_num_workers or (os.cpu_count() or 1)
+
+
+def local_mode(runner: RunnerConfig) -> str:
+    if runner.direct_running_mode != "auto":
+        return runner.direct_running_mode
+    return "multi_processing" if local_workers(runner) > 1 else "in_memory"
+
+
+def _slug(text: str) -> str:
+    """A Dataflow job name: lowercase letters, digits and dashes, starting with a letter."""
+    out = "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+    while "--" in out:
+        out = out.replace("--", "-")
+    return out if out[:1].isalpha() else f"u-{out}"
+
+
+def local_flags(runner: RunnerConfig) -> list[str]:
     # Beam's worker processes log at INFO by default; keep the terminal for progress and the funnel.
-    flags = ["--runner=DirectRunner", "--default_sdk_harness_log_level=WARNING"]
-    workers = runner.direct_num_workers or (os.cpu_count() or 1)
-    flags.append(f"--direct_num_workers={workers}")
-    flags.append(f"--direct_running_mode={runner.direct_running_mode}")
+    return ["--runner=DirectRunner", "--default_sdk_harness_log_level=WARNING",
+            f"--direct_num_workers={local_workers(runner)}", f"--direct_running_mode={local_mode(runner)}"]
+
+
+def dataflow_flags(runner: RunnerConfig, recipe_name: str = "unicurate") -> list[str]:
+    """The `dataflow` profile as Beam flags: Runner v2, the custom container, GPUs, sizing."""
+    d = runner.dataflow
+    job = d.job_name or _slug(f"unicurate-{recipe_name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    flags = ["--runner=DataflowRunner", f"--region={d.region}", f"--job_name={job}",
+             "--experiments=use_runner_v2"]
+    for name in ("project", "temp_location", "staging_location", "machine_type", "num_workers", "max_num_workers",
+                 "disk_size_gb", "service_account_email", "network", "subnetwork"):
+        value = getattr(d, name)
+        if value is not None:
+            flags.append(f"--{name}={value}")
+    if d.sdk_container_image:
+        # the image has Beam and unicurate installed: stage neither the SDK nor a setup.py
+        flags += [f"--sdk_container_image={d.sdk_container_image}", "--sdk_location=container"]
+    if d.use_public_ips is not None:
+        flags.append("--use_public_ips" if d.use_public_ips else "--no_use_public_ips")
+    gpu = d.gpu
+    if gpu is not None and gpu.placement == "all_workers":
+        flags.append(f"--dataflow_service_options=worker_accelerator={gpu.accelerator()}")
+    one_process = d.one_sdk_process if d.one_sdk_process is not None else gpu is not None
+    if one_process:
+        # one SDK process per VM: one copy of each model per GPU instead of one per vCPU
+        flags.append("--experiments=no_use_multiple_sdk_containers")
+    threads = d.harness_threads if d.harness_threads is not None else (4 if gpu is not None else None)
+    if threads is not None:
+        flags.append(f"--number_of_worker_harness_threads={threads}")
+    return flags
+
+
+def model_stage_hints(runner: RunnerConfig) -> dict:
+    """Beam resource hints for the model transforms (right fitting onto GPU workers); {} when not asked for."""
+    gpu = runner.dataflow.gpu
+    if runner.profile != "dataflow" or gpu is None or gpu.placement != "model_stages":
+        return {}
+    hints = {"accelerator": gpu.accelerator()}
+    if gpu.min_ram:
+        hints["min_ram"] = gpu.min_ram
+    return hints
+
+
+def beam_flags(runner: RunnerConfig, extra_args: list[str], recipe_name: str = "unicurate") -> list[str]:
+    """Recipe runner section as Beam flags; flags given after ``--`` come last and win."""
+    flags = dataflow_flags(runner, recipe_name) if runner.profile == "dataflow" else local_flags(runner)
     for name, value in runner.options.items():
         if isinstance(value, bool):
             flags.append(f"--{name}" if value else f"--no{name}")
@@ -36,15 +99,24 @@ def beam_flags(runner: RunnerConfig, extra_args: list[str]) -> list[str]:
     return flags + list(extra_args)
 
 
-def pipeline_options(runner: RunnerConfig, extra_args: list[str]):
+def pipeline_options(runner: RunnerConfig, extra_args: list[str], recipe_name: str = "unicurate"):
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    flags = beam_flags(runner, extra_args)
+    flags = beam_flags(runner, extra_args, recipe_name)
     options = PipelineOptions(flags)
     unknown = [a for a in extra_args if a.startswith("--") and not _known(options, a)]
     if unknown:
         raise RecipeError(f"unknown Beam option(s) after '--': {' '.join(unknown)}")
     return options
+
+
+def runner_name(options) -> str:
+    """The Beam runner the options select, normalised (``dataflow`` -> ``DataflowRunner``)."""
+    name = str(options.get_all_options().get("runner") or "DirectRunner")
+    base = name.rsplit(".", 1)[-1]
+    if not base.lower().endswith("runner"):
+        base += "Runner"
+    return DATAFLOW if base.lower() == "dataflowrunner" else base
 
 
 def _known(options, arg: str) -> bool:
@@ -86,28 +158,127 @@ def sample_web_for(recipe: CurateRecipe, say: Callable[[str], None]):
         yield web
 
 
+# ------------------------------------------------------------------ where the pipeline runs
+class Launch:
+    """The options a recipe runs with, where that is, and what is wrong with running it there."""
+
+    def __init__(self, recipe, beam_args: Optional[list[str]], dry_run: bool):
+        self.dry_run = dry_run
+        args = list(beam_args or [])
+        self.options = pipeline_options(recipe.runner, args, recipe.name)
+        self.runner = runner_name(self.options)
+        self.remote = self.runner == DATAFLOW
+        if self.remote and recipe.runner.profile != "dataflow":
+            # `-- --runner DataflowRunner` selects the dataflow profile (Runner v2, container, GPU settings)
+            recipe = recipe.model_copy(update={"runner": recipe.runner.model_copy(update={"profile": "dataflow"})})
+            self.options = pipeline_options(recipe.runner, args, recipe.name)
+        self.recipe = recipe
+        if self.remote and dry_run:
+            from apache_beam.options.pipeline_options import PipelineOptions
+
+            # DataflowRunner builds the job (graph, environments, options) and returns without submitting
+            self.options = PipelineOptions(beam_flags(recipe.runner, args + ["--dry_run=True"], recipe.name))
+        self.opts = self.options.get_all_options(drop_default=True, retain_unknown_options=True)
+        self.missing = self._missing()
+        self.problems = self._problems(recipe)
+
+    def _missing(self) -> list[str]:
+        """Options Dataflow cannot build a job without (errors, dry run or not)."""
+        if not self.remote:
+            return []
+        if not _has_dataflow():
+            raise RecipeError("the Dataflow runner needs Beam's GCP extras: pip install 'unicurate[gcp]' "
+                              "(apache-beam[gcp])")
+        out = []
+        all_opts = self.options.get_all_options()
+        for opt, field in (("project", "project"), ("region", "region"), ("temp_location", "temp_location"),
+                           ("sdk_container_image", "sdk_container_image")):
+            if not all_opts.get(opt) and not (opt == "temp_location" and all_opts.get("staging_location")):
+                why = (" (the worker image from docker/Dockerfile: Beam, torch and unicurate installed)"
+                       if opt == "sdk_container_image" else "")
+                out.append(f"Dataflow needs runner.dataflow.{field} (or --{opt} after '--'){why}")
+        for opt in ("temp_location", "staging_location"):
+            value = all_opts.get(opt)
+            if value and not str(value).startswith("gs://"):
+                out.append(f"--{opt} {value}: Dataflow needs a gs:// folder")
+        return out
+
+    def _problems(self, recipe) -> list[str]:
+        """What would fail on Dataflow workers: errors for a real run, warnings in a dry run."""
+        if not self.remote:
+            return []
+        out = []
+        paths = [("input.path", p) for p in recipe.input.paths] if hasattr(recipe.input, "paths") else [
+            ("input.path", recipe.input.path)]
+        paths.append(("output.path", recipe.output.path))
+        for field, path in paths:
+            if not is_remote(path):
+                out.append(f"{field} {path} is on this machine, but Dataflow workers cannot read it: "
+                           "use a gs:// path")
+        if getattr(recipe, "sample_web", None) is not None:
+            out.append("sample_web serves a demo web on this machine (127.0.0.1): Dataflow workers cannot reach it; "
+                       "remove the sample_web section")
+        return out
+
+    def check(self, say: Callable[[str], None]) -> list[str]:
+        """Problems stop a real submission before anything starts; a dry run lists them as warnings."""
+        if self.missing:
+            raise RecipeError("cannot build the Dataflow job: " + "; ".join(self.missing))
+        if self.problems and not self.dry_run:
+            raise RecipeError("cannot run on Dataflow: " + "; ".join(self.problems))
+        for msg in self.problems:
+            say(f"WARNING (dry run): {msg}")
+        return list(self.problems)
+
+    def describe(self) -> str:
+        if self.remote:
+            o = self.options.get_all_options()
+            gpu = [s for s in o.get("dataflow_service_options") or [] if s.startswith("worker_accelerator=")]
+            return (f"runner: DataflowRunner, project {o.get('project')}, region {o.get('region')}, "
+                    f"image {o.get('sdk_container_image')}, machine {o.get('machine_type') or 'default'}"
+                    + (f", {gpu[0]}" if gpu else "")
+                    + (", dry run (nothing is submitted)" if self.dry_run else ""))
+        return (f"runner: {self.opts.get('runner', 'DirectRunner')}, workers: {self.opts.get('direct_num_workers', 1)}, "
+                f"mode: {self.opts.get('direct_running_mode', 'in_memory')}"
+                + (", dry run (nothing runs)" if self.dry_run else ""))
+
+    def beam_options(self) -> dict:
+        return {k: v for k, v in self.opts.items() if _jsonable(v)}
+
+
+def _has_dataflow() -> bool:
+    try:
+        import apache_beam.runners.dataflow.dataflow_runner  # noqa: F401
+        from apache_beam.io.gcp import gcsfilesystem  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def run_curate(recipe: CurateRecipe, beam_args: Optional[list[str]] = None,
-               say: Callable[[str], None] = print) -> dict:
-    """Run the curate pipeline to completion; returns the manifest."""
+               say: Callable[[str], None] = print, dry_run: bool = False, job_file: Optional[str] = None) -> dict:
+    """Run the curate pipeline to completion; returns the manifest (with ``dry_run``: the job description)."""
     import apache_beam as beam
 
     from unicurate.manifests import manifest as mf
     from unicurate.pipelines import curate
 
     recipe = _absolutise(recipe)
-    options = pipeline_options(recipe.runner, beam_args or [])
-    opts = options.get_all_options(drop_default=True, retain_unknown_options=True)
-    check_models(recipe, say)  # missing weights stop the run here, before any input is read
+    launch = Launch(recipe, beam_args, dry_run)
+    recipe = launch.recipe
+    warnings = launch.check(say)
+    models = check_models(recipe, say, remote=launch.remote, probe=not dry_run)
     with sample_web_for(recipe, say):
         splits = curate.prepare(recipe)  # input problems stop the run here, before any work
         n_files = len({s.file.path for s in splits})
         say(f"curate: {n_files} input file(s), {len(splits)} split(s) -> {recipe.output.path}")
-        say(f"runner: {opts.get('runner', 'DirectRunner')}, workers: {opts.get('direct_num_workers', 1)}, "
-            f"mode: {opts.get('direct_running_mode', 'in_memory')}")
+        say(launch.describe())
+        pipeline = beam.Pipeline(options=launch.options)
+        curate.build(pipeline, recipe, splits, beam_options=launch.beam_options())
+        if dry_run:
+            return write_job_description(pipeline, launch, recipe, models, warnings, job_file, say)
         mf.remove_manifest(recipe.output.path)
         start = time.monotonic()
-        pipeline = beam.Pipeline(options=options)
-        curate.build(pipeline, recipe, splits, beam_options={k: v for k, v in opts.items() if _jsonable(v)})
         result = pipeline.run()
         result.wait_until_finish()
         elapsed = time.monotonic() - start
@@ -117,30 +288,33 @@ def run_curate(recipe: CurateRecipe, beam_args: Optional[list[str]] = None,
     return manifest
 
 
-def run_synthesize(recipe, beam_args: Optional[list[str]] = None, say: Callable[[str], None] = print) -> dict:
-    """Run the synthesize pipeline to completion; returns the manifest."""
+def run_synthesize(recipe, beam_args: Optional[list[str]] = None, say: Callable[[str], None] = print,
+                   dry_run: bool = False, job_file: Optional[str] = None) -> dict:
+    """Run the synthesize pipeline to completion; returns the manifest (with ``dry_run``: the job description)."""
     import apache_beam as beam
 
     from unicurate.manifests import manifest as mf
     from unicurate.pipelines import synthesize as syn
 
     recipe = _absolutise(recipe)
-    options = pipeline_options(recipe.runner, beam_args or [])
-    opts = options.get_all_options(drop_default=True, retain_unknown_options=True)
-    check_models(recipe, say)  # missing weights stop the run here, before any input is read
+    launch = Launch(recipe, beam_args, dry_run)
+    recipe = launch.recipe
+    warnings = launch.check(say)
+    models = check_models(recipe, say, remote=launch.remote, probe=not dry_run)
     cur, paths, keys = syn.prepare(recipe)  # input problems stop the run here too
     n_inputs = len(keys) if keys is not None else sum(
         s["rows"] for s in cur["shards"][KEPT] if s.get("rows"))
     say(f"synthesize: {n_inputs} kept image(s) in {len(paths)} shard(s) of {recipe.input.path} -> "
         f"{recipe.output.path}")
-    say(f"runner: {opts.get('runner', 'DirectRunner')}, workers: {opts.get('direct_num_workers', 1)}, "
-        f"mode: {opts.get('direct_running_mode', 'in_memory')}")
-    mf.remove_manifest(recipe.output.path)
+    say(launch.describe())
     source = {"path": recipe.input.path, "recipe_hash": cur.get("recipe_hash"), "kept": cur["counts"]["kept"],
               "uncalibrated": bool(cur.get("uncalibrated"))}
+    pipeline = beam.Pipeline(options=launch.options)
+    syn.build(pipeline, recipe, paths, keys, n_inputs, launch.beam_options(), source)
+    if dry_run:
+        return write_job_description(pipeline, launch, recipe, models, warnings, job_file, say)
+    mf.remove_manifest(recipe.output.path)
     start = time.monotonic()
-    pipeline = beam.Pipeline(options=options)
-    syn.build(pipeline, recipe, paths, keys, n_inputs, {k: v for k, v in opts.items() if _jsonable(v)}, source)
     result = pipeline.run()
     result.wait_until_finish()
     manifest = mf.read_manifest(recipe.output.path)
@@ -169,6 +343,8 @@ def format_synthesis_funnel(manifest: dict) -> str:
     if met.get("model_loads"):
         lines.append(f"(models loaded {met['model_loads']} time(s), once per worker process; "
                      f"{met.get('model_batches', 0)} batches)")
+    if stage_times(met):
+        lines.append(stage_times(met))
     c = manifest["counts"]
     lines.append("")
     lines.append(f"{c['inputs']} input images -> {c['images']} image rows; {c['subject']} subject samples, "
@@ -176,21 +352,130 @@ def format_synthesis_funnel(manifest: dict) -> str:
     return "\n".join(lines)
 
 
-def check_models(recipe, say: Callable[[str], None] = print) -> list:
-    """Resolve every model a curate or synthesize recipe needs (cache, mirror, download) before any input
-    is read. Raises ``ModelUnavailable`` naming the model, its URI and how to stage it."""
+def check_models(recipe, say: Callable[[str], None] = print, remote: bool = False, probe: bool = True) -> list:
+    """Check every model a curate or synthesize recipe needs before any input is read.
+
+    Local runs resolve the weights here (cache, mirror, download), so workers find them in the cache.
+    Remote runs (Dataflow) only check where the workers will read them (``probe``: that they exist there,
+    e.g. in the gs:// mirror); nothing is downloaded to this machine. Raises ``ModelUnavailable`` naming the
+    model, its URI and how to stage it. Returns [(spec, local path or worker source)].
+    """
     from unicurate.models import zoo
 
-    located = zoo.recipe_preflight(recipe)
+    located = zoo.recipe_worker_sources(recipe, probe) if remote else zoo.recipe_preflight(recipe)
     if not located:
         return []
     extra = f", inpainter {recipe.edits.inpainter}" if recipe.pipeline == "synthesize" else ""
     say(f"models ({recipe.models.profile} profile): " + ", ".join(
         f"{spec.name}{'' if spec.calibrated else ' [uncalibrated]'}" for spec, _ in located) + extra)
+    if remote:
+        for spec, where in located:
+            say(f"  {spec.name}: workers read {where}")
     if any(not spec.calibrated for spec, _ in located):
         say("WARNING: the tiny profile's models have random weights: their outputs are UNCALIBRATED "
             "(fine for tests and the demo, meaningless for real data)")
     return located
+
+
+MODEL_STAGES = ("ScoreWithModels", "Synthesize")  # the transforms that run models (GPU workers on Dataflow)
+
+
+def write_job_description(pipeline, launch: Launch, recipe, models: list, warnings: list[str],
+                          job_file: Optional[str], say: Callable[[str], None]) -> dict:
+    """Dry run: the job as the runner would submit it, written to ``job_file`` (JSON); returns it.
+
+    DataflowRunner with ``--dry_run=True`` builds the Dataflow job (Runner API graph with environments and
+    resource hints, final options) without contacting Google Cloud; other runners write the Runner API graph.
+    """
+    from google.protobuf import json_format
+
+    from unicurate import __version__
+    from unicurate.manifests import manifest as mf
+
+    if launch.remote:
+        result = pipeline.run()
+        job = result.job
+        proto = job.proto_pipeline
+        final = job.options.get_all_options(drop_default=True, retain_unknown_options=True)
+    else:
+        proto = pipeline.to_runner_api()
+        final = launch.opts
+    graph = json_format.MessageToDict(proto)
+    comps = graph.get("components", {})
+    envs = {eid: _environment(e) for eid, e in comps.get("environments", {}).items()}
+    transforms = []
+    for t in comps.get("transforms", {}).values():
+        if t.get("subtransforms"):
+            continue  # composites: their leaves are listed
+        env = t.get("environmentId")
+        transforms.append({"name": t.get("uniqueName"), "urn": (t.get("spec") or {}).get("urn"),
+                           "environment": env,
+                           "resource_hints": (envs.get(env) or {}).get("resource_hints", {}) if env else {}})
+    transforms.sort(key=lambda t: t["name"] or "")
+    model_stages = [t for t in transforms if (t["name"] or "").split("/")[0] in MODEL_STAGES
+                    and t["urn"] == "beam:transform:pardo:v1"]
+    service = [str(s) for s in final.get("dataflow_service_options") or []]
+    images = sorted({e["container_image"] for e in envs.values() if e.get("container_image")})
+    desc = {
+        "job_description_version": 1,
+        "unicurate_version": __version__,
+        "dry_run": True,
+        "pipeline": recipe.pipeline,
+        "recipe_name": recipe.name,
+        "recipe_hash": recipe.recipe_hash(),
+        "runner": launch.runner,
+        "job_name": final.get("job_name"),
+        "container_image": final.get("sdk_container_image") or (images[0] if images else None),
+        "environment_images": images,
+        "accelerator": {
+            "service_options": [s for s in service if s.startswith("worker_accelerator=")],
+            "model_stage_hints": model_stage_hints(recipe.runner),
+        },
+        "model_stages": model_stages,
+        "models": [{"name": spec.name, "uri": spec.uri, "calibrated": spec.calibrated,
+                    "workers_read" if launch.remote else "local_path": str(where) if where is not None else None}
+                   for spec, where in models],
+        "warnings": warnings,
+        "options": {k: v for k, v in sorted(final.items()) if _jsonable(v)},
+        "environments": envs,
+        "transforms": transforms,
+        "recipe": recipe.resolved(),
+        "proto_pipeline": graph,
+    }
+    path = job_file or default_job_file(recipe.output.path, recipe.name)
+    mf.write_json_atomic(path, desc)
+    say(f"dry run: {len(transforms)} transforms, model stages: "
+        f"{', '.join(t['name'] for t in model_stages) or 'none'}; image: {desc['container_image'] or 'default'}; "
+        f"accelerator: {'; '.join(desc['accelerator']['service_options']) or desc['accelerator']['model_stage_hints'] or 'none'}")
+    say(f"job description written to {path}; nothing was submitted or run")
+    desc["_path"] = path
+    return desc
+
+
+def default_job_file(output_path: str, name: str) -> str:
+    """Next to a local output folder (OUT.job.json); in the current folder when the output is remote."""
+    if is_remote(output_path):
+        base = output_path.rstrip("/").rsplit("/", 1)[-1] or name
+        return str(Path.cwd() / f"{base}.job.json")
+    return str(Path(output_path).with_name(Path(output_path).name + ".job.json"))
+
+
+def _environment(env: dict) -> dict:
+    """A Runner API environment, readable: its container image and decoded resource hints."""
+    import base64
+
+    out = {"urn": env.get("urn")}
+    payload = env.get("payload")
+    if env.get("urn") == "beam:env:docker:v1" and payload:
+        from apache_beam.portability.api import beam_runner_api_pb2
+
+        out["container_image"] = beam_runner_api_pb2.DockerPayload.FromString(base64.b64decode(payload)).container_image
+    hints = {}
+    for urn, value in (env.get("resourceHints") or {}).items():
+        raw = base64.b64decode(value)
+        hints[urn] = raw.decode("utf-8", "replace")
+    out["resource_hints"] = hints
+    return out
 
 
 def _uncalibrated_line(manifest: dict, what: str) -> list[str]:
@@ -201,7 +486,8 @@ def _uncalibrated_line(manifest: dict, what: str) -> list[str]:
 
 
 def counters(result) -> dict:
-    """unicurate's Beam counters (model loads, batches, ...), summed over workers; {} when unavailable."""
+    """unicurate's Beam counters (model loads, batches, ...) summed over workers, and the wall-clock span of
+    the fetch/model/synthesize stages (``fetch_seconds``, ...); {} when unavailable."""
     try:
         from apache_beam.metrics.metric import MetricsFilter
 
@@ -210,9 +496,29 @@ def counters(result) -> dict:
         for c in res.get("counters", []):
             val = c.committed if c.committed is not None else c.attempted
             out[c.key.metric.name] = out.get(c.key.metric.name, 0) + (val or 0)
+        spans: dict[str, list] = {}
+        for d in res.get("distributions", []):
+            name = d.key.metric.name
+            val = d.committed if d.committed is not None else d.attempted
+            if name.endswith("_span_ms") and val is not None and val.count:
+                lo, hi = spans.get(name, [val.min, val.max])
+                spans[name] = [min(lo, val.min), max(hi, val.max)]
+        for name, (lo, hi) in spans.items():
+            out[name[: -len("_span_ms")] + "_seconds"] = round((hi - lo) / 1000.0, 3)
         return out
     except Exception:  # noqa: BLE001 - metrics are informative only
         return {}
+
+
+STAGE_LABELS = {"fetch": "download+decode+rules", "model": "model scoring", "synthesize": "synthesis"}
+
+
+def stage_times(metrics: dict) -> str:
+    """'stage wall time: download+decode+rules 4.61 s, ...' (first start to last end over all workers)."""
+    parts = [f"{label} {metrics[f'{k}_seconds']:.2f} s" for k, label in STAGE_LABELS.items()
+             if metrics.get(f"{k}_seconds") is not None]
+    return f"  (stage wall time, first batch start to last batch end over all workers: {', '.join(parts)})" \
+        if parts else ""
 
 
 def _jsonable(v) -> bool:
@@ -250,6 +556,8 @@ def format_funnel(manifest: dict) -> str:
         lines.append(f"  (models loaded {met['model_loads']} time(s), once per worker process; "
                      f"{met.get('model_batches', 0)} batches, {met.get('model_rows', 0)} rows scored, "
                      f"{met.get('score_errors', 0)} score errors)")
+    if stage_times(met):
+        lines.append(stage_times(met))
     c = manifest["counts"]
     lines.append("")
     lines.append(f"kept {c['kept']} + rejected {c['rejected']} = {c['kept'] + c['rejected']} of {c['inputs']} inputs")

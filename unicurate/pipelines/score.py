@@ -62,6 +62,7 @@ class ScoreDoFn(perworker.ModelDoFn):
         if todo:
             self.batches.inc()
             self.scored.inc(len(todo))
+        self.span.mark()
         by_id = {id(row): res for row, res in zip(todo, results)}
         for row in batch:
             res = by_id.get(id(row))
@@ -75,6 +76,14 @@ class ScoreDoFn(perworker.ModelDoFn):
                     row["reject_reasons"] = list(row["reject_reasons"]) + [Reason.SCORE_ERROR.value]
                     row["error"] = res["score_error"] if not row.get("error") else f"{row['error']}; {res['score_error']}"
             yield row
+
+
+def with_model_hints(transform, recipe):
+    """The model transform with the recipe's resource hints (Dataflow right fitting onto GPU workers), if any."""
+    from unicurate.pipelines.runner import model_stage_hints
+
+    hints = model_stage_hints(recipe.runner)
+    return transform.with_resource_hints(**hints) if hints else transform
 
 
 def cutoff_from_quantiles(quantiles: list, keep_top_fraction: float) -> Optional[float]:
@@ -105,7 +114,8 @@ def add_model_stages(rows, recipe: CurateRecipe):
         rows
         | "BatchForModels" >> beam.BatchElements(min_batch_size=min(m.min_batch_size, m.batch_size),
                                                  max_batch_size=m.batch_size)
-        | "ScoreWithModels" >> beam.ParDo(ScoreDoFn(recipe)).with_outputs(MODELS_TAG, main="rows")
+        | "ScoreWithModels" >> with_model_hints(beam.ParDo(ScoreDoFn(recipe)), recipe).with_outputs(
+            MODELS_TAG, main="rows")
     )
     c = recipe.filters.clip_score
     if c is not None and c.keep_top_fraction is not None:

@@ -26,6 +26,7 @@ from unicurate.models import zoo
 from unicurate.pipelines import perworker
 from unicurate.pipelines.curate import shard_of
 from unicurate.pipelines.ingest import InputError
+from unicurate.pipelines.score import with_model_hints
 from unicurate.schema import (CURATED_SCHEMA_VERSION, EDIT_TYPES, KEPT, SYNTHESIS_DIRS, SYNTHESIS_SCHEMA_VERSION,
                               SYNTHESIS_SCHEMAS, shard_name)
 
@@ -93,7 +94,7 @@ class SynthesizeDoFn(perworker.ModelDoFn):
     """Runs a Synthesizer on batches of curated rows; models load once per worker process."""
 
     def __init__(self, recipe: SynthesizeRecipe):
-        super().__init__(tag=f"syn-{recipe.recipe_hash()}")
+        super().__init__(tag=f"syn-{recipe.recipe_hash()}", stage="synthesize")
         self.recipe = recipe
         self.images = Metrics.counter(_NS, "images")
         self.samples = Metrics.counter(_NS, "samples")
@@ -109,6 +110,7 @@ class SynthesizeDoFn(perworker.ModelDoFn):
     def process(self, batch: list[dict]) -> Iterator:
         yield from self.started()
         results = self.model.process(batch)
+        self.span.mark()
         self.batches.inc()
         self.images.inc(len(results))
         n = sum(len(r.subject) + len(r.edit) for r in results)
@@ -233,7 +235,8 @@ def build(p: beam.Pipeline, recipe: SynthesizeRecipe, paths: list[str], keys: Op
         | "SpreadImages" >> beam.Reshuffle()
         | "BatchImages" >> beam.BatchElements(min_batch_size=min(m.min_batch_size, m.batch_size),
                                               max_batch_size=m.batch_size)
-        | "Synthesize" >> beam.ParDo(SynthesizeDoFn(recipe)).with_outputs(MODELS_TAG, main="results")
+        | "Synthesize" >> with_model_hints(beam.ParDo(SynthesizeDoFn(recipe)), recipe).with_outputs(
+            MODELS_TAG, main="results")
     )
     keyed = results.results | "ByShard" >> beam.Map(lambda r: (shard_of(r["image"]["source_key"], n_shards), r))
     slots = p | "ShardSlots" >> beam.Create([(i, None) for i in range(n_shards)])
