@@ -152,7 +152,7 @@ def run_once(stage_set: str, workers: int, images: int, workdir: Path, unicurate
         raise RuntimeError(f"run failed ({' '.join(cmd)}):\n{log[-3000:]}")
     m = re.search(r"wrote .* in ([0-9.]+)s", log)
     pipeline_s = float(m.group(1)) if m else wall
-    stages = {label: float(sec) for label, sec in re.findall(r"([a-z+ ]+?) ([0-9.]+) s(?=[,)])",
+    stages = {label.strip(): float(sec) for label, sec in re.findall(r"([a-z+ ]+?) ([0-9.]+) s(?=[,)])",
                                                             log.split("stage wall time", 1)[-1].split("\n", 1)[0])
               } if "stage wall time" in log else {}
     fetch_s = stages.get("download+decode+rules")

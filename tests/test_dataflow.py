@@ -225,7 +225,9 @@ def test_remote_model_check_reads_where_workers_will(tmp_path):
     gcs = cfg.model_copy(update={"mirror": "gs://my-bucket/unicurate-models"})
     where = zoo.worker_source(clip, gcs, probe=False)
     assert where.startswith("gs://my-bucket/unicurate-models/") and where.endswith(clip.uri.rsplit("/", 1)[-1])
-    local_weights = zoo.spec_with_overrides(clip, cfg.model_copy(update={"overrides": {"clip": {"uri": str(tmp_path / "w.bin")}}}))
+    with_local = parse_recipe({"pipeline": "curate", "input": {"path": "x"}, "output": {"path": "o"},
+                               "models": {"overrides": {"clip": {"uri": str(tmp_path / "w.bin")}}}}).models
+    local_weights = zoo.spec_with_overrides(clip, with_local)
     with pytest.raises(ModelUnavailable, match="path on this machine"):
         zoo.worker_source(local_weights, cfg, probe=False)
     # the shipped models are in the worker image's packages

@@ -53,6 +53,35 @@ def _dtype(precision: str):
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
+_CPU_THREADS: Optional[int] = None  # set by set_cpu_threads: a cap for this process's model threads
+
+
+def set_cpu_threads(n: Optional[int]) -> None:
+    """Cap the CPU threads this process's models use (torch intra-op, onnxruntime sessions, RapidOCR).
+
+    Several worker processes on one machine each default to one thread per core, so N processes run
+    N x cores threads that fight over the cores (and onnxruntime's spinning pools burn CPU while waiting).
+    The pipelines give each process cores / processes. None leaves the libraries' defaults.
+    """
+    global _CPU_THREADS
+    if n is None:
+        return
+    _CPU_THREADS = max(1, int(n))
+    import torch
+
+    torch.set_num_threads(_CPU_THREADS)
+
+
+def _ort_session(source: Any, providers: list[str]):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if _CPU_THREADS is not None:
+        opts.intra_op_num_threads = _CPU_THREADS
+        opts.inter_op_num_threads = 1
+    return ort.InferenceSession(source, sess_options=opts, providers=providers)
+
+
 def _ort_providers(device: str) -> list[str]:
     import onnxruntime as ort
 
@@ -280,7 +309,7 @@ class ClipNsfwHead(Loaded):
             self.sha256 = file_sha256(path, remember=False)
             source = str(path)
         try:
-            self.session = ort.InferenceSession(source, providers=_ort_providers(device))
+            self.session = _ort_session(source, _ort_providers(device))
         except Exception as exc:  # noqa: BLE001
             raise ModelUnavailable(f"model 'nsfw_clip_head': cannot load {path or spec.uri} with onnxruntime: "
                                    f"{exc}") from None
@@ -385,10 +414,9 @@ class NudeNetModel(Loaded):
         self.spec, self.device, self.precision = spec, device, "fp32"
         self.detector = NudeDetector(model_path=str(path))
         providers = _ort_providers(device)
-        if providers[0] != "CPUExecutionProvider":  # NudeDetector itself always builds a CPU session
-            import onnxruntime as ort
-
-            self.detector.onnx_session = ort.InferenceSession(str(path), providers=providers)
+        if providers[0] != "CPUExecutionProvider" or _CPU_THREADS is not None:
+            # NudeDetector itself always builds a CPU session with default threads
+            self.detector.onnx_session = _ort_session(str(path), providers)
         self.sha256 = file_sha256(path, remember=False)
         _count(spec.name)
 
@@ -419,6 +447,8 @@ class OcrModel(Loaded):
             kw["cls_model_path"] = str(paths["ocr_cls"])
         if device == "cuda":
             kw.update(det_use_cuda=True, rec_use_cuda=True, cls_use_cuda=True)
+        if _CPU_THREADS is not None:
+            kw.update(intra_op_num_threads=_CPU_THREADS, inter_op_num_threads=1)
         logging.getLogger("RapidOCR").setLevel(logging.WARNING)
         self.engine = RapidOCR(**kw)
         self.recognize = "ocr_rec" in paths

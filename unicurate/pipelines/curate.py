@@ -244,7 +244,8 @@ def build(p: beam.Pipeline, recipe: CurateRecipe, splits: list[ingest.Split], be
     )
 
     if cfg.filters.model_filters():
-        fetched, clip_cutoff, model_records = sc.add_model_stages(fetched, cfg)
+        fetched, clip_cutoff, model_records = sc.add_model_stages(
+            fetched, cfg, perworker.cpu_threads_per_process(beam_options))
     else:
         clip_cutoff = p | "NoModels" >> beam.Create([None])
         model_records = p | "NoModelRecords" >> beam.Create([[]])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -93,6 +93,24 @@ def emit_progress(name: str) -> None:
         _PROGRESS[name].emit()
 
 
+def cpu_threads_per_process(beam_options: dict) -> Optional[int]:
+    """CPU threads each worker process's models may use, so processes sharing a machine do not oversubscribe it.
+
+    Local multi_processing: cores / worker processes. Dataflow starts one SDK process per vCPU unless
+    ``no_use_multiple_sdk_containers`` is set: then 1 each; with one process per VM, the libraries' default
+    (all cores). None = the libraries' default.
+    """
+    import os
+
+    runner = str(beam_options.get("runner") or "DirectRunner").lower()
+    if "dataflow" in runner:
+        return None if "no_use_multiple_sdk_containers" in (beam_options.get("experiments") or []) else 1
+    workers = int(beam_options.get("direct_num_workers") or 1)
+    if beam_options.get("direct_running_mode") == "multi_processing" and workers > 1:
+        return max(1, (os.cpu_count() or 1) // workers)
+    return None
+
+
 class StageSpan:
     """Wall-clock span of a stage over all workers: a Beam distribution of epoch milliseconds.
 
@@ -122,8 +140,9 @@ class ModelDoFn(beam.DoFn):
 
     MODELS_TAG = "models"
 
-    def __init__(self, tag: str, stage: str = "model"):
+    def __init__(self, tag: str, stage: str = "model", cpu_threads: Optional[int] = None):
         self.tag = tag
+        self.cpu_threads = cpu_threads
         self._shared = shared.Shared()
         self.loads = Metrics.counter(NAMESPACE, "model_loads")
         self.batches = Metrics.counter(NAMESPACE, "model_batches")
@@ -136,6 +155,10 @@ class ModelDoFn(beam.DoFn):
         raise NotImplementedError
 
     def setup(self):
+        if self.cpu_threads is not None:
+            from unicurate.models.loaders import set_cpu_threads
+
+            set_cpu_threads(self.cpu_threads)
         self._holder, built = acquire(self._shared, self.build, tag=self.tag)
         self.model = self._holder.value
         self._load_to_count, self._reported = built, False

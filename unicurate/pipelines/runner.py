@@ -247,12 +247,13 @@ class Launch:
 
 
 def _has_dataflow() -> bool:
+    import importlib.util
+
     try:
-        import apache_beam.runners.dataflow.dataflow_runner  # noqa: F401
-        from apache_beam.io.gcp import gcsfilesystem  # noqa: F401
+        return all(importlib.util.find_spec(m) is not None for m in (
+            "apache_beam.runners.dataflow.dataflow_runner", "apache_beam.io.gcp.gcsfilesystem", "google.cloud.storage"))
     except ImportError:
         return False
-    return True
 
 
 def run_curate(recipe: CurateRecipe, beam_args: Optional[list[str]] = None,

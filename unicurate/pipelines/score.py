@@ -41,8 +41,8 @@ def reaches_models(row: dict) -> bool:
 class ScoreDoFn(perworker.ModelDoFn):
     """Scores batches of rows with every model filter; models load once per worker process."""
 
-    def __init__(self, recipe: CurateRecipe):
-        super().__init__(tag=f"scorer-{recipe.recipe_hash()}")
+    def __init__(self, recipe: CurateRecipe, cpu_threads: Optional[int] = None):
+        super().__init__(tag=f"scorer-{recipe.recipe_hash()}", cpu_threads=cpu_threads)
         self.recipe = recipe
         self.scored = Metrics.counter(_NS, "model_rows")
         self.errors = Metrics.counter(_NS, "score_errors")
@@ -106,7 +106,7 @@ def apply_decisions(row: dict, decider: ModelDecider, clip_cutoff: Optional[floa
     return row
 
 
-def add_model_stages(rows, recipe: CurateRecipe):
+def add_model_stages(rows, recipe: CurateRecipe, cpu_threads: Optional[int] = None):
     """Rows -> (rows with scores and model decisions, clip cutoff singleton, model records PCollection)."""
     p = rows.pipeline
     m = recipe.models
@@ -114,7 +114,7 @@ def add_model_stages(rows, recipe: CurateRecipe):
         rows
         | "BatchForModels" >> beam.BatchElements(min_batch_size=min(m.min_batch_size, m.batch_size),
                                                  max_batch_size=m.batch_size)
-        | "ScoreWithModels" >> with_model_hints(beam.ParDo(ScoreDoFn(recipe)), recipe).with_outputs(
+        | "ScoreWithModels" >> with_model_hints(beam.ParDo(ScoreDoFn(recipe, cpu_threads)), recipe).with_outputs(
             MODELS_TAG, main="rows")
     )
     c = recipe.filters.clip_score

@@ -93,8 +93,8 @@ def _describe(c: dict, rate: float) -> str:
 class SynthesizeDoFn(perworker.ModelDoFn):
     """Runs a Synthesizer on batches of curated rows; models load once per worker process."""
 
-    def __init__(self, recipe: SynthesizeRecipe):
-        super().__init__(tag=f"syn-{recipe.recipe_hash()}", stage="synthesize")
+    def __init__(self, recipe: SynthesizeRecipe, cpu_threads: Optional[int] = None):
+        super().__init__(tag=f"syn-{recipe.recipe_hash()}", stage="synthesize", cpu_threads=cpu_threads)
         self.recipe = recipe
         self.images = Metrics.counter(_NS, "images")
         self.samples = Metrics.counter(_NS, "samples")
@@ -235,7 +235,7 @@ def build(p: beam.Pipeline, recipe: SynthesizeRecipe, paths: list[str], keys: Op
         | "SpreadImages" >> beam.Reshuffle()
         | "BatchImages" >> beam.BatchElements(min_batch_size=min(m.min_batch_size, m.batch_size),
                                               max_batch_size=m.batch_size)
-        | "Synthesize" >> with_model_hints(beam.ParDo(SynthesizeDoFn(recipe)), recipe).with_outputs(
+        | "Synthesize" >> with_model_hints(beam.ParDo(SynthesizeDoFn(recipe, perworker.cpu_threads_per_process(beam_options))), recipe).with_outputs(
             MODELS_TAG, main="results")
     )
     keyed = results.results | "ByShard" >> beam.Map(lambda r: (shard_of(r["image"]["source_key"], n_shards), r))
