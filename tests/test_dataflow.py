@@ -299,3 +299,35 @@ def test_docker_readme_documents_the_exact_commands():
     assert "unicurate models fetch" in readme and "--to $BUCKET/unicurate-models" in readme
     cloudbuild = (ROOT / "docker" / "cloudbuild.yaml").read_text()
     assert '"-f", "docker/Dockerfile"' in cloudbuild
+
+
+def test_worker_processes_share_the_cores(monkeypatch):
+    from unicurate.pipelines.perworker import cpu_threads_per_process
+
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    local = {"runner": "DirectRunner", "direct_running_mode": "multi_processing"}
+    assert cpu_threads_per_process({**local, "direct_num_workers": 2}) == 4
+    assert cpu_threads_per_process({**local, "direct_num_workers": 16}) == 1
+    assert cpu_threads_per_process({"direct_num_workers": 1, "direct_running_mode": "in_memory"}) is None
+    # Dataflow: one SDK process per vCPU unless told otherwise; one per VM keeps the libraries' defaults
+    assert cpu_threads_per_process({"runner": "DataflowRunner", "experiments": ["use_runner_v2"]}) == 1
+    assert cpu_threads_per_process({"runner": "DataflowRunner",
+                                    "experiments": ["use_runner_v2", "no_use_multiple_sdk_containers"]}) is None
+
+
+def test_capped_threads_reach_the_onnx_sessions(monkeypatch):
+    import torch
+
+    from unicurate.models import loaders
+
+    before = torch.get_num_threads()
+    try:
+        loaders.set_cpu_threads(1)
+        assert torch.get_num_threads() == 1
+        nudenet = loaders.NudeNetModel(zoo.profile_specs("tiny")["nudenet"],
+                                       zoo.package_path(zoo.profile_specs("tiny")["nudenet"].uri), "cpu", "fp32")
+        opts = nudenet.detector.onnx_session.get_session_options()
+        assert opts.intra_op_num_threads == 1 and opts.inter_op_num_threads == 1
+    finally:
+        monkeypatch.setattr(loaders, "_CPU_THREADS", None)
+        torch.set_num_threads(before)

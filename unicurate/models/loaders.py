@@ -297,8 +297,6 @@ class ClipNsfwHead(Loaded):
     """The LAION CLIP-based NSFW classifier on normalised CLIP image embeddings, run by onnxruntime."""
 
     def __init__(self, spec: ModelSpec, path: Optional[Path], device: str, precision: str):
-        import onnxruntime as ort
-
         self.spec, self.device, self.precision = spec, device, "fp32"
         if path is None:
             blob = tiny_nsfw_onnx(int(spec.options.get("input_dim", 64)), spec.options.get("hidden", [32, 16]),
