@@ -261,7 +261,6 @@ def run_curate(recipe: CurateRecipe, beam_args: Optional[list[str]] = None,
     """Run the curate pipeline to completion; returns the manifest (with ``dry_run``: the job description)."""
     import apache_beam as beam
 
-    from unicurate.manifests import manifest as mf
     from unicurate.pipelines import curate
 
     recipe = _absolutise(recipe)
@@ -278,15 +277,7 @@ def run_curate(recipe: CurateRecipe, beam_args: Optional[list[str]] = None,
         curate.build(pipeline, recipe, splits, beam_options=launch.beam_options())
         if dry_run:
             return write_job_description(pipeline, launch, recipe, models, warnings, job_file, say)
-        mf.remove_manifest(recipe.output.path)
-        start = time.monotonic()
-        result = pipeline.run()
-        result.wait_until_finish()
-        elapsed = time.monotonic() - start
-    manifest = mf.read_manifest(recipe.output.path)
-    manifest["_elapsed_seconds"] = elapsed
-    manifest["_metrics"] = counters(result)
-    return manifest
+        return _execute(pipeline, recipe.output.path)
 
 
 def run_synthesize(recipe, beam_args: Optional[list[str]] = None, say: Callable[[str], None] = print,
@@ -294,7 +285,6 @@ def run_synthesize(recipe, beam_args: Optional[list[str]] = None, say: Callable[
     """Run the synthesize pipeline to completion; returns the manifest (with ``dry_run``: the job description)."""
     import apache_beam as beam
 
-    from unicurate.manifests import manifest as mf
     from unicurate.pipelines import synthesize as syn
 
     recipe = _absolutise(recipe)
@@ -314,12 +304,20 @@ def run_synthesize(recipe, beam_args: Optional[list[str]] = None, say: Callable[
     syn.build(pipeline, recipe, paths, keys, n_inputs, launch.beam_options(), source)
     if dry_run:
         return write_job_description(pipeline, launch, recipe, models, warnings, job_file, say)
-    mf.remove_manifest(recipe.output.path)
+    return _execute(pipeline, recipe.output.path)
+
+
+def _execute(pipeline, out_dir: str) -> dict:
+    """Run a built pipeline to completion; its manifest with the elapsed time and the Beam metrics."""
+    from unicurate.manifests import manifest as mf
+
+    mf.remove_manifest(out_dir)  # a run that does not finish leaves no manifest: marked unfinished
     start = time.monotonic()
     result = pipeline.run()
     result.wait_until_finish()
-    manifest = mf.read_manifest(recipe.output.path)
-    manifest["_elapsed_seconds"] = time.monotonic() - start
+    elapsed = time.monotonic() - start
+    manifest = mf.read_manifest(out_dir)
+    manifest["_elapsed_seconds"] = elapsed
     manifest["_metrics"] = counters(result)
     return manifest
 
