@@ -19,6 +19,23 @@ def unicurate(*args, cwd=None, timeout=240):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def test_entry_point_keeps_exit_code_and_python_cleanup(tmp_path):
+    """The process entry skips native teardown (apache/arrow#34314) but keeps the exit code, atexit
+    handlers (temp dirs, logging) and non-daemon threads."""
+    code = ("import atexit, sys, threading, time\n"
+            "from unicurate import cli\n"
+            "atexit.register(lambda: print('atexit ran', flush=True))\n"
+            "threading.Thread(target=lambda: (time.sleep(0.3), print('thread finished', flush=True))).start()\n"
+            "sys.argv = ['unicurate', 'validate', sys.argv[1]]\n"
+            "cli.main()\n"
+            "print('not reached')\n")
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "missing")], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 1, res.stderr
+    assert res.stdout.splitlines() == ["thread finished", "atexit ran"]
+    assert "manifest.json not found" in res.stderr
+
+
 def test_malformed_recipe_fails_before_work_naming_field(tmp_path):
     r = tmp_path / "bad.yaml"
     r.write_text("pipeline: curate\ninput: {path: x.parquet}\noutput: {path: out}\nresize: {resize_mode: stretch}\n")

@@ -411,7 +411,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run one command. ``argv=None`` means this is the process's entry point (the ``unicurate`` script or
+    ``python -m unicurate.cli``): the process then ends through :func:`_exit_process` once the command
+    has returned. Called with a list (in-process use), the exit code is returned."""
+    if argv is not None:
+        return _main(list(argv))
+    _exit_process(_main(sys.argv[1:]))
+    return EXIT_USAGE  # pragma: no cover - _exit_process does not return
+
+
+def _exit_process(code: int) -> None:
+    """End the process after a finished command without the interpreter's native teardown.
+
+    By now every output is written and closed. What remains is Python-level cleanup, which is kept
+    (non-daemon threads are joined, atexit handlers run: temp dirs, logging, multiprocessing), and the
+    C++ static destructors of the native libraries, which are skipped: pyarrow's Parquet reader threads
+    can abort the process there ("terminate called without an active exception", apache/arrow#34314),
+    turning a finished command into exit status -6 now and then.
+    """
+    import atexit
+    import threading
+
+    for t in threading.enumerate():
+        if t is not threading.main_thread() and not t.daemon:
+            t.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code if isinstance(code, int) else EXIT_USAGE)
+
+
+def _main(argv: list[str]) -> int:
     beam_args: list[str] = []
     if "--" in argv:
         i = argv.index("--")
