@@ -432,9 +432,9 @@ def _exit_process(code: int) -> None:
     import atexit
     import threading
 
-    for t in threading.enumerate():
-        if t is not threading.main_thread() and not t.daemon:
-            t.join()
+    # what Py_Finalize does first: run the threading atexit hooks (they stop idle thread-pool workers), then
+    # join the non-daemon threads
+    getattr(threading, "_shutdown", lambda: None)()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
