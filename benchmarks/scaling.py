@@ -33,9 +33,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+
+from benchmarks.common import PeakMemory
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "configs" / "quickstart.yaml"
@@ -44,88 +45,6 @@ STAGE_SETS = {
     "download+decode": [f"filters.{name}=null" for name in MODEL_FILTERS],
     "full": [],
 }
-
-
-# ------------------------------------------------------------------ memory
-def _children(pid: int) -> list[int]:
-    out = []
-    task = Path(f"/proc/{pid}/task")
-    try:
-        for t in task.iterdir():
-            try:
-                out.extend(int(c) for c in (t / "children").read_text().split())
-            except OSError:
-                pass
-    except OSError:
-        pass
-    return out
-
-
-def _status_kb(pid: int, field: str) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of ``pid`` so far (from /proc/PID/stat)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-class PeakMemory(threading.Thread):
-    """Polls the process tree under ``pid``: the peak RSS (VmHWM, kept by the kernel) of every process in it."""
-
-    def __init__(self, pid: int, every: float = 0.2):
-        super().__init__(daemon=True)
-        self.pid, self.every = pid, every
-        self.peak_kb: dict[int, int] = {}
-        self.cpu_s: dict[int, float] = {}
-        self.driver_cpu_at_first_worker: float | None = None
-        self.role: dict[int, str] = {}
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        while not self._halt.is_set():
-            todo, seen = [self.pid], set()
-            while todo:
-                p = todo.pop()
-                if p in seen:
-                    continue
-                seen.add(p)
-                hwm = _status_kb(p, "VmHWM")
-                if hwm is not None:
-                    self.peak_kb[p] = max(self.peak_kb.get(p, 0), hwm)
-                    cpu = _cpu_seconds(p)
-                    if cpu is not None:
-                        self.cpu_s[p] = max(self.cpu_s.get(p, 0.0), cpu)
-                    if p not in self.role:
-                        cmd = _cmdline(p)
-                        python = "python" in cmd.split(" ", 1)[0]  # not the shell that launches a worker
-                        self.role[p] = ("driver" if p == self.pid else
-                                        "worker" if python and "sdk_worker_main" in cmd else "other")
-                        if self.role[p] == "worker" and self.driver_cpu_at_first_worker is None:
-                            self.driver_cpu_at_first_worker = _cpu_seconds(self.pid)
-                todo.extend(_children(p))
-            self._halt.wait(self.every)
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join()
 
 
 # ------------------------------------------------------------------ one run

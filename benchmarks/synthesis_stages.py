@@ -1,6 +1,6 @@
 """Per-stage synthesis time per image with the default-size architectures (random weights).
 
-    python benchmarks/synthesis_stages.py [--images 2] [--size 512] [--sam-arch vit_h] [--device auto]
+    python -m benchmarks.synthesis_stages [--images 2] [--size 512] [--sam-arch vit_h] [--device auto]
 
 Builds GroundingDINO SwinT-OGC (6+6 layers, 900 queries, 800 px input) with a
 BERT-base-sized text encoder and SAM (ViT-H by default) with seeded random
@@ -32,6 +32,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
+
+from benchmarks.common import self_peak_mb  # noqa: E402
 
 
 def _timed(module, name, acc):
@@ -142,6 +144,7 @@ def main(argv=None) -> int:
                                       "segment": round(fwd["segment_forward"] / n, 4)},
         "total_seconds_per_image": round(total / n, 4),
         "share_outside_model_forwards": round(1 - forwards / total, 4),
+        "peak_rss_mb": self_peak_mb(),
     }
     print(json.dumps(result))
     print()

@@ -188,3 +188,38 @@ def test_failed_run_leaves_no_manifest(curated, web_input, tmp_path, make_recipe
         run_curate(make_recipe(web_input, out), say=lambda _m: None)
     assert not (out / mf.MANIFEST_NAME).exists()
     assert any("did not finish" in p for p in validate(str(out)).problems)
+
+
+def test_already_downloaded_images_are_decoded_not_downloaded(web, scored, tmp_path, make_recipe):
+    """input.image_col: re-score existing shards without the network; empty cells are downloaded."""
+    import pyarrow as pa
+
+    src, _, _ = scored
+    kept = pq.read_table([str(p) for p in sorted((src / "kept").glob("*.parquet"))][0],
+                         columns=["key", "url", "caption", "image", "sha256", "width", "height"]).to_pylist()[:6]
+    assert len(kept) == 6
+    good = next(c for c in web.cases if c.expected == "kept" and c.caption)
+    rows = [{"url": f"http://127.0.0.1:9/gone/{r['key']}.jpg", "caption": r["caption"], "image": r["image"]}
+            for r in kept]  # nothing listens on port 9: a download attempt would fail
+    rows.append({"url": web.base_url + good.path, "caption": good.caption, "image": None})  # downloaded
+    rows.append({"url": "http://127.0.0.1:9/gone/corrupt.jpg", "caption": "a truncated one",
+                 "image": kept[0]["image"][: len(kept[0]["image"]) // 3]})
+    inp = tmp_path / "shards.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), inp)
+    out = tmp_path / "out"
+    recipe = make_recipe(inp, out, input={"image_col": "image"},
+                         resize={"image_size": 256, "skip_reencode": True})
+    manifest = run_curate(recipe, say=lambda _m: None)
+    df = {r["url"]: r for r in _all_rows(out).iter_rows(named=True)}
+    assert manifest["counts"]["inputs"] == len(rows) == len(df)
+    for src_row, row in zip(kept, rows):
+        got = df[row["url"]]
+        assert got["status"] == "kept", got
+        # already 256 px and JPEG: skip_reencode keeps the bytes (no second lossy encode), hash unchanged
+        assert got["image"] == src_row["image"] and got["sha256"] == hashlib.sha256(src_row["image"]).hexdigest()
+        assert (got["width"], got["height"]) == (src_row["width"], src_row["height"])
+        assert got["metadata"] is None  # the image column is not carried into metadata
+    assert df[web.base_url + good.path]["status"] == "kept"
+    bad = df["http://127.0.0.1:9/gone/corrupt.jpg"]
+    assert bad["reject_reasons"] == ["decode_error"] and "JPEG" in bad["error"]
+    assert validate(str(out)).ok

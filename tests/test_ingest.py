@@ -122,3 +122,21 @@ def test_file_problems_stop_before_work(tmp_path):
     u.write_text("?")
     with pytest.raises(ingest.InputError, match="set input.format"):
         ingest.expand_inputs(InputConfig(path=str(u)))
+
+
+def test_image_col_needs_parquet_and_the_column(tmp_path):
+    p = tmp_path / "x.csv"
+    p.write_text("url,caption\nhttp://a/1.jpg,hi\n")
+    cfg = InputConfig(path=str(p), image_col="image")
+    with pytest.raises(ingest.InputError, match=r"x\.csv: input.image_col needs parquet inputs"):
+        ingest.preflight(ingest.expand_inputs(cfg), cfg)
+    q = tmp_path / "y.parquet"
+    pq.write_table(pa.table({"url": ["http://a/1.jpg"], "jpg": [b"\xff\xd8"], "extra": [1]}), q)
+    cfg = InputConfig(path=str(q), image_col="image", caption_col=None)
+    with pytest.raises(ingest.InputError, match=r"y\.parquet: no image column 'image' \(columns: url, jpg, extra\)"):
+        ingest.preflight(ingest.expand_inputs(cfg), cfg)
+    # img2dataset's column name works; the bytes ride along, and are not carried into metadata
+    cfg = InputConfig(path=str(q), image_col="jpg", caption_col=None)
+    ingest.preflight(ingest.expand_inputs(cfg), cfg)
+    (row,) = list(ingest.read_split(ingest.plan_splits(ingest.expand_inputs(cfg))[0], cfg))
+    assert row["image_bytes"] == b"\xff\xd8" and json.loads(row["metadata"]) == {"extra": 1}

@@ -48,6 +48,12 @@ class InputConfig(_Section):
     carry_columns: Union[Literal["all", "none"], list[str]] = Field(
         "all", description="extra input columns carried into the `metadata` JSON column"
     )
+    image_col: str | None = Field(
+        None, description="parquet inputs: column of already-downloaded encoded images (`image` in a unicurate "
+                          "output, `jpg` in img2dataset's parquet output). Rows with bytes there are decoded, "
+                          "resized, filtered and scored without a download; rows where it is empty are "
+                          "downloaded from their url"
+    )
 
     @property
     def paths(self) -> list[str]:
@@ -95,6 +101,10 @@ class ResizeConfig(_Section):
     downscale_interpolation: Interpolation = "area"
     encode_format: Literal["jpg", "png", "webp"] = "jpg"
     encode_quality: int = Field(95, ge=0, le=100)
+    skip_reencode: bool = Field(
+        False, description="img2dataset's skip_reencode: keep the original bytes when no resize is needed and they "
+                           "are already in encode_format (no second lossy encode when re-scoring resized images)"
+    )
     max_image_pixels: int = Field(
         89_478_485, ge=1, description="decompression-bomb limit on decoded pixels (PIL's default)"
     )

@@ -77,6 +77,7 @@ def make_resizer(cfg: ResizeConfig):
         downscale_interpolation=cfg.downscale_interpolation,
         encode_quality=cfg.encode_quality,
         encode_format=cfg.encode_format,
+        skip_reencode=cfg.skip_reencode,
         # Size and aspect limits are unicurate rule filters (recorded, re-decidable
         # later), applied before the resize; the Resizer only decodes and resizes.
         min_image_size=0,
@@ -277,17 +278,29 @@ class Fetcher:
             return
         self.decoder.resize(data, img, out)
 
+    def _decode_safely(self, row: dict, out: Fetched, data: Optional[bytes]) -> Fetched:
+        if data is not None:
+            try:
+                self._decode(row, out, data)
+            except Exception as exc:  # noqa: BLE001 - last line of defence
+                out.reasons.append(Reason.DECODE_ERROR.value)
+                out.error = f"{type(exc).__name__}: {exc}"
+        return out
+
     def fetch(self, rows: Iterable[dict]) -> Iterator[tuple[dict, Fetched]]:
-        """Yield (row, Fetched) for every row, in completion order."""
-        futures = [self._pool.submit(self._download, row) for row in rows]
+        """Yield (row, Fetched) for every row: downloads in completion order.
+
+        Rows that already carry their encoded image (``image_bytes``, from ``input.image_col``) are not
+        downloaded: their bytes are decoded while the downloads of the others run.
+        """
         from concurrent.futures import as_completed
 
+        rows = list(rows)
+        futures = [self._pool.submit(self._download, row) for row in rows if not row.get("image_bytes")]
+        for row in rows:
+            data = row.get("image_bytes")
+            if data:
+                yield row, self._decode_safely(row, Fetched(reasons=[], download_bytes=len(data)), data)
         for fut in as_completed(futures):
             row, out, data = fut.result()
-            if data is not None:
-                try:
-                    self._decode(row, out, data)
-                except Exception as exc:  # noqa: BLE001 - last line of defence
-                    out.reasons.append(Reason.DECODE_ERROR.value)
-                    out.error = f"{type(exc).__name__}: {exc}"
-            yield row, out
+            yield row, self._decode_safely(row, out, data)

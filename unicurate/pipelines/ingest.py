@@ -33,6 +33,7 @@ FORMATS_BY_EXT = {
 }
 _COMPRESSED_EXT = (".gz", ".bz2", ".zst", ".zstd", ".deflate", ".lzma", ".xz")
 _PARQUET_BATCH = 8192
+_PARQUET_IMAGE_BATCH = 256
 
 
 class InputError(ValueError):
@@ -187,11 +188,19 @@ def preflight(files: list[InputFile], cfg: InputConfig) -> dict[str, Optional[li
             raise
         except Exception as exc:  # noqa: BLE001
             raise InputError(f"{f.path}: cannot read as {f.format}: {type(exc).__name__}: {exc}") from None
+        if cfg.image_col is not None and f.format != "parquet":
+            raise InputError(f"{f.path}: input.image_col needs parquet inputs (this file is {f.format}); "
+                             f"a {f.format} file cannot hold encoded images")
         if cols is not None:
             if cfg.url_col not in cols:
                 raise InputError(
                     f"{f.path}: no url column {cfg.url_col!r} (columns: {', '.join(cols) or 'none'}); "
                     f"set input.url_col"
+                )
+            if cfg.image_col is not None and cfg.image_col not in cols:
+                raise InputError(
+                    f"{f.path}: no image column {cfg.image_col!r} (columns: {', '.join(cols) or 'none'}); "
+                    f"set input.image_col, or null to download every url"
                 )
             if cfg.caption_col is not None and cfg.caption_col not in cols:
                 raise InputError(
@@ -227,6 +236,15 @@ def _as_text(value: Any) -> Optional[str]:
     return str(value)
 
 
+def _as_bytes(value: Any) -> Optional[bytes]:
+    """Encoded image bytes from an image column: binary, or a {"bytes": ...} struct (Hugging Face Image)."""
+    if isinstance(value, dict):
+        value = value.get("bytes")
+    if isinstance(value, (bytes, bytearray, memoryview)) and len(value):
+        return bytes(value)
+    return None
+
+
 def _clean(text: Optional[str]) -> Optional[str]:
     # Arrow strings must be valid UTF-8: lone surrogates would make the shard unwritable.
     if text is None:
@@ -243,13 +261,16 @@ class RowMaker:
         cfg = self.cfg
         metadata: dict[str, Any] = {}
         caption = None
+        image_bytes = None
         if record is not None:
             url = record.get(cfg.url_col)
             caption = record.get(cfg.caption_col) if cfg.caption_col else None
+            if cfg.image_col:
+                image_bytes = _as_bytes(record.get(cfg.image_col))
             if cfg.carry_columns != "none":
                 wanted = record.keys() if cfg.carry_columns == "all" else cfg.carry_columns
                 for col in wanted:
-                    if col in (cfg.url_col, cfg.caption_col) or col not in record:
+                    if col in (cfg.url_col, cfg.caption_col, cfg.image_col) or col not in record:
                         continue
                     metadata[col] = record[col]
         url_text = _clean(_as_text(url))
@@ -272,6 +293,8 @@ class RowMaker:
             "metadata": json.dumps(metadata, default=str, ensure_ascii=False, sort_keys=True) if metadata else None,
             "reject_reasons": reasons,
             "error": error,
+            # already-downloaded bytes (input.image_col): decoded instead of downloading; not an output column
+            "image_bytes": image_bytes if error is None else None,
         }
 
 
@@ -282,7 +305,9 @@ def read_split(split: Split, cfg: InputConfig) -> Iterator[dict]:
     if f.format == "parquet":
         pf = _parquet(f.path)
         n = split.first_row
-        for batch in pf.iter_batches(batch_size=_PARQUET_BATCH, row_groups=[split.row_group]):
+        # rows carrying images are read a few hundred at a time, not 8192 (which could be gigabytes)
+        size = _PARQUET_IMAGE_BATCH if cfg.image_col else _PARQUET_BATCH
+        for batch in pf.iter_batches(batch_size=size, row_groups=[split.row_group]):
             for record in batch.to_pylist():
                 yield make(n, record)
                 n += 1

@@ -1,0 +1,217 @@
+"""Shared parts of the benchmarks: process-tree memory/CPU sampling, the generated JPEG web, a loopback
+server in its own process, and plain-text tables."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import threading
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+
+# ------------------------------------------------------------------ /proc sampling
+def _children(pid: int) -> list[int]:
+    out = []
+    task = Path(f"/proc/{pid}/task")
+    try:
+        for t in task.iterdir():
+            try:
+                out.extend(int(c) for c in (t / "children").read_text().split())
+            except OSError:
+                pass
+    except OSError:
+        pass
+    return out
+
+
+def status_kb(pid: int, field: str) -> Optional[int]:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def cpu_seconds(pid: int) -> Optional[float]:
+    """User + system CPU time of ``pid`` so far (from /proc/PID/stat)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def beam_role(pid: int, cmd: str, root: int) -> str:
+    """driver = the launched process; worker = a Beam SDK worker process (not the shell that starts it)."""
+    if pid == root:
+        return "driver"
+    python = "python" in cmd.split(" ", 1)[0]
+    return "worker" if python and "sdk_worker_main" in cmd else "other"
+
+
+def self_peak_mb() -> float:
+    return round((status_kb(os.getpid(), "VmHWM") or 0) / 1024, 1)
+
+
+class PeakMemory(threading.Thread):
+    """Polls the process tree under ``pid``: peak RSS (VmHWM, kept by the kernel) and CPU of every process."""
+
+    def __init__(self, pid: int, every: float = 0.2,
+                 role_of: Optional[Callable[[int, str, int], str]] = None):
+        super().__init__(daemon=True)
+        self.pid, self.every = pid, every
+        self.role_of = role_of or beam_role
+        self.peak_kb: dict[int, int] = {}
+        self.cpu_s: dict[int, float] = {}
+        self.driver_cpu_at_first_worker: Optional[float] = None
+        self.role: dict[int, str] = {}
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            todo, seen = [self.pid], set()
+            while todo:
+                p = todo.pop()
+                if p in seen:
+                    continue
+                seen.add(p)
+                hwm = status_kb(p, "VmHWM")
+                if hwm is not None:
+                    self.peak_kb[p] = max(self.peak_kb.get(p, 0), hwm)
+                    cpu = cpu_seconds(p)
+                    if cpu is not None:
+                        self.cpu_s[p] = max(self.cpu_s.get(p, 0.0), cpu)
+                    if p not in self.role:
+                        self.role[p] = self.role_of(p, cmdline(p), self.pid)
+                        if self.role[p] == "worker" and self.driver_cpu_at_first_worker is None:
+                            self.driver_cpu_at_first_worker = cpu_seconds(self.pid)
+                todo.extend(_children(p))
+            self._halt.wait(self.every)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+
+    def summary(self) -> dict:
+        workers = sorted(round(kb / 1024, 1) for p, kb in self.peak_kb.items() if self.role.get(p) == "worker")
+        return {
+            "peak_rss_mb": {"driver": round(self.peak_kb.get(self.pid, 0) / 1024, 1), "workers": workers,
+                            "max_worker": max(workers) if workers else None},
+            "cpu_s": {"driver": round(self.cpu_s.get(self.pid, 0.0), 1),
+                      "workers": sorted(round(c, 1) for p, c in self.cpu_s.items() if self.role.get(p) == "worker")},
+        }
+
+
+# ------------------------------------------------------------------ generated web
+def cache_dir() -> Path:
+    d = Path(os.environ.get("UNICURATE_BENCH_CACHE", Path.home() / ".cache" / "unicurate" / "bench"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _make_jpegs(args: tuple[Path, int, int, int]) -> None:
+    import numpy as np
+    from PIL import Image
+
+    dest, seed, start, stop = args
+    for i in range(start, stop):
+        rng = np.random.default_rng((seed, i))
+        w, h = (int(v) for v in rng.integers(300, 1501, 2))
+        if max(w, h) / min(w, h) > 2.5:  # keep within the recipes' aspect limit: every image is valid
+            h = w
+        grid = rng.integers(0, 256, (int(rng.integers(3, 9)), int(rng.integers(3, 9)), 3), dtype=np.uint8)
+        base = np.asarray(Image.fromarray(grid).resize((w, h), Image.BICUBIC), dtype=np.int16)
+        noise = rng.normal(0, 6, (h, w, 1)).astype(np.int16)
+        img = Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
+        img.save(dest / f"{i:06d}.jpg", quality=90)
+
+
+def corpus(n: int, seed: int, dest: Path) -> Path:
+    """N distinct JPEGs, 300-1500 px per side, generated once and cached in ``dest``."""
+    done = dest / ".complete"
+    if done.exists():
+        return dest
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    procs = os.cpu_count() or 1
+    step = (n + procs * 4 - 1) // (procs * 4)
+    chunks = [(dest, seed, s, min(n, s + step)) for s in range(0, n, step)]
+    print(f"[bench] generating {n} JPEGs in {dest} (once) ...", file=sys.stderr, flush=True)
+    import multiprocessing as mp
+
+    with mp.get_context("fork").Pool(procs) as pool:
+        pool.map(_make_jpegs, chunks)
+    done.write_text(str(n))
+    return dest
+
+
+def _serve_forever(folder: str, port_out) -> None:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    files = {"/" + p.name: p.read_bytes() for p in Path(folder).glob("*.jpg")}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            body = files.get(self.path.split("?", 1)[0])
+            if body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    ThreadingHTTPServer.daemon_threads = True
+    ThreadingHTTPServer.request_queue_size = 256
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    port_out.put(srv.server_address[1])
+    srv.serve_forever()
+
+
+@contextlib.contextmanager
+def serve(folder: Path) -> Iterator[str]:
+    """Serve ``folder``'s JPEGs from memory on 127.0.0.1, in a separate process. Yields the base URL."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    proc = ctx.Process(target=_serve_forever, args=(str(folder), q), daemon=True)
+    proc.start()
+    try:
+        port = q.get(timeout=120)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.join(10)
+
+
+# ------------------------------------------------------------------ output
+def unicurate_cmd() -> list[str]:
+    return [sys.executable, "-m", "unicurate.cli"]
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = []
+    for n, r in enumerate(cells):
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
