@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -223,3 +226,30 @@ def test_already_downloaded_images_are_decoded_not_downloaded(web, scored, tmp_p
     bad = df["http://127.0.0.1:9/gone/corrupt.jpg"]
     assert bad["reject_reasons"] == ["decode_error"] and "JPEG" in bad["error"]
     assert validate(str(out)).ok
+
+
+def _py(code: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, **env))
+
+
+def test_local_workers_skip_interpreter_teardown_but_keep_failures():
+    """perworker.fast_exit_when_done: a local worker process ends at exit without the slow teardown."""
+    from unicurate.pipelines.perworker import LOCAL_DRIVER_ENV
+
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print('late handler ran'))\n"  # registered first: runs after ours
+            "from unicurate.pipelines import perworker\n"
+            "perworker.fast_exit_when_done(); perworker.fast_exit_when_done()\n"
+            "print('worker done', flush=True)\n"
+            "if len(sys.argv) > 1: raise RuntimeError('harness failed')\n")
+    worker = {LOCAL_DRIVER_ENV: "1"}  # some other process is the driver
+    ok = _py(code, worker)
+    assert ok.returncode == 0 and ok.stdout == "worker done\n"
+    failed = subprocess.run([sys.executable, "-c", code, "fail"], capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, **worker))
+    assert failed.returncode == 1 and "harness failed" in failed.stderr and "late handler" not in failed.stdout
+    # the driver itself (in-memory runs, tests) and processes outside a local run exit normally
+    assert "late handler ran" in _py(code.replace('"1"', "x"), {}).stdout
+    driver = _py("import os; os.environ['" + LOCAL_DRIVER_ENV + "'] = str(os.getpid())\n" + code, {})
+    assert driver.returncode == 0 and "late handler ran" in driver.stdout

@@ -98,3 +98,23 @@ def test_animated_gif_first_frame():
     out = _decode(buf.getvalue())
     assert out.reasons == [] and out.original_format == "gif"
     assert (out.original_width, out.original_height) == (120, 90)
+
+
+def test_img2dataset_parts_load_without_its_cli():
+    """The resizer and downloader load without img2dataset's __init__ (which imports torch via webdataset);
+    a later `import img2dataset` is the real package and reuses the loaded submodules."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from unicurate.config import ResizeConfig\n"
+            "from unicurate.pipelines import fetch\n"
+            "r = fetch.make_resizer(ResizeConfig()); d = fetch.img2dataset_part('downloader')\n"
+            "assert 'torch' not in sys.modules and 'img2dataset' not in sys.modules, sorted(sys.modules)\n"
+            "import img2dataset\n"
+            "from img2dataset.resizer import Resizer\n"
+            "assert callable(img2dataset.download) and type(r) is Resizer\n"
+            "assert d.download_image is sys.modules['img2dataset.downloader'].download_image\n"
+            "print('ok')\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout == "ok\n", res.stderr

@@ -69,6 +69,22 @@ def assign_repeat_keys(item) -> Iterator[dict]:
         yield row
 
 
+class ReadSplitDoFn(beam.DoFn):
+    """One input split (a file, or a parquet row group) -> its rows."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.span = perworker.StageSpan("read")
+
+    def setup(self):
+        perworker.fast_exit_when_done()
+
+    def process(self, split: ingest.Split) -> Iterator[dict]:
+        self.span.mark()
+        yield from ingest.read_split(split, self.cfg)
+        self.span.mark()
+
+
 class FetchDoFn(beam.DoFn):
     """Downloads, decodes, resizes and rule-filters batches of rows.
 
@@ -153,8 +169,13 @@ class WriteShardsDoFn(beam.DoFn):
 
     def __init__(self, recipe: CurateRecipe):
         self.recipe = recipe
+        self.span = perworker.StageSpan("write")
+
+    def setup(self):
+        perworker.fast_exit_when_done()
 
     def process(self, item, n_shards: int) -> Iterator[dict]:
+        self.span.mark()
         index, grouped = item
         exact = dict(grouped["exact"])
         near: dict[str, tuple] = {}
@@ -183,6 +204,7 @@ class WriteShardsDoFn(beam.DoFn):
             info = mf.write_shard(out_dir, f"{sub}/{name}", rows_, CURATED_SCHEMA, rg)
             yield {"dir": sub, "shard": info.to_json(),
                    "funnel": mf.funnel_counts(r["reject_reasons"] for r in rows_)}
+        self.span.mark()
 
 
 class WriteManifestDoFn(beam.DoFn):
@@ -227,7 +249,7 @@ def build(p: beam.Pipeline, recipe: CurateRecipe, splits: list[ingest.Split], be
     rows = (
         p
         | "Splits" >> beam.Create(splits, reshuffle=True)
-        | "ReadRows" >> beam.FlatMap(ingest.read_split, in_cfg)
+        | "ReadRows" >> beam.ParDo(ReadSplitDoFn(in_cfg))
     )
     n_inputs = rows | "CountInputs" >> beam.combiners.Count.Globally()
     n_shards = n_inputs | "ShardCount" >> beam.Map(shard_count, cfg.output.rows_per_shard)
@@ -236,8 +258,9 @@ def build(p: beam.Pipeline, recipe: CurateRecipe, splits: list[ingest.Split], be
         rows
         | "KeyByUrl" >> beam.Map(lambda r: (r["key"], r))
         | "GroupRepeatedUrls" >> beam.GroupByKey()
+        # the group by url already spreads rows over workers (by url hash) and breaks fusion with the read:
+        # no extra Reshuffle (it cost one more pass of every row through the runner)
         | "RepeatKeys" >> beam.FlatMap(assign_repeat_keys)
-        | "SpreadDownloads" >> beam.Reshuffle()
         | "Batch" >> beam.BatchElements(min_batch_size=min(16, cfg.download.thread_count),
                                         max_batch_size=max(16, cfg.download.thread_count * 4))
         | "DownloadDecodeFilter" >> beam.ParDo(FetchDoFn(cfg))

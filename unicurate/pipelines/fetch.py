@@ -66,8 +66,48 @@ class Fetched:
     seconds: float = 0.0
 
 
+_I2D_PARTS: dict = {}
+_I2D_LOCK = threading.Lock()
+
+
+def img2dataset_part(name: str):
+    """``img2dataset.<name>`` (``resizer``, ``downloader``), without running the package's ``__init__``.
+
+    ``img2dataset/__init__`` imports the whole CLI (its writers import webdataset, which imports torch):
+    about 1.3 s and 300 MB in every worker process that only downloads and resizes. When the package is
+    not imported yet, the submodule is loaded under a bare package entry that is removed again, so a
+    later ``import img2dataset`` still runs the real ``__init__`` (and reuses this submodule).
+    """
+    part = _I2D_PARTS.get(name)
+    if part is not None:
+        return part
+    import importlib
+    import importlib.util
+    import sys
+
+    full = f"img2dataset.{name}"
+    with _I2D_LOCK:  # download threads ask at once: one imports, the others wait for a complete module
+        if name in _I2D_PARTS:
+            return _I2D_PARTS[name]
+        spec = None if "img2dataset" in sys.modules else importlib.util.find_spec("img2dataset")
+        if spec is None or not spec.submodule_search_locations:
+            part = importlib.import_module(full)  # already imported, or the usual ImportError
+        else:
+            bare = importlib.util.module_from_spec(
+                importlib.machinery.ModuleSpec("img2dataset", None, is_package=True))
+            bare.__path__ = list(spec.submodule_search_locations)
+            sys.modules["img2dataset"] = bare
+            try:
+                part = importlib.import_module(full)
+            finally:
+                if sys.modules.get("img2dataset") is bare:
+                    del sys.modules["img2dataset"]
+        _I2D_PARTS[name] = part
+        return part
+
+
 def make_resizer(cfg: ResizeConfig):
-    from img2dataset.resizer import Resizer
+    Resizer = img2dataset_part("resizer").Resizer
 
     return Resizer(
         image_size=cfg.image_size,
@@ -87,7 +127,7 @@ def make_resizer(cfg: ResizeConfig):
 
 def download(url: str, cfg: DownloadConfig, policy: netguard.Policy) -> tuple[Optional[bytes], Optional[str]]:
     """Download with img2dataset's ``download_image``. Returns (bytes, None) or (None, error)."""
-    from img2dataset.downloader import download_image
+    download_image = img2dataset_part("downloader").download_image
 
     netguard.check_url(url, cfg.allow_private_networks)
     token = cfg.user_agent_token.strip().lower() if cfg.user_agent_token else None
@@ -241,6 +281,7 @@ class Fetcher:
             max_bytes=download_cfg.max_bytes,
             max_seconds=download_cfg.max_seconds,
         )
+        img2dataset_part("downloader")  # loaded here, once, not by the first download threads
         self._pool = ThreadPoolExecutor(max_workers=download_cfg.thread_count, thread_name_prefix="download")
 
     def close(self) -> None:

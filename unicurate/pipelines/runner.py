@@ -312,9 +312,19 @@ def _execute(pipeline, out_dir: str) -> dict:
     from unicurate.manifests import manifest as mf
 
     mf.remove_manifest(out_dir)  # a run that does not finish leaves no manifest: marked unfinished
+    from unicurate.pipelines.perworker import LOCAL_DRIVER_ENV
+
     start = time.monotonic()
-    result = pipeline.run()
-    result.wait_until_finish()
+    before = os.environ.get(LOCAL_DRIVER_ENV)
+    os.environ[LOCAL_DRIVER_ENV] = str(os.getpid())  # local worker processes inherit it (perworker)
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    finally:
+        if before is None:
+            os.environ.pop(LOCAL_DRIVER_ENV, None)
+        else:
+            os.environ[LOCAL_DRIVER_ENV] = before
     elapsed = time.monotonic() - start
     manifest = mf.read_manifest(out_dir)
     manifest["_elapsed_seconds"] = elapsed
@@ -509,7 +519,8 @@ def counters(result) -> dict:
         return {}
 
 
-STAGE_LABELS = {"fetch": "download+decode+rules", "model": "model scoring", "synthesize": "synthesis"}
+STAGE_LABELS = {"read": "read inputs", "fetch": "download+decode+rules", "model": "model scoring",
+                "synthesize": "synthesis", "write": "write shards"}
 
 
 def stage_times(metrics: dict) -> str:
