@@ -97,7 +97,8 @@ def raw(weights: str, shard: str, images: int, batch: int, device: str) -> dict:
 
     dev, precision = select_device(device)
     dtype = torch.float16 if precision == "fp16" else torch.bfloat16 if precision == "bf16" else torch.float32
-    model, _, preprocess = open_clip.create_model_and_transforms(ARCH, pretrained=weights)
+    # QuickGELU, as unicurate's CLIP loader builds it (the default profile's OpenAI weights use it)
+    model, _, preprocess = open_clip.create_model_and_transforms(ARCH, pretrained=weights, force_quick_gelu=True)
     model = model.eval().to(device=dev, dtype=dtype)
     tok = open_clip.get_tokenizer(ARCH)
     t = pq.read_table(shard, columns=["caption", "image"]).slice(0, batch * 2)

@@ -14,7 +14,7 @@
 4. peak RSS per process for each (driver and workers).
 
 ``--quick`` (under 10 minutes on 2 CPU cores): 300 images for ingest, 128 for the
-model stage, one synthesis image with SAM ViT-B. The full run: 2000, 512, and one
+model stage, one synthesis image with SAM ViT-B. The full run: 2000, 1024, and one
 image with SAM ViT-H (the default). ``--device cuda`` runs the model stage and
 synthesis on the GPU (fp16), so the same script gives GPU figures where one exists.
 Compare ratios, not absolute figures: the machines are shared and noisy.
@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"ingest": ("ratio", ">=", 1.0), "model": ("ratio", ">=", 0.8),
            "synthesis": ("share_outside_model_forwards", "<=", 0.30)}
 SIZES = {"quick": {"ingest": 300, "model": 128, "synthesis": (1, "vit_b")},
-         "full": {"ingest": 2000, "model": 512, "synthesis": (1, "vit_h")}}
+         "full": {"ingest": 2000, "model": 1024, "synthesis": (1, "vit_h")}}
 
 
 def machine(device: str) -> dict:

@@ -234,7 +234,16 @@ class ModelsConfig(_Section):
         "auto", description="auto = fp16 on cuda, fp32 on cpu"
     )
     batch_size: int = Field(32, ge=1, le=4096, description="images per model forward pass")
-    min_batch_size: int = Field(1, ge=1, description="smallest batch BatchElements may form")
+    min_batch_size: int | None = Field(
+        None, ge=1, description="smallest batch BatchElements may form; default batch_size: full batches (only a "
+                                "bundle's last one is smaller). Lower values let Beam size batches adaptively by time "
+                                "(about 1 s each), which on a GPU means small, slow forwards")
+
+    @property
+    def batch_bounds(self) -> tuple[int, int]:
+        """(min, max) images per model batch for BatchElements."""
+        lo = self.batch_size if self.min_batch_size is None else min(self.min_batch_size, self.batch_size)
+        return lo, self.batch_size
     preprocess_threads: int = Field(4, ge=1, le=256, description="CPU threads decoding/preprocessing a batch")
     overrides: dict[str, ModelOverride] = Field(
         default_factory=dict, description="per model name (see `unicurate models list`): other weights"

@@ -169,14 +169,44 @@ class StageSpan:
             print(f"TRACE {self.name} {now:.3f} pid={os.getpid()}", file=sys.stderr, flush=True)
 
 
+class Loading:
+    """An object being built on a background thread: ``result()`` waits for it (and re-raises its error)."""
+
+    def __init__(self, build: Callable[[], Any]):
+        import threading
+
+        self._done = threading.Event()
+        self._value: Any = None
+        self._error: Optional[BaseException] = None
+        threading.Thread(target=self._run, args=(build,), name="unicurate-model-load", daemon=True).start()
+
+    def _run(self, build: Callable[[], Any]) -> None:
+        try:
+            self._value = build()
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def result(self) -> Any:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 class ModelDoFn(beam.DoFn):
     """A DoFn holding one model object per worker process (``shared.Shared``).
 
     Subclasses give ``build()`` (loads the models; runs once per process) and
     ``records()`` (the manifest records of what was loaded). ``started()``,
-    yielded from at the top of ``process``, counts the load once (Beam counters
-    only count inside ``process``) and reports the records once per DoFn
-    instance on the ``MODELS_TAG`` output.
+    yielded from at the top of ``process``, waits for the load, counts it once
+    (Beam counters only count inside ``process``) and reports the records once
+    per DoFn instance on the ``MODELS_TAG`` output.
+
+    The load runs on a background thread started in ``setup``: the stages fused
+    before the model (downloads, decoding) start at once instead of waiting the
+    several seconds that importing torch/open_clip and loading weights take.
     """
 
     MODELS_TAG = "models"
@@ -200,11 +230,13 @@ class ModelDoFn(beam.DoFn):
             from unicurate.models.loaders import set_cpu_threads
 
             set_cpu_threads(self.cpu_threads)
-        self._holder, built = acquire(self._shared, self.build, tag=self.tag)
-        self.model = self._holder.value
+        self._holder, built = acquire(self._shared, lambda: Loading(self.build), tag=self.tag)
+        self.model = None
         self._load_to_count, self._reported = built, False
 
     def started(self):
+        if self.model is None:
+            self.model = self._holder.value.result()
         self.span.mark()
         if self._load_to_count:
             self._load_to_count = False

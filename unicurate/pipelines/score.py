@@ -112,8 +112,7 @@ def add_model_stages(rows, recipe: CurateRecipe, cpu_threads: Optional[int] = No
     m = recipe.models
     scored = (
         rows
-        | "BatchForModels" >> beam.BatchElements(min_batch_size=min(m.min_batch_size, m.batch_size),
-                                                 max_batch_size=m.batch_size)
+        | "BatchForModels" >> beam.BatchElements(min_batch_size=m.batch_bounds[0], max_batch_size=m.batch_bounds[1])
         | "ScoreWithModels" >> with_model_hints(beam.ParDo(ScoreDoFn(recipe, cpu_threads)), recipe).with_outputs(
             MODELS_TAG, main="rows")
     )

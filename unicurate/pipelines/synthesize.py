@@ -233,8 +233,7 @@ def build(p: beam.Pipeline, recipe: SynthesizeRecipe, paths: list[str], keys: Op
         | "KeptShards" >> beam.Create(paths, reshuffle=True)
         | "ReadKeptRows" >> beam.FlatMap(read_kept_shard, wanted)
         | "SpreadImages" >> beam.Reshuffle()
-        | "BatchImages" >> beam.BatchElements(min_batch_size=min(m.min_batch_size, m.batch_size),
-                                              max_batch_size=m.batch_size)
+        | "BatchImages" >> beam.BatchElements(min_batch_size=m.batch_bounds[0], max_batch_size=m.batch_bounds[1])
         | "Synthesize" >> with_model_hints(beam.ParDo(SynthesizeDoFn(recipe, perworker.cpu_threads_per_process(beam_options))), recipe).with_outputs(
             MODELS_TAG, main="results")
     )
