@@ -245,6 +245,8 @@ class ModelsConfig(_Section):
         lo = self.batch_size if self.min_batch_size is None else min(self.min_batch_size, self.batch_size)
         return lo, self.batch_size
     preprocess_threads: int = Field(4, ge=1, le=256, description="CPU threads decoding/preprocessing a batch")
+    compile: bool = Field(False, description="CUDA only: torch.compile the CLIP image tower and the watermark net "
+                                             "(the first batches are slow while it compiles; pays off on long runs)")
     overrides: dict[str, ModelOverride] = Field(
         default_factory=dict, description="per model name (see `unicurate models list`): other weights"
     )

@@ -99,6 +99,7 @@ class ModelScorer:
         self.models_cfg = models_cfg
         located = located if located is not None else zoo.preflight(filters_cfg, models_cfg)
         self.device, self.precision = loaders.select_device(models_cfg.device, models_cfg.precision)
+        loaders.set_compile(models_cfg.compile)
         by_name = {spec.name: (spec, path) for spec, path in located}
         models: dict[str, Any] = {}
         ctor = {"clip": loaders.ClipModel, "aesthetic": loaders.AestheticModel,

@@ -53,6 +53,42 @@ def _dtype(precision: str):
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
+_COMPILE = False  # set by set_compile (models.compile): torch.compile the CUDA vision models
+
+
+def set_compile(on: bool) -> None:
+    global _COMPILE
+    _COMPILE = bool(on)
+
+
+def prepare_module(model, device: str, precision: str, channels_last: bool = False):
+    """eval() on the device in the run's precision; on CUDA, convolutional nets in channels_last memory
+    format (tensor-core friendly) and, with ``models.compile``, wrapped in ``torch.compile``."""
+    import torch
+
+    model = model.eval().to(device=device, dtype=_dtype(precision))
+    if device == "cuda":
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if _COMPILE:
+            model = torch.compile(model)
+    return model
+
+
+def device_batch(tensors: Sequence, device: str, precision: str, channels_last: bool = False):
+    """Stack preprocessed CPU tensors and move them in one transfer: on CUDA from pinned (page-locked)
+    memory, asynchronously, in the run's precision."""
+    import torch
+
+    x = torch.stack(list(tensors))
+    if device == "cuda":
+        x = x.pin_memory().to(device, dtype=_dtype(precision), non_blocking=True)
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+    return x.to(device, dtype=_dtype(precision))
+
+
 _CPU_THREADS: Optional[int] = None  # set by set_cpu_threads: a cap for this process's model threads
 
 
@@ -176,6 +212,8 @@ class ClipModel(Loaded):
                 raise ModelUnavailable(f"model 'clip': cannot load {path} as open_clip {spec.arch}: {exc}") from None
             self.sha256 = file_sha256(path, remember=False)
         self.model = model.eval().to(device=device, dtype=_dtype(precision))
+        if device == "cuda":  # the image tower is what runs per image: channels_last for its patch conv, compile
+            self.model.visual = prepare_module(self.model.visual, device, precision, channels_last=True)
         self.preprocess = preprocess
         self.tokenizer = open_clip.get_tokenizer(spec.arch)
         self.context_length = getattr(self.tokenizer, "context_length", 77)
@@ -193,7 +231,7 @@ class ClipModel(Loaded):
         if not len(tensors):
             return np.zeros((0, self.embed_dim or 0), np.float32)
         with torch.inference_mode():
-            x = torch.stack(list(tensors)).to(self.device, dtype=_dtype(self.precision))
+            x = device_batch(tensors, self.device, self.precision, channels_last=True)
             f = self.model.encode_image(x).float()
             f = torch.nn.functional.normalize(f, dim=-1)
         out = f.cpu().numpy()
@@ -362,7 +400,7 @@ class WatermarkModel(Loaded):
             self.sha256 = state_dict_sha256(model)
         size = int(spec.options.get("image_size", 256))
         self.transform = T.Compose([T.Resize((size, size)), T.ToTensor(), T.Normalize(self.MEAN, self.STD)])
-        self.model = model.eval().to(device=device, dtype=_dtype(precision))
+        self.model = prepare_module(model, device, precision, channels_last=True)
         _count(spec.name)
 
     def image_tensor(self, pil_image):
@@ -374,7 +412,7 @@ class WatermarkModel(Loaded):
         if not len(tensors):
             return np.zeros(0, np.float32)
         with torch.inference_mode():
-            x = torch.stack(list(tensors)).to(self.device, dtype=_dtype(self.precision))
+            x = device_batch(tensors, self.device, self.precision, channels_last=True)
             probs = torch.softmax(self.model(x).float(), dim=1)
         return probs[:, 0].cpu().numpy()
 
