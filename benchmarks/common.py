@@ -201,6 +201,42 @@ def serve(folder: Path) -> Iterator[str]:
         proc.join(10)
 
 
+# ------------------------------------------------------------------ measured subprocess runs
+def bench_env() -> dict:
+    return dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+                PYTHONUNBUFFERED="1")
+
+
+def run_measured(cmd: list[str], cwd: Path,
+                 role_of: Optional[Callable[[int, str, int], str]] = None) -> tuple[float, str, PeakMemory]:
+    """Run ``cmd`` to completion while sampling its process tree: (wall seconds, stdout+stderr, memory).
+    Raises with the log's tail when it fails."""
+    import subprocess
+    import time
+
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=bench_env(),
+                            cwd=str(cwd))
+    mem = PeakMemory(proc.pid, role_of=role_of)
+    mem.start()
+    log, _ = proc.communicate()
+    mem.stop()
+    wall = time.monotonic() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:5])} ... failed (exit {proc.returncode}):\n{log[-4000:]}")
+    return wall, log, mem
+
+
+def parse_run_log(log: str) -> tuple[Optional[float], dict[str, float]]:
+    """From ``unicurate run`` output: the pipeline seconds ("wrote ... in Xs") and the stage wall times by label."""
+    import re
+
+    m = re.search(r"wrote .* in ([0-9.]+)s", log)
+    line = log.split("stage wall time", 1)[1].split("\n", 1)[0] if "stage wall time" in log else ""
+    stages = {label.strip(): float(sec) for label, sec in re.findall(r"([a-z+ ]+?) ([0-9.]+) s(?=[,)])", line)}
+    return (float(m.group(1)) if m else None), stages
+
+
 # ------------------------------------------------------------------ output
 def unicurate_cmd() -> list[str]:
     return [sys.executable, "-m", "unicurate.cli"]

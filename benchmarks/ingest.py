@@ -32,33 +32,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from benchmarks.common import PeakMemory, cache_dir, corpus, serve, table, unicurate_cmd
+from benchmarks.common import bench_env, cache_dir, corpus, parse_run_log, run_measured, serve, table, unicurate_cmd
 
 RESIZE = {"image_size": 384, "resize_mode": "keep_ratio", "upscale_interpolation": "lanczos",
           "downscale_interpolation": "area", "encode_format": "jpg", "encode_quality": 92}
 RULES = {"min_size": 64, "max_aspect_ratio": 3.0}
-
-
-def _env() -> dict:
-    return dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-                PYTHONUNBUFFERED="1")
-
-
-def _timed(cmd: list[str], cwd: Path, role_of) -> tuple[float, str, PeakMemory]:
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
-                            cwd=str(cwd))
-    mem = PeakMemory(proc.pid, role_of=role_of)
-    mem.start()
-    log, _ = proc.communicate()
-    mem.stop()
-    wall = time.monotonic() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:4])} ... failed (exit {proc.returncode}):\n{log[-4000:]}")
-    return wall, log, mem
 
 
 def _i2d_role(pid: int, cmd: str, root: int) -> str:
@@ -78,8 +58,8 @@ def run_img2dataset(urls: Path, out: Path, processes: int, threads: int, shard_r
     code = ("import logging, sys; logging.disable(logging.WARNING)\n"
             "from img2dataset import download\n"
             f"download(**{kwargs!r})\n")
-    wall, log, mem = _timed([sys.executable, "-c", code], out.parent,
-                            role_of=_i2d_role)
+    wall, log, mem = run_measured([sys.executable, "-c", code], out.parent,
+                                    role_of=_i2d_role)
     import pyarrow.parquet as pq
 
     written = sum(pq.read_metadata(p).num_rows for p in out.glob("*.parquet"))
@@ -108,18 +88,15 @@ def run_unicurate(urls: Path, out: Path, processes: int, threads: int, shard_row
     }
     path = out.parent / "bench-ingest.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    wall, log, mem = _timed(unicurate_cmd() + ["run", str(path)], out.parent, role_of=None)
+    wall, log, mem = run_measured(unicurate_cmd() + ["run", str(path)], out.parent, role_of=None)
     manifest = json.loads((out / "manifest.json").read_text())
     images_ok = manifest["counts"]["kept"]
-    check = subprocess.run(unicurate_cmd() + ["validate", str(out)], capture_output=True, text=True, env=_env())
+    check = subprocess.run(unicurate_cmd() + ["validate", str(out)], capture_output=True, text=True, env=bench_env())
     if check.returncode != 0:
         raise RuntimeError(f"unicurate validate failed:\n{check.stdout}{check.stderr}")
-    import re
-
-    m = re.search(r"wrote .* in ([0-9.]+)s", log)
     return {"tool": "unicurate", "seconds": round(wall, 2), "images_ok": images_ok,
             "rows": manifest["counts"]["inputs"], "images_per_s": round(images_ok / wall, 1),
-            "pipeline_seconds": float(m.group(1)) if m else None, "funnel": manifest["funnel"], **mem.summary()}
+            "pipeline_seconds": parse_run_log(log)[0], "funnel": manifest["funnel"], **mem.summary()}
 
 
 def bench(images: int, processes: int, threads: int, workdir: Path, shard_rows: int = 1000) -> dict:

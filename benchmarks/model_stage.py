@@ -28,7 +28,6 @@ import argparse
 import io
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -36,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import PeakMemory, cache_dir, corpus, self_peak_mb, table, unicurate_cmd
+from benchmarks.common import bench_env, cache_dir, corpus, parse_run_log, run_measured, self_peak_mb, table, unicurate_cmd
 
 ARCH = "ViT-B-32"
 
@@ -148,18 +147,7 @@ def pipeline(weights: Path, shard: Path, images: int, batch: int, processes: int
     }
     path = workdir / "bench-model-stage.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    cmd = unicurate_cmd() + ["run", str(path)]
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            cwd=str(workdir))
-    mem = PeakMemory(proc.pid)
-    mem.start()
-    log, _ = proc.communicate()
-    mem.stop()
-    wall = time.monotonic() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"unicurate run failed (exit {proc.returncode}):\n{log[-4000:]}")
+    wall, log, mem = run_measured(unicurate_cmd() + ["run", str(path)], workdir)
     manifest = json.loads((out / "manifest.json").read_text())
     import pyarrow.parquet as pq
 
@@ -167,11 +155,9 @@ def pipeline(weights: Path, shard: Path, images: int, batch: int, processes: int
                  for f in out.glob("*/*.parquet"))
     if scored != images:
         raise RuntimeError(f"the pipeline scored {scored} of {images} images:\n{log[-3000:]}")
-    m = re.search(r"wrote .* in ([0-9.]+)s", log)
-    pipeline_s = float(m.group(1)) if m else wall
-    stage = re.search(r"model scoring ([0-9.]+) s", log.split("stage wall time", 1)[-1].split("\n", 1)[0]) \
-        if "stage wall time" in log else None
-    model_s = float(stage.group(1)) if stage else None
+    pipeline_s, stages = parse_run_log(log)
+    pipeline_s = pipeline_s or wall
+    model_s = stages.get("model scoring")
     return {"images": manifest["counts"]["inputs"], "scored": scored, "seconds": round(pipeline_s, 2),
             "wall_seconds": round(wall, 2), "images_per_s": round(images / pipeline_s, 2),
             "model_stage_seconds": model_s,
@@ -183,10 +169,10 @@ def bench(images: int, batch: int, processes: int, device: str, workdir: Path) -
     cache = cache_dir()
     weights = random_weights(cache)
     shard = shards(images, cache)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", NO_ALBUMENTATIONS_UPDATE="1")
     res = subprocess.run([sys.executable, "-m", "benchmarks.model_stage", "--raw", str(weights), str(shard),
                           "--images", str(images), "--batch", str(batch), "--device", device],
-                         capture_output=True, text=True, env=env, cwd=str(Path(__file__).resolve().parent.parent))
+                         capture_output=True, text=True, env=bench_env(),
+                         cwd=str(Path(__file__).resolve().parent.parent))
     if res.returncode != 0:
         raise RuntimeError(f"raw forward failed:\n{res.stderr[-3000:]}")
     a = json.loads(res.stdout.strip().splitlines()[-1])

@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     for name, r in results["results"].items():
         results["targets"][name] = verdict(name, r)
     results["seconds"] = round(time.monotonic() - started, 1)
-    device = results["machine"]["cuda"] and args.device != "cpu" and "cuda" or "cpu"
+    device = "cuda" if results["machine"]["cuda"] and args.device != "cpu" else "cpu"
     out = Path(args.json) if args.json else ROOT / "benchmarks" / f"results-run-{mode}-{device}.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))

@@ -28,15 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from benchmarks.common import PeakMemory
+from benchmarks.common import bench_env, parse_run_log, run_measured
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "configs" / "quickstart.yaml"
@@ -57,31 +55,17 @@ def run_once(stage_set: str, workers: int, images: int, workdir: Path, unicurate
         *[a for s in STAGE_SETS[stage_set] for a in ("--set", s)],
         "--", f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing",
     ]
-    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               PYTHONUNBUFFERED="1")
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            cwd=str(workdir))
-    mem = PeakMemory(proc.pid)
-    mem.start()
-    log, _ = proc.communicate()
-    mem.stop()
-    wall = time.monotonic() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"run failed ({' '.join(cmd)}):\n{log[-3000:]}")
-    m = re.search(r"wrote .* in ([0-9.]+)s", log)
-    pipeline_s = float(m.group(1)) if m else wall
-    stages = {label.strip(): float(sec) for label, sec in re.findall(r"([a-z+ ]+?) ([0-9.]+) s(?=[,)])",
-                                                            log.split("stage wall time", 1)[-1].split("\n", 1)[0])
-              } if "stage wall time" in log else {}
+    wall, log, mem = run_measured(cmd, workdir)
+    pipeline_s, stages = parse_run_log(log)
+    pipeline_s = pipeline_s or wall
     fetch_s = stages.get("download+decode+rules")
     manifest = json.loads((out / "manifest.json").read_text())
-    check = subprocess.run(unicurate + ["validate", str(out)], capture_output=True, text=True, env=env)
+    check = subprocess.run(unicurate + ["validate", str(out)], capture_output=True, text=True, env=bench_env())
     if check.returncode != 0:
         raise RuntimeError(f"validate failed for {out}:\n{check.stdout}{check.stderr}")
     inputs = manifest["counts"]["inputs"]
     worker_mb = sorted(round(kb / 1024, 1) for p, kb in mem.peak_kb.items() if mem.role.get(p) == "worker")
-    driver_mb = round(mem.peak_kb.get(proc.pid, 0) / 1024, 1)
+    driver_mb = round(mem.peak_kb.get(mem.pid, 0) / 1024, 1)
     worker_cpu = sorted(round(c, 1) for p, c in mem.cpu_s.items() if mem.role.get(p) == "worker")
     return {
         "stages": stage_set, "workers": workers, "inputs": inputs, "kept": manifest["counts"]["kept"],
@@ -92,9 +76,9 @@ def run_once(stage_set: str, workers: int, images: int, workdir: Path, unicurate
         "fetch_rows_per_s": round(inputs / fetch_s, 2) if fetch_s else None,
         "peak_rss_mb": {"driver": driver_mb, "workers": worker_mb,
                         "max_worker": max(worker_mb) if worker_mb else None},
-        "cpu_s": {"driver": round(mem.cpu_s.get(proc.pid, 0.0), 1), "workers": worker_cpu,
+        "cpu_s": {"driver": round(mem.cpu_s.get(mem.pid, 0.0), 1), "workers": worker_cpu,
                   # the driver's CPU while the pipeline ran (Beam's runner, shuffles, and the demo's sample web)
-                  "driver_during_pipeline": round(mem.cpu_s.get(proc.pid, 0.0)
+                  "driver_during_pipeline": round(mem.cpu_s.get(mem.pid, 0.0)
                                                   - (mem.driver_cpu_at_first_worker or 0.0), 1)},
     }
 
