@@ -29,6 +29,18 @@ def test_caption_filter_counts_words():
     assert f.decide(cols) == [["caption_too_short"], ["caption_too_short"], [], ["caption_too_long"]]
 
 
+def test_caption_filter_rejects_garbled_text_unless_disabled():
+    batch = [{"caption": "tab\tand\nnewline are fine"}, {"caption": "a caf\ufffd sign"},
+             {"caption": "ring\x07 the bell"}, {"caption": "c1 \x85 control"}, {"caption": "plain words"}]
+    f = CaptionFilter(min_words=1)
+    cols = f.score(batch)
+    assert f.decide(cols) == [[], ["invalid_caption"], ["invalid_caption"], ["invalid_caption"], []]
+    assert "U+FFFD" in cols["caption_problem"][1] and "U+0007 at position 4" in cols["caption_problem"][2]
+    off = CaptionFilter(min_words=1, reject_invalid=False)
+    assert off.decide(off.score(batch)) == [[]] * 5
+    assert not rule_filters(FiltersConfig(caption_reject_invalid=False))[-1].reject_invalid
+
+
 def test_rule_filters_from_config_combine_reasons():
     filters = rule_filters(FiltersConfig(min_width=64, min_height=64, max_aspect_ratio=2, caption_min_words=1))
     _, reasons = apply(filters, [{"original_width": 10, "original_height": 100, "caption": ""}])

@@ -97,7 +97,7 @@ def test_ssrf_guard_checks_resolved_names(server):
     port = server.rsplit(":", 1)[1]
     data, err = _fetch(f"http://localhost:{port}/ok", allow_private_networks=False)
     assert data is None and _reason(err) == Reason.BLOCKED_ADDRESS
-    assert "resolves to a loopback address" in err
+    assert "resolves to the loopback address" in err
 
 
 @pytest.mark.parametrize("ip", ["10.1.2.3", "192.168.0.1", "169.254.169.254", "172.16.0.9", "::1", "0.0.0.0", "224.0.0.1"])
@@ -179,3 +179,94 @@ def test_classify_error_messages():
     assert netguard.classify_error("<urlopen error [too_large] body>") == Reason.TOO_LARGE
     assert netguard.classify_error("something odd") == Reason.DOWNLOAD_ERROR
     assert netguard.strip_tag("<urlopen error [blocked_address] x is a loopback address>") == "x is a loopback address"
+
+
+def _fake_dns(monkeypatch, name: str, ip: str):
+    import socket
+
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host == name:
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, int(port)))]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+def _fetch_with(url, **cfg):
+    c = DownloadConfig(**{"timeout": 2, **cfg})
+    policy = netguard.Policy(c.allow_private_networks, c.max_bytes, c.max_seconds, tuple(c.allowed_networks))
+    try:
+        return download(url, c, policy)
+    except netguard.GuardError as exc:
+        return None, str(exc)
+
+
+def test_public_looking_name_resolving_to_loopback_is_refused_unless_allowed(server, monkeypatch):
+    """DNS decides, not the name: photos.cdn-example.com pointing at 127.0.0.1 is loopback."""
+    port = server.rsplit(":", 1)[1]
+    _fake_dns(monkeypatch, "photos.cdn-example.com", "127.0.0.1")
+    url = f"http://photos.cdn-example.com:{port}/ok"
+    data, err = _fetch_with(url)
+    assert data is None and _reason(err) == Reason.BLOCKED_ADDRESS
+    assert "photos.cdn-example.com resolves to the loopback address 127.0.0.1" in err
+    data, err = _fetch_with(url, allowed_networks=["10.0.0.0/8"])  # another network allowed: still refused
+    assert data is None and _reason(err) == Reason.BLOCKED_ADDRESS
+    data, err = _fetch_with(url, allowed_networks=["127.0.0.1/32"])
+    assert data == b"hello" and err is None
+    data, err = _fetch_with(url, allow_private_networks=True)
+    assert data == b"hello" and err is None
+
+
+def test_allowed_networks_exempt_only_their_addresses():
+    allowed = netguard.networks(["127.0.0.1/32", "fd00::/8"])
+    assert netguard.address_problem("127.0.0.1", allowed) is None
+    assert netguard.address_problem("fd12::1", allowed) is None
+    assert "loopback" in netguard.address_problem("127.0.0.2", allowed)
+    assert "link-local" in netguard.address_problem("169.254.169.254", allowed)
+    with pytest.raises(netguard.GuardError):
+        netguard.check_url("http://10.0.0.1/x.jpg", False, allowed)
+    netguard.check_url("http://127.0.0.1:8080/x.jpg", False, allowed)  # no error
+    with pytest.raises(ValueError, match="allowed_networks.*not an IP network"):
+        DownloadConfig(allowed_networks=["10.0.0.0/33"])
+
+
+@pytest.mark.parametrize("url,wire", [
+    ("http://h/a photo.jpg", "http://h/a%20photo.jpg"),
+    ("http://h/café/日本.jpg", "http://h/caf%C3%A9/%E6%97%A5%E6%9C%AC.jpg"),
+    ("http://h/already%20escaped.jpg?q=1", "http://h/already%20escaped.jpg?q=1"),
+    ("http://h/x.jpg?name=a b&t=é#frag", "http://h/x.jpg?name=a%20b&t=%C3%A9"),
+    ("HTTP://h:8080", "http://h:8080/"),
+    ("https://bücher.example/x.jpg", "https://xn--bcher-kva.example/x.jpg"),
+    ("http://[::1]:81/x", "http://[::1]:81/x"),
+    ("http://h/a\tb\x7f.jpg", "http://h/ab%7F.jpg"),  # tabs and newlines are dropped (WHATWG), DEL escaped
+])
+def test_request_url_is_what_a_browser_sends(url, wire):
+    assert netguard.request_url(url) == wire
+
+
+def test_body_shorter_than_content_length_is_a_connection_error():
+    import socket
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+
+    def serve():
+        conn, _ = srv.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n" + b"x" * 300)
+        conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    data, err = _fetch(f"http://127.0.0.1:{srv.getsockname()[1]}/short")
+    srv.close()
+    assert data is None and _reason(err) == Reason.CONNECTION_ERROR
+    assert "after 300 of the 1000 bytes" in err
+
+
+def test_redirect_loop_has_its_own_reason():
+    msg = ("HTTP Error 302: The HTTP server returned a redirect error that would lead to an infinite loop.\n"
+           "The last 30x error message was:\nFound")
+    assert netguard.classify_error(msg) == Reason.TOO_MANY_REDIRECTS

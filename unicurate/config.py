@@ -91,6 +91,23 @@ class DownloadConfig(_Section):
         False,
         description="allow loopback/private/link-local addresses (tests and the offline demo only)",
     )
+    allowed_networks: list[str] = Field(
+        default_factory=list,
+        description="CIDR networks exempt from the SSRF guard (e.g. an internal image server's 10.1.0.0/16); "
+                    "every other private/loopback/link-local address stays refused",
+    )
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for net in value:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"download.allowed_networks: {net!r} is not an IP network ({exc})") from None
+        return value
 
 
 class ResizeConfig(_Section):
@@ -191,6 +208,9 @@ class FiltersConfig(_Section):
     max_aspect_ratio: float = Field(math.inf, ge=1.0, description="max of w/h and h/w")
     caption_min_words: int = Field(0, ge=0)
     caption_max_words: int | None = Field(None, ge=1)
+    caption_reject_invalid: bool = Field(
+        True, description="reject captions with undecodable bytes (U+FFFD) or control characters (invalid_caption)"
+    )
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     # model filters: absent/null = not run; present = scores recorded, thresholds applied when set
     clip_score: ClipScoreFilterConfig | None = None

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from unicurate.schema import Reason
+
 __all__ = ["Case", "SampleWeb", "expected_counts"]
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -54,7 +56,7 @@ class Case:
     name: str  # unique, e.g. "img-007", "http-404", "slow"
     path: str  # URL path served, e.g. "/img/img-007.jpg"
     caption: str | None
-    expected: str  # "kept" or one reject reason code
+    expected: str  # "kept" or one reject reason code (a Reason value)
     note: str  # one line for humans
 
 
@@ -314,39 +316,43 @@ class SampleWeb:
         self._add(Case("redirect", "/special/redirect.jpg", caption, "kept",
                        "302 to /moved/target.jpg, a 500x375 JPEG listed nowhere else"),
                   _raw(302, b"", "text/plain; charset=utf-8", extra=(("Location", "/moved/target.jpg"),)))
-        self._add(Case("http-404", "/special/missing.jpg", "a picture that is gone", "http_error", "answers 404"),
+        self._add(Case("http-404", "/special/missing.jpg", "a picture that is gone", Reason.HTTP_ERROR.value,
+                       "answers 404"),
                   _raw(404, b"not found", "text/plain; charset=utf-8"))
-        self._add(Case("http-500", "/special/error.jpg", "a server that fails", "http_error", "answers 500"),
+        self._add(Case("http-500", "/special/error.jpg", "a server that fails", Reason.HTTP_ERROR.value, "answers 500"),
                   _raw(500, b"internal error", "text/plain; charset=utf-8"))
         body, caption = self._jpeg(rng, 300, 200)
-        self._add(Case("slow", "/special/slow.jpg", caption, "timeout",
+        self._add(Case("slow", "/special/slow.jpg", caption, Reason.TIMEOUT.value,
                        f"valid JPEG sent after {self.slow_seconds:g} s, past the download timeout"),
                   _raw(200, body, delay=self.slow_seconds))
         html = b"<!doctype html><html><head><title>Photo</title></head><body><h1>Hello</h1></body></html>"
-        self._add(Case("not-an-image", "/special/page.jpg", "a web page pretending to be a photo", "not_an_image",
+        self._add(Case("not-an-image", "/special/page.jpg", "a web page pretending to be a photo",
+                       Reason.NOT_AN_IMAGE.value,
                        "HTML page served with Content-Type image/jpeg"), _raw(200, html))
         body, caption = self._jpeg(rng, 600, 400)
-        self._add(Case("truncated-jpeg", "/special/truncated.jpg", caption, "decode_error",
+        self._add(Case("truncated-jpeg", "/special/truncated.jpg", caption, Reason.DECODE_ERROR.value,
                        "600x400 JPEG cut to its first 60% of bytes"), _raw(200, body[: len(body) * 6 // 10]))
-        self._add(Case("empty-body", "/special/empty.jpg", "an empty answer", "empty_response",
+        self._add(Case("empty-body", "/special/empty.jpg", "an empty answer", Reason.EMPTY_RESPONSE.value,
                        "200, Content-Type image/jpeg, Content-Length 0"), _raw(200, b""))
         _, first_headers, first_body, _ = self._routes[first.path]
         self._add(Case("duplicate-image", "/special/copy-of-first.jpg", "the same picture under another url",
-                       "duplicate", f"exactly the bytes of {first.name} under another path"),
+                       Reason.DUPLICATE.value, f"exactly the bytes of {first.name} under another path"),
                   (200, first_headers, first_body, 0.0))
         body, caption = self._jpeg(rng, 16, 16, "a tiny icon of ")
-        self._add(Case("tiny", "/special/tiny.jpg", caption, "too_small", "16x16 JPEG"), _raw(200, body))
+        self._add(Case("tiny", "/special/tiny.jpg", caption, Reason.TOO_SMALL.value, "16x16 JPEG"), _raw(200, body))
         body, caption = self._jpeg(rng, 1600, 80, "a long banner with ")
-        self._add(Case("extreme-aspect", "/special/banner.jpg", caption, "aspect_ratio", "1600x80 JPEG (20:1)"),
+        self._add(Case("extreme-aspect", "/special/banner.jpg", caption, Reason.ASPECT_RATIO.value,
+                       "1600x80 JPEG (20:1)"),
                   _raw(200, body))
         body, caption = self._jpeg(rng, 320, 240)
-        self._add(Case("robots-noai", "/special/noai.jpg", caption, "robots_disallowed",
+        self._add(Case("robots-noai", "/special/noai.jpg", caption, Reason.ROBOTS_DISALLOWED.value,
                        "valid JPEG served with X-Robots-Tag: noai"),
                   _raw(200, body, extra=(("X-Robots-Tag", "noai"),)))
         body, _ = self._jpeg(rng, 320, 240)
-        self._add(Case("empty-caption", "/special/no-caption.jpg", "", "caption_too_short",
+        self._add(Case("empty-caption", "/special/no-caption.jpg", "", Reason.CAPTION_TOO_SHORT.value,
                        "valid distinct JPEG whose caption is empty"), _raw(200, body))
-        self._add(Case("duplicate-url", second.path, "the second picture again, listed twice", "duplicate_url",
+        self._add(Case("duplicate-url", second.path, "the second picture again, listed twice",
+                       Reason.DUPLICATE_URL.value,
                        f"same url as {second.name}, another caption"), None)
 
     # ------------------------------------------------------------ serving

@@ -43,6 +43,7 @@ class Reason(str, Enum):
     UNSUPPORTED_SCHEME = "unsupported_scheme"  # not http(s): file://, ftp://, data: ...
     BLOCKED_ADDRESS = "blocked_address"  # SSRF guard: loopback/private/link-local/...
     HTTP_ERROR = "http_error"  # 4xx / 5xx answer
+    TOO_MANY_REDIRECTS = "too_many_redirects"  # a redirect loop, or a chain of more than 10 redirects
     TIMEOUT = "timeout"  # connect/read timeout or overall download deadline
     CONNECTION_ERROR = "connection_error"  # refused, reset, DNS failure, TLS error
     TOO_LARGE = "too_large"  # body larger than download.max_bytes
@@ -58,6 +59,7 @@ class Reason(str, Enum):
     ASPECT_RATIO = "aspect_ratio"  # above filters.max_aspect_ratio
     CAPTION_TOO_SHORT = "caption_too_short"  # fewer words than filters.caption_min_words
     CAPTION_TOO_LONG = "caption_too_long"  # more words than filters.caption_max_words
+    INVALID_CAPTION = "invalid_caption"  # undecodable bytes (stored as U+FFFD) or control characters in the caption
     # model filters (scores are recorded for every row that reached the model stage)
     SCORE_ERROR = "score_error"  # the stored image could not be prepared for the models (message in `error`)
     LOW_CLIP_SCORE = "low_clip_score"  # image-caption CLIP cosine below the threshold / outside the top fraction
@@ -82,6 +84,7 @@ REASON_STAGE: dict[Reason, Stage] = {
     Reason.UNSUPPORTED_SCHEME: Stage.DOWNLOAD,
     Reason.BLOCKED_ADDRESS: Stage.DOWNLOAD,
     Reason.HTTP_ERROR: Stage.DOWNLOAD,
+    Reason.TOO_MANY_REDIRECTS: Stage.DOWNLOAD,
     Reason.TIMEOUT: Stage.DOWNLOAD,
     Reason.CONNECTION_ERROR: Stage.DOWNLOAD,
     Reason.TOO_LARGE: Stage.DOWNLOAD,
@@ -95,6 +98,7 @@ REASON_STAGE: dict[Reason, Stage] = {
     Reason.ASPECT_RATIO: Stage.FILTER,
     Reason.CAPTION_TOO_SHORT: Stage.FILTER,
     Reason.CAPTION_TOO_LONG: Stage.FILTER,
+    Reason.INVALID_CAPTION: Stage.FILTER,
     Reason.SCORE_ERROR: Stage.SCORE,
     Reason.LOW_CLIP_SCORE: Stage.SCORE,
     Reason.LOW_AESTHETIC: Stage.SCORE,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Mapping, Optional, Sequence
 
 from unicurate.config import FiltersConfig
@@ -13,6 +14,27 @@ from unicurate.schema import Reason
 
 def count_words(caption: Optional[str]) -> int:
     return len(caption.split()) if caption else 0
+
+
+# C0 controls other than tab/newline/carriage return, DEL, and the C1 controls
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+REPLACEMENT = "\ufffd"
+
+
+def caption_problem(caption: Optional[str]) -> Optional[str]:
+    """Why a caption is not clean text (undecodable bytes, control characters), or None."""
+    if not caption:
+        return None
+    problems = []
+    bad = caption.count(REPLACEMENT)
+    if bad:
+        problems.append(f"{bad} undecodable byte sequence(s) (stored as U+FFFD; the input was not valid UTF-8)")
+    controls = _CONTROL.findall(caption)
+    if controls:
+        first = _CONTROL.search(caption)
+        problems.append(f"{len(controls)} control character(s), the first U+{ord(first.group()):04X} at "
+                        f"position {first.start()}")
+    return "caption has " + " and ".join(problems) if problems else None
 
 
 class SizeFilter:
@@ -58,22 +80,28 @@ class AspectRatioFilter:
 
 
 class CaptionFilter:
-    """Rejects captions with fewer than ``min_words`` or more than ``max_words`` words."""
+    """Rejects captions with fewer than ``min_words`` or more than ``max_words`` words, and (``reject_invalid``)
+    captions that are not clean text: undecodable bytes or control characters."""
 
     name = "caption"
     columns = ("caption_words",)
 
-    def __init__(self, min_words: int = 0, max_words: Optional[int] = None):
+    def __init__(self, min_words: int = 0, max_words: Optional[int] = None, reject_invalid: bool = True):
         self.thresholds = {"min_words": min_words, "max_words": max_words}
+        self.reject_invalid = reject_invalid
 
     def score(self, batch):
-        return {"caption_words": [count_words(row.get("caption")) for row in batch]}
+        cols = {"caption_words": [count_words(row.get("caption")) for row in batch]}
+        if self.reject_invalid:
+            cols["caption_problem"] = [caption_problem(row.get("caption")) for row in batch]
+        return cols
 
     def decide(self, columns, thresholds=None):
         t = _merge(self.thresholds, thresholds)
         out = []
-        for n in columns["caption_words"]:
-            reasons = []
+        problems = columns.get("caption_problem") or [None] * len(columns["caption_words"])
+        for n, problem in zip(columns["caption_words"], problems):
+            reasons = [Reason.INVALID_CAPTION.value] if problem else []
             if n < t["min_words"]:
                 reasons.append(Reason.CAPTION_TOO_SHORT.value)
             if t["max_words"] is not None and n > t["max_words"]:
@@ -89,7 +117,8 @@ def rule_filters(cfg: FiltersConfig) -> list:
         filters.append(SizeFilter(cfg.min_width, cfg.min_height))
     if math.isfinite(cfg.max_aspect_ratio):
         filters.append(AspectRatioFilter(cfg.max_aspect_ratio))
-    filters.append(CaptionFilter(cfg.caption_min_words, cfg.caption_max_words))  # always records caption_words
+    filters.append(CaptionFilter(cfg.caption_min_words, cfg.caption_max_words,  # always records caption_words
+                                 cfg.caption_reject_invalid))
     return filters
 
 

@@ -110,7 +110,10 @@ class FetchDoFn(beam.DoFn):
                 "original_width": fetched.original_width,
                 "original_height": fetched.original_height,
             }
-            _, reasons = rules.apply(filters, [probe])
+            columns, reasons = rules.apply(filters, [probe])
+            problem = (columns.get("caption_problem") or [None])[0]
+            if problem and fetched.error is None:
+                fetched.error = problem
             return reasons[0]
 
         def build():

@@ -129,13 +129,14 @@ def download(url: str, cfg: DownloadConfig, policy: netguard.Policy) -> tuple[Op
     """Download with img2dataset's ``download_image``. Returns (bytes, None) or (None, error)."""
     download_image = img2dataset_part("downloader").download_image
 
-    netguard.check_url(url, cfg.allow_private_networks)
+    netguard.check_url(url, cfg.allow_private_networks, policy.allowed)
+    wire_url = netguard.request_url(url)
     token = cfg.user_agent_token.strip().lower() if cfg.user_agent_token else None
     directives = {d.strip().lower() for d in cfg.disallowed_header_directives} or None
     err: Optional[str] = None
     for _ in range(cfg.retries + 1):
         with netguard.using(policy):
-            _, stream, err = download_image((None, url), cfg.timeout, token, directives)
+            _, stream, err = download_image((None, wire_url), cfg.timeout, token, directives)
         if stream is not None:
             return stream.getvalue(), None
         if netguard.classify_error(err or "") not in _TRANSIENT:
@@ -169,7 +170,7 @@ class Decoder:
             img = Image.open(io.BytesIO(data))
         except Image.DecompressionBombError as exc:
             out.reasons.append(Reason.DECOMPRESSION_BOMB.value)
-            out.error = str(exc)
+            out.error = f"{exc} (resize.max_image_pixels = {self.cfg.max_image_pixels})"
             return None
         except Image.UnidentifiedImageError:
             out.reasons.append(Reason.NOT_AN_IMAGE.value)
@@ -223,7 +224,7 @@ class Decoder:
             encoded, width, height, _, _, err = self.resizer(io.BytesIO(data))
         if err is not None or encoded is None:
             out.reasons.append(Reason.DECODE_ERROR.value)
-            out.error = f"cannot decode image: {err}"
+            out.error = f"cannot decode the {out.original_format} image: {err} (truncated or corrupt data)"
             return
         out.image = encoded
         out.image_format = self.cfg.encode_format
@@ -280,6 +281,7 @@ class Fetcher:
             allow_private_networks=download_cfg.allow_private_networks,
             max_bytes=download_cfg.max_bytes,
             max_seconds=download_cfg.max_seconds,
+            allowed_networks=tuple(download_cfg.allowed_networks),
         )
         img2dataset_part("downloader")  # loaded here, once, not by the first download threads
         self._pool = ThreadPoolExecutor(max_workers=download_cfg.thread_count, thread_name_prefix="download")
@@ -297,8 +299,13 @@ class Fetcher:
         except Exception as exc:  # noqa: BLE001 - never let one URL kill the bundle
             data, err = None, f"{type(exc).__name__}: {exc}"
         if data is None:
-            out.reasons.append(netguard.classify_error(err or "").value)
+            reason = netguard.classify_error(err or "")
+            out.reasons.append(reason.value)
             out.error = netguard.strip_tag(err or "download failed")
+            if reason is Reason.TIMEOUT and "max_seconds" not in out.error:
+                out.error += f" (no data for download.timeout = {self.download_cfg.timeout:g} s)"
+            elif reason is Reason.TOO_MANY_REDIRECTS:
+                out.error = "a redirect loop, or more than 10 redirects (" + out.error.split(".", 1)[0] + ")"
         elif not data:
             out.reasons.append(Reason.EMPTY_RESPONSE.value)
             out.error = "the server answered with an empty body"

@@ -9,9 +9,12 @@ URLs needs:
 * only ``http``/``https``, on the first request and after every redirect;
 * an SSRF guard: the host name is resolved, every address is checked
   (loopback, private, link-local, multicast, reserved, unspecified are refused
-  unless ``allow_private_networks``) and the socket connects to the checked
-  address itself, so DNS rebinding between check and connect cannot slip past;
-* a response-size cap enforced from ``Content-Length`` and while streaming;
+  unless ``allow_private_networks``, or the address is in one of the
+  ``allowed_networks``) and the socket connects to the checked address itself,
+  so DNS rebinding between check and connect cannot slip past; redirects are
+  checked the same way, since each hop opens a new guarded connection;
+* a response-size cap enforced from ``Content-Length`` and while streaming, and
+  a body shorter than its ``Content-Length`` is an error, not a truncated image;
 * an overall deadline, so a server that drips one byte at a time cannot hold a
   worker for longer than ``max_seconds`` (the socket ``timeout`` only bounds a
   single read).
@@ -34,12 +37,13 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Optional
-from urllib.parse import urlsplit
+from typing import Optional, Sequence
+from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 from unicurate.schema import Reason
 
 ALLOWED_SCHEMES = ("http", "https")
+_ALLOW_HINT = "download.allowed_networks lists networks to allow"
 _CHUNK = 64 * 1024
 
 
@@ -51,18 +55,28 @@ class GuardError(OSError):
         self.reason = reason
 
 
-def address_problem(ip: str) -> Optional[str]:
-    """Why connecting to ``ip`` is refused by the SSRF guard, or None when it is public."""
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def networks(cidrs: Sequence[str]) -> tuple[Network, ...]:
+    """Parsed ``download.allowed_networks``."""
+    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+
+
+def address_problem(ip: str, allowed: Sequence[Network] = ()) -> Optional[str]:
+    """Why connecting to ``ip`` is refused by the SSRF guard, or None when it is public or in ``allowed``."""
     addr = ipaddress.ip_address(ip.split("%", 1)[0])
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
+    if any(addr.version == net.version and addr in net for net in allowed):
+        return None
     for attr, label in (
         ("is_loopback", "loopback"),
-        ("is_private", "private"),
-        ("is_link_local", "link-local"),
+        ("is_unspecified", "unspecified"),
+        ("is_link_local", "link-local"),  # 169.254.169.254: cloud metadata services
         ("is_multicast", "multicast"),
         ("is_reserved", "reserved"),
-        ("is_unspecified", "unspecified"),
+        ("is_private", "private"),
     ):
         if getattr(addr, attr):
             return f"{label} address {addr}"
@@ -71,7 +85,7 @@ def address_problem(ip: str) -> Optional[str]:
     return None
 
 
-def check_url(url: str, allow_private_networks: bool) -> None:
+def check_url(url: str, allow_private_networks: bool, allowed: Sequence[Network] = ()) -> None:
     """Cheap checks before any network I/O. Raises GuardError."""
     try:
         parts = urlsplit(url)
@@ -93,9 +107,37 @@ def check_url(url: str, allow_private_networks: bool) -> None:
             literal = ipaddress.ip_address(host)
         except ValueError:
             return
-        problem = address_problem(str(literal))
+        problem = address_problem(str(literal), allowed)
         if problem:
-            raise GuardError(Reason.BLOCKED_ADDRESS, f"{host} is a {problem}")
+            raise GuardError(Reason.BLOCKED_ADDRESS, f"{problem}: refused by the SSRF guard ({_ALLOW_HINT})")
+
+
+# RFC 3986 characters that stay as they are in a path / query; everything else (spaces, non-ASCII, controls)
+# is percent-encoded as UTF-8, and existing %XX escapes are kept
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+_QUERY_SAFE = _PATH_SAFE + "?"
+
+
+def request_url(url: str) -> str:
+    """The url as a browser sends it: fragment dropped, an international host name IDNA-encoded, spaces and
+    non-ASCII characters in the path and query percent-encoded as UTF-8. Raises GuardError."""
+    parts = urlsplit(url.strip())
+    host = parts.hostname or ""
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise GuardError(Reason.INVALID_URL, f"host {parts.hostname!r} is not a valid domain name: {exc}") from None
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    if parts.username is not None:
+        userinfo = quote(parts.username, safe="%!$&'()*+,;=-._~")
+        if parts.password is not None:
+            userinfo += ":" + quote(parts.password, safe="%!$&'()*+,;=-._~")
+        netloc = f"{userinfo}@{netloc}"
+    return urlunsplit((parts.scheme.lower(), netloc, quote(parts.path or "/", safe=_PATH_SAFE),
+                       quote(parts.query, safe=_QUERY_SAFE), ""))
 
 
 @dataclass
@@ -103,9 +145,12 @@ class Policy:
     allow_private_networks: bool = False
     max_bytes: int = 25_000_000
     max_seconds: float = 60.0
+    allowed_networks: Sequence[str] = ()
     opener: urllib.request.OpenerDirector = field(init=False, repr=False)
+    allowed: tuple[Network, ...] = field(init=False, repr=False)
 
     def __post_init__(self):
+        self.allowed = networks(self.allowed_networks)
         self.opener = _build_opener(self)
 
 
@@ -149,9 +194,10 @@ def _guarded_create_connection(policy: Policy):
             raise GuardError(Reason.CONNECTION_ERROR, f"cannot resolve {host}")
         if not policy.allow_private_networks:
             for info in infos:
-                problem = address_problem(info[4][0])
+                problem = address_problem(info[4][0], policy.allowed)
                 if problem:
-                    raise GuardError(Reason.BLOCKED_ADDRESS, f"{host} resolves to a {problem}")
+                    raise GuardError(Reason.BLOCKED_ADDRESS,
+                                     f"{host} resolves to the {problem}: refused by the SSRF guard ({_ALLOW_HINT})")
         last_err: Optional[OSError] = None
         for family, socktype, proto, _, sockaddr in infos:
             sock = socket.socket(family, socktype, proto)
@@ -208,8 +254,20 @@ class _RedirectHandler(urllib.request.HTTPRedirectHandler):
         self.policy = policy
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):
-        check_url(newurl, self.policy.allow_private_networks)
+        check_url(newurl, self.policy.allow_private_networks, self.policy.allowed)
         return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+    def http_error_302(self, req, fp, code, msg, headers):
+        # urllib refuses a redirect to another scheme itself, as a generic HTTP error: say which rule it broke
+        location = headers.get("location") or headers.get("uri")
+        if location:
+            target = urljoin(req.full_url, location)
+            if urlsplit(target).scheme.lower() not in ALLOWED_SCHEMES:
+                fp.close()
+                check_url(target, self.policy.allow_private_networks, self.policy.allowed)
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
 class _CappedResponse:
@@ -221,12 +279,15 @@ class _CappedResponse:
         self.headers = resp.headers
         self.status = getattr(resp, "status", None)
         self.url = getattr(resp, "url", None)
+        self.declared: Optional[int] = None
+        self.received = 0
         length = resp.headers.get("Content-Length")
         if length is not None:
             try:
                 declared = int(length)
             except ValueError:
                 declared = None
+            self.declared = declared
             if declared is not None and declared > max_bytes:
                 resp.close()
                 raise GuardError(
@@ -242,10 +303,14 @@ class _CappedResponse:
                 raise GuardError(Reason.TIMEOUT, "download did not finish within max_seconds")
             chunk = read1(min(_CHUNK, limit + 1 - total))
             if not chunk:
+                if self.declared is not None and self.received < self.declared:
+                    raise GuardError(Reason.CONNECTION_ERROR, f"the connection closed after {self.received} of the "
+                                     f"{self.declared} bytes its Content-Length announced")
                 break
             chunks.append(chunk)
             total += len(chunk)
-            if total > self.max_bytes:
+            self.received += len(chunk)
+            if self.received > self.max_bytes:
                 raise GuardError(Reason.TOO_LARGE, f"response body exceeds max_bytes {self.max_bytes}")
             if amt is not None and amt >= 0 and total >= amt:
                 break
@@ -329,6 +394,7 @@ def install() -> None:
 _TAG = re.compile(r"\[([a-z_]+)\]")
 _PATTERNS: list[tuple[re.Pattern, Reason]] = [
     (re.compile(r"X-Robots-Tag", re.I), Reason.ROBOTS_DISALLOWED),
+    (re.compile(r"redirect error that would lead to an infinite loop", re.I), Reason.TOO_MANY_REDIRECTS),
     (re.compile(r"^HTTP Error \d+", re.I), Reason.HTTP_ERROR),
     (re.compile(r"timed out|timeout", re.I), Reason.TIMEOUT),
     (re.compile(r"unknown url type|no host given", re.I), Reason.INVALID_URL),

@@ -1,0 +1,158 @@
+"""The whole bad-input corpus (tests/hostileweb.py) through the curate pipeline, in one run.
+
+The run is the real CLI in a subprocess whose DNS is the corpus's stand-in (see hostileweb's launcher), so
+its peak memory is measured on its own. Every case must end as exactly one row with exactly its expected
+reasons, or kept and correctly decoded; nothing may escape as an exception.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from PIL import Image
+
+import hostileweb as hw
+from unicurate.manifests.validate import validate
+from unicurate.schema import KEPT, REASON_CODES, REASON_STAGE, Reason, Stage
+
+# Peak RSS of the whole run (one in-memory Beam worker: driver and worker are this one process). It holds the
+# Python runtime, Beam, img2dataset's resizer, the one 8200x8200 JPEG decoded at full size by OpenCV (202 MB)
+# and one response capped at max_bytes (16 MiB), one at a time; without the size cap the endless chunked
+# response alone would take it past any bound.
+PEAK_RSS_BOUND = 1536 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    with hw.HostileWeb() as web:
+        folder = tmp_path_factory.mktemp("badinput")
+        inputs = web.write_inputs(folder / "in")
+        out = folder / "out"
+        recipe = {
+            "pipeline": "curate",
+            "input": {"path": [str(p) for p in inputs]},
+            "output": {"path": str(out), "rows_per_shard": 16},
+            "download": {"timeout": hw.TIMEOUT, "max_seconds": hw.MAX_SECONDS, "max_bytes": hw.MAX_BYTES,
+                         "thread_count": 16, "retries": 0, "allowed_networks": ["127.0.0.1/32"]},
+            "resize": {"image_size": hw.IMAGE_SIZE, "encode_quality": 95},
+            "filters": {"min_width": hw.MIN_SIDE, "min_height": hw.MIN_SIDE, "max_aspect_ratio": hw.MAX_ASPECT,
+                        "caption_min_words": 1, "caption_max_words": hw.MAX_WORDS},
+            "models": {"profile": "tiny"},
+            "runner": {"direct_num_workers": 1},
+        }
+        recipe_path = folder / "recipe.yaml"
+        recipe_path.write_text(json.dumps(recipe))
+        rss_file = folder / "peak-rss"
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+        proc = subprocess.run(
+            [sys.executable, str(Path(hw.__file__)), "--hosts", json.dumps(web.hosts), "--rss-file", str(rss_file),
+             "--", "run", str(recipe_path)],
+            capture_output=True, text=True, timeout=240, env=env)
+        yield web, out, proc, int(rss_file.read_text()) if rss_file.exists() else None
+
+
+def _rows(out: Path) -> pl.DataFrame:
+    return pl.concat([pl.read_parquet(p) for p in sorted(out.glob("*/part-*.parquet"))], how="vertical")
+
+
+def test_run_finishes_without_an_exception(corpus):
+    _, out, proc, _ = corpus
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert validate(str(out)).ok
+
+
+def test_inputs_equal_kept_plus_rejected(corpus):
+    web, out, _, _ = corpus
+    manifest = json.loads((out / "manifest.json").read_text())
+    df = _rows(out)
+    counts = manifest["counts"]
+    assert counts["inputs"] == len(web.cases) == df.height
+    assert counts["inputs"] == counts["kept"] + counts["rejected"]
+    assert df.filter(pl.col("status") == KEPT).height == counts["kept"]
+    assert df["key"].n_unique() == df.height
+    cases = [json.loads(m)["case"] for m in df["metadata"]]
+    assert sorted(cases) == sorted(c.name for c in web.cases)  # each case exactly once
+
+
+def test_every_case_has_its_expected_outcome(corpus):
+    web, out, _, _ = corpus
+    by_case = {json.loads(r["metadata"])["case"]: r for r in _rows(out).iter_rows(named=True)}
+    wrong = {}
+    for case in web.cases:
+        row = by_case[case.name]
+        got = frozenset(row["reject_reasons"])
+        if got != case.expected:
+            wrong[case.name] = (sorted(case.expected) or "kept", sorted(got) or "kept", row["error"])
+    assert not wrong, json.dumps(wrong, indent=1, default=str)
+
+
+def test_rejections_explain_themselves(corpus):
+    """A rejected download or decode names what went wrong; nobody has to guess from a reason code alone."""
+    web, out, _, _ = corpus
+    df = _rows(out)
+    for row in df.iter_rows(named=True):
+        stages = {REASON_STAGE[Reason(r)] for r in row["reject_reasons"]}
+        assert all(r in REASON_CODES for r in row["reject_reasons"])
+        if stages & {Stage.DOWNLOAD, Stage.DECODE} or Reason.INVALID_CAPTION.value in row["reject_reasons"]:
+            assert row["error"] and len(row["error"]) > 10, row
+        if Reason.INVALID_INPUT.value in row["reject_reasons"]:
+            assert row["error"]
+    by_case = {json.loads(r["metadata"])["case"]: r for r in df.iter_rows(named=True)}
+    assert "10.0.0.1" in by_case["redirect-to-private-ip"]["error"]
+    assert "127.0.0.3" in by_case["name-resolving-to-loopback"]["error"]
+    assert "Content-Length" in by_case["content-length-more-than-body"]["error"]
+    assert "U+FFFD" in by_case["caption-invalid-utf8"]["error"]
+    assert "control character" in by_case["caption-control-chars"]["error"]
+
+
+def test_blocked_urls_were_never_requested(corpus):
+    """The SSRF guard refuses before connecting: no request for the refused targets reached any server."""
+    web, _, _, _ = corpus
+    # redirect hops to refused targets were served (the first hop), the refused target never was
+    assert web.hits.get("/r/to-private") == 1 and web.hits.get("/r/to-rebind") == 1
+    assert "/img.jpg" not in web.hits and "/x.jpg" not in web.hits
+    # a name resolving to another loopback address is refused: the chain target was fetched once, by its case
+    assert web.hits.get("/final/chain.jpg") == 1
+
+
+def test_kept_images_are_correctly_decoded_and_oriented(corpus):
+    web, out, _, _ = corpus
+    by_case = {json.loads(r["metadata"])["case"]: r for r in _rows(out).iter_rows(named=True)}
+    kept = [c for c in web.cases if not c.expected]
+    assert len(kept) >= 10
+    for case in kept:
+        row = by_case[case.name]
+        assert row["status"] == KEPT, case.name
+        assert (row["original_width"], row["original_height"]) == case.original_size, case.name
+        stored = Image.open(io.BytesIO(row["image"]))
+        assert stored.size == (row["width"], row["height"]) and min(stored.size) <= hw.IMAGE_SIZE, case.name  # keep_ratio: the short side
+        ow, oh = case.original_size
+        assert abs(stored.size[0] / stored.size[1] - ow / oh) < 0.05, case.name  # aspect kept, not rotated
+        ref = case.reference.resize(stored.size, Image.Resampling.BOX)
+        diff = np.abs(np.asarray(stored.convert("RGB"), np.int16) - np.asarray(ref, np.int16)).mean()
+        assert diff < 12, f"{case.name}: mean abs difference {diff:.1f} from the reference picture"
+
+
+def test_peak_memory_is_bounded(corpus):
+    _, _, proc, peak = corpus
+    assert proc.returncode == 0
+    assert peak is not None and peak < PEAK_RSS_BOUND, f"peak RSS {peak / 2**20:.0f} MB"
+
+
+def test_readme_documents_every_reason_code():
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## What happens to bad input", 1)[1].split("\n## ", 1)[0]
+    table = section.split("### Reason codes", 1)[1]
+    documented = {code for line in table.splitlines() if line.startswith("| `")
+                  for code in re.findall(r"`([a-z_]+)`", line.split("|")[1])}
+    assert documented == set(REASON_CODES)
