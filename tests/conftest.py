@@ -13,6 +13,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import tempfile  # noqa: E402
 
 os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="unicurate-test-hf-datasets-")
+# hypothesis keeps caches (and, unless a test says database=None, examples) in ./.hypothesis: not in the repo
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", tempfile.mkdtemp(prefix="unicurate-test-hypothesis-"))
 
 import copy  # noqa: E402
 from pathlib import Path  # noqa: E402

@@ -118,3 +118,16 @@ def test_img2dataset_parts_load_without_its_cli():
             "print('ok')\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and res.stdout == "ok\n", res.stderr
+
+
+def test_upscaling_past_what_can_be_stored_is_refused_before_resizing():
+    thin = _encode(Image.new("L", (1, 300), 128), "PNG")
+    out = _decode(thin, image_size=256, resize_only_if_bigger=False)  # 256 x 76800: past JPEG's 65500
+    assert out.image is None and out.reasons == ["decode_error"]
+    assert "would give 256x76800, past the jpg limit of 65500 px" in out.error
+    out = _decode(thin, image_size=64, resize_only_if_bigger=False, encode_format="png", encode_quality=1,
+                  max_image_pixels=1_000_000)
+    assert out.image is None and out.reasons == ["decompression_bomb"]  # 64 x 19200 = 1.2 M pixels
+    assert "would give 64x19200 = 1228800 pixels, over resize.max_image_pixels 1000000" in out.error
+    out = _decode(thin, image_size=64, resize_only_if_bigger=True)  # never upscaled: stored as it is
+    assert out.image is not None and (out.width, out.height) == (1, 300)

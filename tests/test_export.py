@@ -208,3 +208,108 @@ def test_hf_export_skips_empty_shards(scored, tmp_path):
     files = sorted(p.name for p in (dest / "data").glob("*.parquet"))
     assert files == [f"train-{i:05d}-of-{len(names) - 1:05d}.parquet" for i in range(len(names) - 1)]
     assert datasets.load_dataset(str(dest), split="train").num_rows == rest
+
+
+# ------------------------------------------------------------------ keys become file names: only safe ones
+UNSAFE_KEYS = {
+    "traversal": "../../escaped",
+    "absolute": "/tmp/escaped-abs",
+    "backslashes": "..\\..\\escaped",
+    "nul": "a\x00b",
+    "too-long": "k" * 201,
+    "unicode": "ключ-😀",
+    "final-newline": "abc\n",
+    "dotfile": ".hidden",
+    "dot": "a.b",
+    "slash": "a/b",
+    "empty": "",
+    "space": "a b",
+    "fullwidth-digits": "１２３",
+}
+
+
+def _tree(root: Path) -> dict[str, int]:
+    """Every path under ``root`` with its size (links not followed): what an export may not change."""
+    return {str(p.relative_to(root)): (p.lstat().st_size if not p.is_dir() else -1) for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("case", sorted(UNSAFE_KEYS))
+def test_every_format_refuses_unsafe_keys_before_writing(scored, tmp_path, case):
+    """An unsafe key in any shard (kept or rejected) stops every format before DEST exists; nothing changes
+    anywhere under the test's folder, and no file appears where a traversal would have put it."""
+    key = UNSAFE_KEYS[case]
+    out = tmp_path / "src"
+    shutil.copytree(scored[0], out)
+    sub = "rejected" if case in ("absolute", "nul", "unicode") else "kept"  # both tables are checked
+    first = sorted(p.name for p in (out / sub).glob("part-*.parquet"))[0]
+    rewrite_shard(out, f"{sub}/{first}", lambda rows: rows[:1] + [dict(rows[1], key=key)] + rows[2:])
+    before = _tree(tmp_path)
+    for fmt in ("webdataset", "mds", "hf"):
+        dest = tmp_path / "export" / fmt / "dest"
+        with pytest.raises(ExportError, match="unsafe sample key") as info:
+            export(str(out), fmt, str(dest))
+        assert len(str(info.value)) < 600  # a 201-character key is shortened in the message
+        assert not (tmp_path / "export").exists()  # refused before anything was written, not even DEST's parents
+    assert _tree(tmp_path) == before
+    assert not Path("/tmp/escaped-abs").exists() and not (tmp_path.parent / "escaped").exists()
+
+
+@pytest.mark.parametrize("table", ["edit", "subject"])
+def test_synthesis_exports_refuse_unsafe_keys(synthesized, tmp_path, table):
+    out = tmp_path / "src"
+    shutil.copytree(synthesized[0], out)
+    first = sorted(p.name for p in (out / table).glob("part-*.parquet"))[0]
+    rewrite_shard(out, f"{table}/{first}", lambda rows: [dict(rows[0], key="../../../escaped")] + rows[1:])
+    before = _tree(tmp_path)
+    for fmt in ("webdataset", "mds", "hf"):
+        with pytest.raises(ExportError, match="unsafe sample key '../../../escaped'"):
+            export(str(out), fmt, str(tmp_path / f"dest-{fmt}"))
+    assert _tree(tmp_path) == before
+
+
+def test_check_key_accepts_only_plain_names():
+    from unicurate.manifests.export import check_key
+
+    for ok in ("0123456789abcdef0123", "a" * 200, "A-b_c", "9"):
+        assert check_key(ok) == ok
+    for bad in [*UNSAFE_KEYS.values(), None, 12, b"abc", "-lead", "_lead", "abc\r", "a\tb"]:
+        with pytest.raises(ExportError, match="unsafe sample key"):
+            check_key(bad)
+
+
+def test_webdataset_members_are_key_named_files_under_dest(scored, tmp_path):
+    """The longest and oddest keys that are allowed export as flat tar members named after the key."""
+    import tarfile
+
+    out = tmp_path / "src"
+    shutil.copytree(scored[0], out)
+    first = sorted(p.name for p in (out / "kept").glob("part-*.parquet"))[0]
+    edge = ["A" * 200, "Z-_-9"]
+    rewrite_shard(out, f"kept/{first}", lambda rows: [dict(r, key=k) for r, k in zip(rows, edge)] + rows[2:])
+    dest = tmp_path / "wds"
+    export(str(out), "webdataset", str(dest), kept_only=True)
+    names = []
+    for tar in sorted((dest / "train").glob("*.tar")):
+        with tarfile.open(tar) as tf:
+            names += [m.name for m in tf.getmembers()]
+            assert all(m.isfile() for m in tf.getmembers())
+    assert all("/" not in n and not n.startswith(".") and ".." not in n for n in names), names
+    for k in edge:
+        assert {f"{k}.jpg", f"{k}.txt", f"{k}.json"} <= set(names)
+
+
+def test_export_does_not_follow_links_out_of_dest(scored, tmp_path):
+    """A link planted in an earlier export's DEST (to a folder outside it) stops the export: the outside
+    folder is neither emptied nor written to."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious.txt").write_text("keep me")
+    dest = tmp_path / "dest"
+    export(str(scored[0]), "webdataset", str(dest), kept_only=True)
+    shutil.rmtree(dest / "train")
+    (dest / "train").symlink_to(outside, target_is_directory=True)
+    for fmt in ("webdataset", "mds", "hf"):
+        with pytest.raises(ExportError, match="outside"):
+            export(str(scored[0]), fmt, str(dest), kept_only=True)
+        assert sorted(p.name for p in outside.iterdir()) == ["precious.txt"]
+        assert (outside / "precious.txt").read_text() == "keep me"

@@ -108,3 +108,107 @@ def test_report_cli(scored, tmp_path):
     assert main(["report", str(scored[0]), "--out", str(tmp_path / "r.html")]) == 0
     assert (tmp_path / "r.html").stat().st_size > 10_000
     assert main(["report", str(tmp_path / "nothing-here")]) == 2
+
+
+# ------------------------------------------------------------------ hostile data is shown as text, never run
+XSS_SCRIPT = "<script>document.title='pwned';document.body.setAttribute('data-pwned','1')</script>"
+XSS_IMG = "<img src=x onerror=\"document.body.setAttribute('data-pwned','2')\">"
+XSS_BREAKOUT = ("</textarea></title></style></figcaption>\"'><svg onload=\"document.body.setAttribute("
+                "'data-pwned','3')\">")
+# sorts before the hex keys, so its row is among the sampled kept tiles
+XSS_KEY = "\"'><img src=x onerror=\"document.body.setAttribute('data-pwned','4')\">"
+XSS_DIR = "run\"'><svg onload=document.body.setAttribute('data-pwned','5')>"  # a folder name: no '/'
+
+
+class _Dom:
+    """Start tags, the title, all text and, per figure's data-key, the figure's text, from Chromium's dumped DOM."""
+
+    def __init__(self, dom: str):
+        from html.parser import HTMLParser
+
+        self.tags: list[tuple[str, dict]] = []
+        self.title = ""
+        self.text = ""
+        self.figure_text: dict[str, str] = {}
+        stack: list[str] = []  # data-key of the figure we are in ('' when none)
+        parent = self
+
+        class P(HTMLParser):
+            def handle_starttag(self, tag, attrs):
+                a = dict(attrs)
+                parent.tags.append((tag, a))
+                if tag == "title":
+                    stack.append("<title>")
+                elif tag == "figure":
+                    stack.append(a.get("data-key", ""))
+                    parent.figure_text.setdefault(stack[-1], "")
+
+            def handle_endtag(self, tag):
+                if tag in ("title", "figure") and stack:
+                    stack.pop()
+
+            def handle_data(self, data):
+                parent.text += data
+                if stack and stack[-1] == "<title>":
+                    parent.title += data
+                elif stack:
+                    parent.figure_text[stack[-1]] += data
+
+        P(convert_charrefs=True).feed(dom)
+
+
+def dump_dom(html: Path, tmp: Path) -> str:
+    """The DOM after Chromium ran the page (and any script in it) for a while."""
+    flags = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             f"--user-data-dir={tmp / 'profile-dom'}", "--virtual-time-budget=3000", "--dump-dom",
+             html.resolve().as_uri()]
+    res = subprocess.run(flags, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "</html>" in res.stdout, res.stderr[-2000:]
+    return res.stdout
+
+
+def test_report_shows_hostile_data_as_text_in_chromium(scored, tmp_path):
+    """Captions, errors, keys, the output path and manifest fields full of markup: Chromium runs none of it
+    (no data-pwned attribute, the title is the report's, no element that was not ours) and shows it as text."""
+    import json
+
+    out = tmp_path / XSS_DIR
+    shutil.copytree(scored[0], out)
+    caption = f"{XSS_SCRIPT} {XSS_IMG} {XSS_BREAKOUT}"
+    kept0 = sorted(p.name for p in (out / "kept").glob("part-*.parquet"))[0]
+    rewrite_shard(out, f"kept/{kept0}", lambda rows: [dict(rows[0], key=XSS_KEY, caption=caption, url=caption,
+                                                           metadata=json.dumps({"alt": caption}))] + rows[1:])
+    rej_shards = sorted(p.name for p in (out / "rejected").glob("part-*.parquet"))
+    for name in rej_shards:  # every rejected row: sampled tiles of every reason show them
+        rewrite_shard(out, f"rejected/{name}",
+                      lambda rows: [dict(r, caption=XSS_SCRIPT, error=XSS_IMG, url=XSS_BREAKOUT) for r in rows])
+    mpath = out / "manifest.json"
+    m = json.loads(mpath.read_text())
+    m["recipe"]["name"] = XSS_SCRIPT
+    m["created_at"] = XSS_IMG
+    m["models"][0].update(title=XSS_BREAKOUT, uri=XSS_SCRIPT)
+    mpath.write_text(json.dumps(m))
+
+    path = write_report(str(out))
+    page = path.read_text()
+    for hostile in (XSS_SCRIPT, XSS_IMG, XSS_BREAKOUT, XSS_KEY, XSS_DIR):
+        assert hostile not in page  # the raw markup never reaches the file
+    dom = _Dom(dump_dom(path, tmp_path))
+    tags = {t for t, _ in dom.tags}
+    assert not tags & {"script", "svg", "textarea", "iframe", "object", "embed"}, tags
+    for tag, attrs in dom.tags:
+        assert "data-pwned" not in attrs, (tag, attrs)
+        assert not any(a.startswith("on") for a in attrs), (tag, attrs)  # no event handler attribute anywhere
+        if tag == "img":
+            assert attrs["src"].startswith("data:image/"), attrs  # no injected <img src=x>
+    assert dom.title == f"unicurate report: {XSS_SCRIPT} (curated)"  # shown as text, not run (no 'pwned')
+    # the data shows as literal text where it belongs; the key round-trips intact as the tile's data-key
+    assert caption in dom.figure_text[XSS_KEY]
+    rejected_text = [t for k, t in dom.figure_text.items() if k != XSS_KEY and XSS_SCRIPT in t]
+    assert rejected_text and all(XSS_IMG in t for t in rejected_text)  # caption and error of rejected tiles
+    alts = [a.get("alt") for t, a in dom.tags if t == "img" and a.get("alt")]
+    assert caption in alts  # the kept tile's thumbnail alt text is the caption, intact
+    assert XSS_IMG in dom.figure_text[XSS_KEY] and XSS_BREAKOUT in dom.figure_text[XSS_KEY]
+    for hostile in (XSS_BREAKOUT, XSS_DIR, XSS_IMG):  # model title and uri, output folder, created_at
+        assert hostile in dom.text
+    assert dom.text.count(XSS_SCRIPT) >= 3  # title, header, models table, rejected captions

@@ -40,7 +40,7 @@ from unicurate.schema import KEPT, REJECTED
 
 FORMATS = ("webdataset", "mds", "hf")
 EXPORT_MANIFEST = "unicurate-export.json"
-SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,199}$")
+SAFE_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,199}")  # the whole key (fullmatch: '$' would allow a final \n)
 CURATED_FLOATS = ("clip_score", "aesthetic_score", "nsfw_score", "watermark_score", "text_coverage")
 EDIT_FLOATS = ("detection_score", "pred_iou", "stability_score", "clip_similarity", "change_outside",
                "redetect_score")
@@ -86,8 +86,9 @@ def _write_samples(out_dir, manifest, dest: Path, kept_only: bool, say, open_sin
 
 def check_key(key: Any) -> str:
     """A key safe as a file/tar member name: no separators, no dots, no traversal."""
-    if not isinstance(key, str) or not SAFE_KEY.match(key):
-        raise ExportError(f"unsafe sample key {key!r}: keys must match {SAFE_KEY.pattern} (no '/', '.', '..'); "
+    if not isinstance(key, str) or not SAFE_KEY.fullmatch(key):
+        shown = repr(key) if len(repr(key)) <= 120 else repr(key)[:100] + f"... ({len(key)} characters)"
+        raise ExportError(f"unsafe sample key {shown}: keys must match {SAFE_KEY.pattern} (no '/', '.', '..'); "
                           "the source shards were not written by unicurate or were modified")
     return key
 

@@ -11,6 +11,7 @@ tests can prove models load once per worker.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -23,7 +24,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from unicurate.models.resolver import ModelUnavailable, file_sha256
-from unicurate.models.zoo import TINY_CLIP_CONFIG, ModelSpec
+from unicurate.models.zoo import TINY_CLIP_ARCH, TINY_CLIP_CONFIG, ModelSpec
 
 log = logging.getLogger("unicurate")
 
@@ -136,12 +137,63 @@ def state_dict_sha256(module) -> str:
     return sha.hexdigest()
 
 
-def _load_state(module, path: Path, failure: str) -> None:
-    """Load a plain state dict safely (``weights_only=True``); any problem is one ModelUnavailable."""
+def _is_safetensors(path: Path) -> bool:
+    """A ``.safetensors`` name, or a safetensors header (8-byte little-endian length, then a JSON object)."""
+    if path.suffix == ".safetensors":
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < (100 << 20)
+
+
+def load_weights(path: Path, failure: str, allowed_globals: Sequence[Any] = ()) -> Any:
+    """The contents of a weights file, read with safe loaders only; never an arbitrary pickle.
+
+    safetensors files are read with ``safetensors``; anything else with ``torch.load(weights_only=True)``,
+    whose unpickler builds tensors and plain containers only and refuses every other global (so a pickle
+    that would run code on load is an error, not an execution). ``allowed_globals`` adds plain data
+    classes a known checkpoint format carries (GroundingDINO's ``argparse.Namespace``). Zip checkpoints are
+    memory-mapped (cheap, also as a pre-check before a library loads the file itself). Any problem raises
+    one ModelUnavailable starting with ``failure`` (which names the model and the file).
+    """
+    import pickle
+    import zipfile
+
     import torch
 
+    path = Path(path)
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        if _is_safetensors(path):
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
+        allow: Any = contextlib.nullcontext()
+        if allowed_globals:
+            if hasattr(torch.serialization, "safe_globals"):  # torch >= 2.5: for this load only
+                allow = torch.serialization.safe_globals(list(allowed_globals))
+            else:  # torch 2.4: process-wide (the classes allowed are plain data containers)
+                torch.serialization.add_safe_globals(list(allowed_globals))
+        with allow:
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as exc:  # noqa: BLE001 - wrong file, corrupt download, pickled code
+        why = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, pickle.UnpicklingError):
+            # torch's message goes on to suggest weights_only=False: only the unpickler's finding is kept
+            text = str(exc).split("WeightsUnpickler error:", 1)[-1]
+            found = next((line.strip() for line in text.splitlines() if line.strip()), "")
+            why = ("refused: it is not a plain weights file (weights load only with safetensors or "
+                   "torch.load(weights_only=True); pickled objects and code are never loaded): "
+                   + found.split(" Please use")[0][:300])
+        raise ModelUnavailable(f"{failure}: {why}") from None
+
+
+def _load_state(module, path: Path, failure: str) -> None:
+    """Load a plain state dict with :func:`load_weights`; any problem is one ModelUnavailable."""
+    state = load_weights(path, failure)
+    try:
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
         module.load_state_dict(state)
@@ -204,12 +256,21 @@ class ClipModel(Loaded):
                 model, _, preprocess = open_clip.create_model_and_transforms(spec.arch, pretrained=None)
             self.sha256 = state_dict_sha256(model)
         else:
+            failure = f"model 'clip': cannot load {path} as open_clip {spec.arch}"
+            # open_clip reads the file itself (safetensors, or torch.load with weights_only=True), but retries a
+            # torch.load without weights_only when that raises TypeError: the file is checked here first with
+            # the safe loaders, so only a file they accept reaches open_clip (safetensors cannot carry code: not
+            # read twice)
+            if not _is_safetensors(Path(path)):
+                load_weights(path, failure)
+            if spec.arch == TINY_CLIP_ARCH:  # a weights file for the tiny architecture (tests, the demo)
+                _register_tiny_clip(spec.arch)
             try:
                 model, _, preprocess = open_clip.create_model_and_transforms(
-                    spec.arch, pretrained=str(path), force_quick_gelu=bool(spec.options.get("quick_gelu")),
-                    weights_only=True)
+                    spec.arch, pretrained=str(Path(path).absolute()),
+                    force_quick_gelu=bool(spec.options.get("quick_gelu")), weights_only=True)
             except Exception as exc:  # noqa: BLE001 - wrong file for the architecture, corrupt file
-                raise ModelUnavailable(f"model 'clip': cannot load {path} as open_clip {spec.arch}: {exc}") from None
+                raise ModelUnavailable(f"{failure}: {exc}") from None
             self.sha256 = file_sha256(path, remember=False)
         self.model = model.eval().to(device=device, dtype=_dtype(precision))
         if device == "cuda":  # the image tower is what runs per image: channels_last for its patch conv, compile
@@ -448,11 +509,15 @@ class NudeNetModel(Loaded):
         from nudenet import NudeDetector
 
         self.spec, self.device, self.precision = spec, device, "fp32"
-        self.detector = NudeDetector(model_path=str(path))
-        providers = _ort_providers(device)
-        if providers[0] != "CPUExecutionProvider" or _CPU_THREADS is not None:
-            # NudeDetector itself always builds a CPU session with default threads
-            self.detector.onnx_session = _ort_session(str(path), providers)
+        try:  # an ONNX file (onnxruntime parses a protobuf graph: no code is loaded)
+            self.detector = NudeDetector(model_path=str(path))
+            providers = _ort_providers(device)
+            if providers[0] != "CPUExecutionProvider" or _CPU_THREADS is not None:
+                # NudeDetector itself always builds a CPU session with default threads
+                self.detector.onnx_session = _ort_session(str(path), providers)
+        except Exception as exc:  # noqa: BLE001
+            raise ModelUnavailable(f"model '{spec.name}': cannot load {path} as the NudeNet ONNX detector: "
+                                   f"{type(exc).__name__}: {exc}") from None
         self.sha256 = file_sha256(path, remember=False)
         _count(spec.name)
 
@@ -486,7 +551,12 @@ class OcrModel(Loaded):
         if _CPU_THREADS is not None:
             kw.update(intra_op_num_threads=_CPU_THREADS, inter_op_num_threads=1)
         logging.getLogger("RapidOCR").setLevel(logging.WARNING)
-        self.engine = RapidOCR(**kw)
+        try:  # ONNX files (onnxruntime parses protobuf graphs: no code is loaded)
+            self.engine = RapidOCR(**kw)
+        except Exception as exc:  # noqa: BLE001
+            files = ", ".join(f"{n}={p}" for n, p in sorted(paths.items()))
+            raise ModelUnavailable(f"model(s) {', '.join(sorted(paths))}: cannot load RapidOCR's ONNX models "
+                                   f"({files}): {type(exc).__name__}: {exc}") from None
         self.recognize = "ocr_rec" in paths
         self.sha256 = file_sha256(paths["ocr_det"], remember=False)
         self.extra = {name: (specs[name], file_sha256(p, remember=False)) for name, p in paths.items() if name != "ocr_det"}

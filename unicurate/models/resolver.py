@@ -79,6 +79,9 @@ def parse_uri(uri: str) -> Parsed:
         parts = rest.split("/")
         if len(parts) < 3 or not all(parts):
             raise ValueError(f"malformed {uri!r}: expected hf://ORG/REPO[@REVISION]/PATH/IN/REPO")
+        if any(part in (".", "..") or "\\" in part or "\0" in part for part in parts):
+            # the parts become the cache / mirror path: no segment may climb out of it
+            raise ValueError(f"malformed {uri!r}: '.', '..', backslashes and NUL are not allowed in its path")
         repo, revision = parts[1], None
         if "@" in repo:
             repo, revision = repo.split("@", 1)
@@ -88,6 +91,10 @@ def parse_uri(uri: str) -> Parsed:
     if not u.netloc or not u.path.strip("/"):
         raise ValueError(f"malformed weights URI {uri!r}: needs a host/bucket and a path")
     path = urllib.parse.unquote(u.path).lstrip("/")
+    if u.netloc in (".", "..") or any(c in u.netloc + path for c in ("\\", "\0")):
+        # the host and path become the cache / mirror path ('.' and '..' path segments are dropped below)
+        raise ValueError(f"malformed weights URI {uri!r}: the host/bucket may not be '.' or '..', and neither it "
+                         "nor the path may hold backslashes or NUL")
     if scheme in ("http", "https") and u.query:
         path += "_" + hashlib.sha256(u.query.encode()).hexdigest()[:12]
     segs = [s for s in path.split("/") if s not in ("", ".", "..")]

@@ -104,6 +104,7 @@ SAM_URIS = {
 }
 
 # ---------------------------------------------------------------- tiny: same classes, small shapes, random
+TINY_CLIP_ARCH = "unicurate-tiny-clip"  # registered with open_clip by the loader
 TINY_CLIP_CONFIG = {
     "embed_dim": 64,
     "quick_gelu": True,
@@ -113,7 +114,7 @@ TINY_CLIP_CONFIG = {
 _TINY = dict(_DEFAULT)
 _TINY.update({
     "clip": ModelSpec("clip", "tiny CLIP (open_clip CLIP class: 2-layer ViT 64px + 2-layer text transformer)",
-                      "open_clip", "tiny://open_clip/unicurate-tiny-clip", arch="unicurate-tiny-clip",
+                      "open_clip", "tiny://open_clip/unicurate-tiny-clip", arch=TINY_CLIP_ARCH,
                       calibrated=False, options={"seed": 0}),
     "aesthetic": ModelSpec("aesthetic", "tiny aesthetic MLP (same layers, 64-d input)", "torch",
                            "tiny://torch/aesthetic-mlp", calibrated=False, options={"input_dim": 64, "seed": 1}),

@@ -38,6 +38,7 @@ warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we enforce ou
 _TRANSIENT = {Reason.TIMEOUT, Reason.CONNECTION_ERROR, Reason.DOWNLOAD_ERROR}
 _CV2_FORMATS = {"JPEG", "PNG", "WEBP"}
 _CV2_MODES = {"RGB", "L", "RGBA", "P"}
+_ENCODER_MAX_SIDE = {"jpg": 65_500, "webp": 16_383}  # libjpeg / libwebp limits; PNG's is 2**31
 _FORMAT_NAMES = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
 
 # img2dataset's Resizer redirects the process-wide stdout/stderr file descriptors
@@ -210,8 +211,43 @@ class Decoder:
                 return None
         return img
 
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        """The size img2dataset's Resizer gives a ``width`` x ``height`` image under this config."""
+        cfg, size = self.cfg, self.cfg.image_size
+        mode = cfg.resize_mode
+        if mode == "no":
+            return width, height
+        side = min(width, height) if mode in ("keep_ratio", "center_crop") else max(width, height)
+        if cfg.resize_only_if_bigger and side <= size:
+            return width, height
+        if mode in ("center_crop", "border"):
+            return size, size
+        scale = size / side
+        return max(1, round(width * scale)), max(1, round(height * scale))
+
+    def _output_problem(self, out: Fetched) -> Optional[tuple[Reason, str]]:
+        """Why the resized image cannot be made (too many pixels, past the encoder's side limit), or None."""
+        w, h = self.output_size(out.original_width, out.original_height)
+        if w * h > self.cfg.max_image_pixels:
+            return Reason.DECOMPRESSION_BOMB, (
+                f"resizing {out.original_width}x{out.original_height} ({self.cfg.resize_mode}, image_size "
+                f"{self.cfg.image_size}) would give {w}x{h} = {w * h} pixels, over resize.max_image_pixels "
+                f"{self.cfg.max_image_pixels}")
+        limit = _ENCODER_MAX_SIDE.get(self.cfg.encode_format)
+        if limit is not None and max(w, h) > limit:
+            return Reason.DECODE_ERROR, (
+                f"resizing {out.original_width}x{out.original_height} ({self.cfg.resize_mode}, image_size "
+                f"{self.cfg.image_size}) would give {w}x{h}, past the {self.cfg.encode_format} limit of {limit} px "
+                f"per side")
+        return None
+
     def resize(self, data: bytes, img, out: Fetched) -> None:
         """Normalise if needed, then resize/encode with img2dataset's Resizer."""
+        problem = self._output_problem(out)
+        if problem is not None:
+            out.reasons.append(problem[0].value)
+            out.error = problem[1]
+            return
         orientation = img.info.get("unicurate_orientation", 1)
         if img.format not in _CV2_FORMATS or img.mode not in _CV2_MODES or orientation != 1:
             try:

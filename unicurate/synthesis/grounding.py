@@ -22,6 +22,7 @@ and a 2-layer 256 px SAM ViT. Their outputs are uncalibrated.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import logging
@@ -36,7 +37,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from unicurate.models.loaders import Loaded, _count, state_dict_sha256
+from unicurate.models.loaders import Loaded, _count, load_weights, state_dict_sha256
 from unicurate.models.resolver import ModelUnavailable, default_cache_dir, file_sha256
 from unicurate.models.zoo import ModelSpec
 
@@ -183,6 +184,17 @@ class GroundingDinoDetector(Loaded):
         if not text_encoder_files_ok(Path(text_dir)):
             raise ModelUnavailable(f"model 'text_encoder': {text_dir} is not a BERT folder (needs config.json, "
                                    "vocab.txt and model.safetensors or pytorch_model.bin)")
+        if not (Path(text_dir) / "model.safetensors").is_file():
+            # transformers reads pytorch_model.bin with torch.load(weights_only=True) itself; checked here with
+            # the same safe loader first, so a bad or pickled-code file is one clear error naming the model
+            load_weights(Path(text_dir) / "pytorch_model.bin",
+                         f"model 'text_encoder': cannot load {Path(text_dir) / 'pytorch_model.bin'} as BERT weights")
+        ckpt = None
+        if not tiny:  # read (safely) before the costly build: a wrong file fails fast
+            # the official checkpoint is {"model": state dict, ...}; its training args are an argparse.Namespace,
+            # a plain attribute container, the only non-tensor class allowed
+            ckpt = load_weights(weights, f"model 'grounding_dino': cannot load {weights} as GroundingDINO "
+                                         f"{spec.arch}", allowed_globals=[argparse.Namespace])
         import transformers
 
         transformers.logging.set_verbosity_error()
@@ -193,12 +205,12 @@ class GroundingDinoDetector(Loaded):
             self.sha256 = state_dict_sha256(model)
         else:
             try:
-                ckpt = torch.load(str(weights), map_location="cpu", weights_only=False)  # the package's format
                 state = ckpt["model"] if isinstance(ckpt, dict) and "model" in ckpt else ckpt
                 missing, unexpected = model.load_state_dict(clean_state_dict(state), strict=False)
             except Exception as exc:  # noqa: BLE001
                 raise ModelUnavailable(f"model 'grounding_dino': cannot load {weights} as GroundingDINO "
                                        f"{spec.arch}: {exc}") from None
+            del ckpt
             if len(missing) > 10:
                 raise ModelUnavailable(f"model 'grounding_dino': {weights} does not fit GroundingDINO {spec.arch} "
                                        f"({len(missing)} missing weights, e.g. {missing[:3]})")
@@ -326,9 +338,11 @@ class SamSegmenter(Loaded):
             if arch not in sam_model_registry:
                 raise ModelUnavailable(f"model 'sam': unknown SAM architecture {arch!r}; "
                                        f"known: {sorted(sam_model_registry)}")
+            # read with the safe loaders before the costly build (segment_anything's own checkpoint= path
+            # would torch.load without weights_only)
+            state = load_weights(weights, f"model 'sam': cannot load {weights} as SAM {arch}")
             try:
                 sam = sam_model_registry[arch](checkpoint=None)
-                state = torch.load(str(weights), map_location="cpu", weights_only=True)
                 sam.load_state_dict(state)
             except Exception as exc:  # noqa: BLE001
                 raise ModelUnavailable(f"model 'sam': cannot load {weights} as SAM {arch}: {exc}") from None
