@@ -82,14 +82,18 @@ def test_carry_columns_selection(tmp_path):
 
 def test_bad_rows_become_invalid_input(tmp_path):
     p = tmp_path / "x.jsonl"
-    p.write_text('{"url": "http://a/1.jpg", "caption": "ok"}\n{broken\n[1, 2]\n{"url": null}\n{"url": 5, "caption": 7}\n')
+    p.write_text('{"url": "http://a/1.jpg", "caption": "ok"}\n{broken\n[1, 2]\n{"url": null}\n{"url": 5, "caption": 7}\n'
+                 '{"url": "http://a/2.jpg", "caption": 7}\n')
     rows = _read_all(InputConfig(path=str(p)))
-    assert len(rows) == 5
-    assert [r["reject_reasons"] for r in rows] == [[], ["invalid_input"], ["invalid_input"], ["invalid_input"], []]
+    assert len(rows) == 6
+    assert [r["reject_reasons"] for r in rows] == [[], ["invalid_input"], ["invalid_input"], ["invalid_input"],
+                                                   ["invalid_input"], []]
     assert "line 2" in rows[1]["error"] and "not JSON" in rows[1]["error"]
     assert "not a JSON object" in rows[2]["error"]
-    assert rows[4]["url"] == "5" and rows[4]["caption"] == "7"  # coerced to text; the download decides
-    assert len({r["key"] for r in rows}) == 5
+    # a url that is not a JSON string is the row's problem (not coerced to "5" and downloaded)
+    assert rows[4]["error"] == "line 5: the url ('url') is a number, 5, not a string" and rows[4]["url"] is None
+    assert rows[5]["caption"] == "7"  # a numeric caption is written as text
+    assert len({r["key"] for r in rows}) == 6
 
 
 def test_key_is_stable_and_depends_on_source_and_url():
@@ -140,3 +144,19 @@ def test_image_col_needs_parquet_and_the_column(tmp_path):
     ingest.preflight(ingest.expand_inputs(cfg), cfg)
     (row,) = list(ingest.read_split(ingest.plan_splits(ingest.expand_inputs(cfg))[0], cfg))
     assert row["image_bytes"] == b"\xff\xd8" and json.loads(row["metadata"]) == {"extra": 1}
+
+
+def test_unreadable_json_lines_become_invalid_input_rows(tmp_path):
+    """A line nested too deep for the parser, or with a number too long to convert, is one rejected row."""
+    from unicurate.config import InputConfig
+    from unicurate.pipelines import ingest
+
+    path = tmp_path / "hostile.jsonl"
+    path.write_text('{"url": "http://a/x.jpg"}\n' + "[" * 100_000 + "\n"
+                    + '{"url": "http://a/y.jpg", "n": ' + "9" * 5000 + "}\n" + '{"url": "http://a/z.jpg"}\n')
+    cfg = InputConfig(path=str(path))
+    [split] = ingest.plan_splits(ingest.expand_inputs(cfg))
+    rows = list(ingest.read_split(split, cfg))
+    assert [r["url"] for r in rows] == ["http://a/x.jpg", None, None, "http://a/z.jpg"]
+    assert rows[1]["reject_reasons"] == ["invalid_input"] and "RecursionError" in rows[1]["error"]
+    assert rows[2]["reject_reasons"] == ["invalid_input"] and "line 3" in rows[2]["error"]

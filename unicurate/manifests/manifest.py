@@ -24,6 +24,8 @@ from unicurate.schema import KEPT, REASON_STAGE, REJECTED, Reason, Stage
 
 MANIFEST_NAME = "manifest.json"
 SHARD_RE = re.compile(r"^part-(\d{5})-of-(\d{5})\.parquet$")
+# temporary names of atomic writes (write_shard, write_json_atomic): left behind only by an interrupted run
+TMP_RE = re.compile(r"^(\.tmp-[0-9a-f]{32}(-part-.*\.parquet|\.json)|" + re.escape(MANIFEST_NAME) + r"\.tmp-[0-9a-f]{32})$")
 SHARD_DIRS = (KEPT, REJECTED)
 
 
@@ -232,11 +234,31 @@ def list_shard_files(out_dir: str, sub: str, every_parquet: bool = False) -> lis
     return [f"{sub}/{n}" for n in names if every_parquet or SHARD_RE.match(n)]
 
 
+def list_leftovers(out_dir: str, dirs: Sequence[str] = SHARD_DIRS) -> list[str]:
+    """Relative paths of the temporary files of interrupted atomic writes (a run killed while writing a shard or
+    the manifest): ``SUB/.tmp-<uuid>-part-*.parquet``, ``manifest.json.tmp-<uuid>``, ``.tmp-<uuid>.json``."""
+    from apache_beam.io.filesystems import FileSystems
+
+    out = []
+    for sub, pattern in [(sub, ".tmp-*") for sub in dirs] + [("", f"{MANIFEST_NAME}.tmp-*"), ("", ".tmp-*.json")]:
+        try:
+            matches = FileSystems.match([join(out_dir, sub, pattern) if sub else join(out_dir, pattern)])
+        except Exception:  # noqa: BLE001 - folder missing
+            continue
+        for m in matches[0].metadata_list:
+            name = posixpath.basename(m.path)
+            if TMP_RE.match(name):
+                out.append(f"{sub}/{name}" if sub else name)
+    return sorted(set(out))
+
+
 def remove_stale_shards(out_dir: str, keep: set[str], dirs: Sequence[str] = SHARD_DIRS) -> list[str]:
-    """Delete part files left by an earlier run with another shard count; return what was removed."""
+    """Delete part files left by an earlier run with another shard count, and the temporary files of writes that
+    an interrupted run left behind; return what was removed. Called once every shard of the run is written."""
     from apache_beam.io.filesystems import FileSystems
 
     stale = [rel for sub in dirs for rel in list_shard_files(out_dir, sub) if rel not in keep]
+    stale += list_leftovers(out_dir, dirs)
     if stale:
         FileSystems.delete([join(out_dir, *rel.split("/")) for rel in stale])
     return stale

@@ -55,6 +55,11 @@ def validate(out_dir: str, check_rows: bool = True) -> Report:
     except ValueError as exc:
         rep.add(f"{mf.join(out_dir, mf.MANIFEST_NAME)} is not valid JSON: {exc}")
         return rep
+    shape = manifest_shape_problems(manifest)
+    if shape:  # edited by hand or damaged: say where, rather than fail on it below
+        for msg in shape:
+            rep.add(f"{mf.join(out_dir, mf.MANIFEST_NAME)}: {msg}")
+        return rep
 
     if manifest.get("kind") == "synthesis":
         return _validate_synthesis(rep, manifest, check_rows)
@@ -103,15 +108,60 @@ def validate(out_dir: str, check_rows: bool = True) -> Report:
     counts = manifest.get("counts", {})
     inputs = counts.get("inputs")
     if inputs is None:
-        rep.add("manifest has no counts.inputs")
+        rep.add(f"{mf.MANIFEST_NAME}: no counts.inputs")
     elif inputs != totals[KEPT] + totals[REJECTED]:
         rep.add(
-            f"rows lost or duplicated: inputs {inputs} != kept {totals[KEPT]} + rejected {totals[REJECTED]}"
+            f"{mf.MANIFEST_NAME}: rows lost or duplicated: inputs {inputs} != kept {totals[KEPT]} + rejected "
+            f"{totals[REJECTED]} (the rows of the shards it lists)"
         )
     for sub in (KEPT, REJECTED):
         if counts.get(sub) is not None and counts[sub] != totals[sub]:
-            rep.add(f"manifest counts.{sub} = {counts[sub]} but its {sub} shards hold {totals[sub]} rows")
+            rep.add(f"{mf.MANIFEST_NAME}: counts.{sub} = {counts[sub]} but its {sub} shards hold {totals[sub]} rows")
     return rep
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def manifest_shape_problems(manifest) -> list[str]:
+    """What makes a manifest unusable for validation: not an object, shard entries without a path, a row count,
+    a size or a sha256, counts that are not numbers. [] when its shape is right (its content is checked next)."""
+    if not isinstance(manifest, dict):
+        return [f"not a JSON object but {type(manifest).__name__}"]
+    out = []
+    shards = manifest.get("shards")
+    if not isinstance(shards, dict):
+        out.append(f"'shards' is {type(shards).__name__}, not an object of shard lists per folder")
+        shards = {}
+    for sub, entries in shards.items():
+        if not isinstance(entries, list):
+            out.append(f"shards.{sub} is {type(entries).__name__}, not a list of shards")
+            continue
+        for i, e in enumerate(entries):
+            where = f"shards.{sub}[{i}]"
+            if not isinstance(e, dict):
+                out.append(f"{where} is {type(e).__name__}, not a shard entry")
+                continue
+            path = e.get("path")
+            if not isinstance(path, str) or not path.startswith(f"{sub}/") or "/" in path[len(sub) + 1:]:
+                out.append(f"{where}: path {path!r} is not a file of the {sub}/ folder")
+            else:
+                where = f"{where} ({path})"
+            for k in ("rows", "bytes"):
+                if not _is_count(e.get(k)):
+                    out.append(f"{where}: {k} is {e.get(k)!r}, not a count")
+            sha = e.get("sha256")
+            if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+                out.append(f"{where}: sha256 is {sha!r}, not a sha256 hex digest")
+    counts = manifest.get("counts")
+    if "counts" not in manifest:
+        out.append("no 'counts' (inputs, kept, rejected, ...)")
+    elif not isinstance(counts, dict):
+        out.append(f"'counts' is {type(counts).__name__}, not an object of row counts")
+    else:
+        out += [f"counts.{k} is {v!r}, not a count" for k, v in counts.items() if not _is_count(v)]
+    return out
 
 
 def _present_vs_listed(rep: Report, dirs, listed) -> set[str]:
@@ -215,12 +265,14 @@ def _validate_synthesis(rep: Report, manifest: dict, check_rows: bool) -> Report
     counts = manifest.get("counts", {})
     inputs = counts.get("inputs")
     if inputs is None:
-        rep.add("manifest has no counts.inputs")
+        rep.add(f"{mf.MANIFEST_NAME}: no counts.inputs")
     elif inputs != totals["images"]:
-        rep.add(f"images lost or duplicated: {inputs} input images but {totals['images']} rows in images/")
+        rep.add(f"{mf.MANIFEST_NAME}: images lost or duplicated: {inputs} input images but {totals['images']} rows "
+                f"in images/")
     for kind in SYNTHESIS_DIRS:
         if counts.get(kind) is not None and counts[kind] != totals[kind]:
-            rep.add(f"manifest counts.{kind} = {counts[kind]} but its {kind} shards hold {totals[kind]} rows")
+            rep.add(f"{mf.MANIFEST_NAME}: counts.{kind} = {counts[kind]} but its {kind} shards hold {totals[kind]} "
+                    f"rows")
     if check_rows:
         for kind, field_ in (("subject", "subjects"), ("edit", "edits"), ("rejected", "rejected")):
             for sk, n in per_image[kind].items():

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import posixpath
+import re
 import sys
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
@@ -99,9 +100,13 @@ def expand_inputs(cfg: InputConfig) -> list[InputFile]:
             results = FileSystems.match([pattern])
         except Exception as exc:  # noqa: BLE001 - Beam raises BeamIOError and friends
             raise InputError(f"input.path {pattern!r}: cannot list: {exc}") from None
-        paths = sorted(m.path for r in results for m in r.metadata_list)
+        metas = sorted((m for r in results for m in r.metadata_list), key=lambda m: m.path)
+        paths = [m.path for m in metas]
         if not paths:
             raise InputError(f"input.path {pattern!r} matched no files")
+        for m in metas:
+            if m.size_in_bytes == 0:
+                raise InputError(f"{m.path}: empty file (0 bytes); remove it from input.path or fill it")
         found.extend(p for p in paths if p not in found)
     return [
         InputFile(index=i, path=p, format=detect_format(p, cfg.format), source=cfg.source or _source_name(p))
@@ -156,34 +161,107 @@ def _parquet(path: str):
 
 def _columns_of(f: InputFile) -> Optional[list[str]]:
     """Column names of a file (None for plain url lists). Raises InputError."""
-    if f.format == "txt":
-        return None
     if f.format == "parquet":
         return list(_parquet(f.path).schema_arrow.names)
     with _open_text(f.path) as fh:
+        if f.format == "txt":
+            if any(line.strip() for line in fh):  # stops at the first url
+                return None
+            raise InputError(f"{f.path}: empty file (a txt input needs one url per line)")
         if f.format in ("csv", "tsv"):
             header = fh.readline()
             if not header.strip():
                 raise InputError(f"{f.path}: empty file (a {f.format} input needs a header line)")
             return next(csv.reader([header], delimiter="\t" if f.format == "tsv" else ","))
+        # the first JSON object tells the columns; a broken line before it is that row's problem (read_split
+        # rejects it), but a file none of whose first lines is an object is no jsonl input
+        first_problem, tried = None, 0
         for n, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"{f.path}: line {n} is not JSON ({exc.msg})") from None
-                if not isinstance(obj, dict):
-                    raise InputError(f"{f.path}: line {n} is not a JSON object")
+            if not line.strip():
+                continue
+            tried += 1
+            try:
+                obj = json.loads(line)
+            except (ValueError, RecursionError) as exc:
+                obj, why = None, f"line {n} is not JSON ({getattr(exc, 'msg', type(exc).__name__)})"
+            else:
+                why = f"line {n} is not a JSON object"
+            if isinstance(obj, dict):
                 return list(obj)
-        raise InputError(f"{f.path}: empty file")
+            first_problem = first_problem or why
+            if tried >= _JSONL_PROBE_LINES:
+                break
+        if first_problem is None:
+            raise InputError(f"{f.path}: empty file")
+        raise InputError(f"{f.path}: not JSON lines: none of its first {tried} line(s) is a JSON object "
+                         f"({first_problem})")
+
+
+_JSONL_PROBE_LINES = 100  # lines preflight reads to find the first JSON object of a jsonl file
+
+
+def _is_text_type(t) -> bool:
+    """Arrow types whose values read back as text (binary is decoded as UTF-8); null = a column of nulls."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(t):
+        return _is_text_type(t.value_type)
+    return (pa.types.is_null(t) or pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
+            or pa.types.is_large_binary(t) or str(t) in ("string_view", "binary_view"))
+
+
+def _is_image_type(t) -> bool:
+    """Encoded image bytes: binary, or a struct with a binary ``bytes`` field (the Hugging Face Image feature)."""
+    import pyarrow as pa
+
+    if pa.types.is_struct(t):
+        idx = t.get_field_index("bytes")
+        return idx >= 0 and _is_image_type(t.field(idx).type) and not pa.types.is_null(t.field(idx).type)
+    return (pa.types.is_null(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t)
+            or pa.types.is_fixed_size_binary(t) or str(t) == "binary_view")
+
+
+def _parquet_type_problems(f: InputFile, cfg: InputConfig) -> list[str]:
+    """Columns of a parquet file whose type cannot hold what they are named for (an int url, a list caption)."""
+    schema = _parquet(f.path).schema_arrow
+    out = []
+    for field, col, want, ok in (("input.url_col", cfg.url_col, "text (string)", _is_text_type),
+                                 ("input.caption_col", cfg.caption_col, "text (string)", _is_text_type),
+                                 ("input.image_col", cfg.image_col, "encoded image bytes (binary, or a struct "
+                                                                    "with a binary 'bytes' field)", _is_image_type)):
+        if col is None or schema.get_field_index(col) < 0:
+            continue
+        t = schema.field(col).type
+        if not ok(t):
+            out.append(f"{f.path}: column {col!r} ({field}) has type {t}, expected {want}")
+    return out
+
+
+def json_type_problem(record: dict, cfg: InputConfig) -> Optional[str]:
+    """What is wrong with the types of one JSON line's url/caption (None: fine). A row-level problem: the row
+    becomes ``invalid_input``. The url must be a string (or null: no url); a caption a string, a number
+    (written as text) or null."""
+    def kind(v):
+        return "an object" if isinstance(v, dict) else "an array" if isinstance(v, list) else \
+            "a boolean" if isinstance(v, bool) else "a number" if isinstance(v, (int, float)) else type(v).__name__
+
+    url = record.get(cfg.url_col)
+    if url is not None and not isinstance(url, str):
+        return f"the url ({cfg.url_col!r}) is {kind(url)}, {json.dumps(url)[:80]}, not a string"
+    cap = record.get(cfg.caption_col) if cfg.caption_col else None
+    if cap is not None and (isinstance(cap, (dict, list, bool)) or not isinstance(cap, (str, int, float))):
+        return f"the caption ({cfg.caption_col!r}) is {kind(cap)}, {json.dumps(cap)[:80]}, not text"
+    return None
 
 
 def preflight(files: list[InputFile], cfg: InputConfig) -> dict[str, Optional[list[str]]]:
-    """Check every input file is readable and has the url (and caption) column, before any work."""
+    """Check every input file, before any work: readable, not empty, has the url (and caption, image, carried)
+    columns, and (parquet) of types that can hold them. Problems of single rows are left to the rows."""
     columns: dict[str, Optional[list[str]]] = {}
     for f in files:
         try:
             cols = _columns_of(f)
+            problems = _parquet_type_problems(f, cfg) if f.format == "parquet" else []
         except InputError:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -207,6 +285,19 @@ def preflight(files: list[InputFile], cfg: InputConfig) -> dict[str, Optional[li
                     f"{f.path}: no caption column {cfg.caption_col!r} (columns: {', '.join(cols) or 'none'}); "
                     f"set input.caption_col, or null for inputs without captions"
                 )
+            # a JSON line may leave out a key that others have, so only files with a fixed schema are checked
+            missing = ([c for c in cfg.carry_columns if c not in cols]
+                       if isinstance(cfg.carry_columns, list) and f.format != "jsonl" else [])
+            if missing:
+                raise InputError(
+                    f"{f.path}: no column(s) {', '.join(map(repr, missing))} listed in input.carry_columns "
+                    f"(columns: {', '.join(cols) or 'none'}); list only columns every input file has, or use 'all'"
+                )
+        elif isinstance(cfg.carry_columns, list) and cfg.carry_columns:
+            raise InputError(f"{f.path}: a {f.format} url list has no columns to carry, but input.carry_columns "
+                             f"lists {', '.join(map(repr, cfg.carry_columns))}")
+        if problems:
+            raise InputError("; ".join(problems))
         columns[f.path] = cols
     return columns
 
@@ -245,11 +336,15 @@ def _as_bytes(value: Any) -> Optional[bytes]:
     return None
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _clean(text: Optional[str]) -> Optional[str]:
-    # Arrow strings must be valid UTF-8: lone surrogates would make the shard unwritable.
+    """Valid Unicode for Arrow: lone surrogates (a JSON ``\\ud800`` escape) become U+FFFD, as undecodable bytes
+    of text files do when they are read; the caption rule rejects such text as ``invalid_caption``."""
     if text is None:
         return None
-    return text.encode("utf-8", "replace").decode("utf-8")
+    return _SURROGATE.sub("\ufffd", text)
 
 
 class RowMaker:
@@ -305,12 +400,19 @@ def read_split(split: Split, cfg: InputConfig) -> Iterator[dict]:
     if f.format == "parquet":
         pf = _parquet(f.path)
         n = split.first_row
+        end = n + pf.metadata.row_group(split.row_group).num_rows
         # rows carrying images are read a few hundred at a time, not 8192 (which could be gigabytes)
         size = _PARQUET_IMAGE_BATCH if cfg.image_col else _PARQUET_BATCH
-        for batch in pf.iter_batches(batch_size=size, row_groups=[split.row_group]):
-            for record in batch.to_pylist():
-                yield make(n, record)
-                n += 1
+        try:
+            for batch in pf.iter_batches(batch_size=size, row_groups=[split.row_group]):
+                for record in batch.to_pylist():
+                    yield make(n, record)
+                    n += 1
+        except Exception as exc:  # noqa: BLE001 - a corrupt page (the footer was fine in preflight)
+            # the footer says how many rows the row group has: each unreadable one still gets its rejected row
+            why = f"row group {split.row_group} of {f.path} is unreadable from row {n} on: {type(exc).__name__}: {exc}"
+            for m in range(n, end):
+                yield make(m, None, error=f"row {m}: {why}")
         return
     if f.format in ("csv", "tsv"):
         csv.field_size_limit(sys.maxsize)
@@ -343,9 +445,13 @@ def read_split(split: Split, cfg: InputConfig) -> Iterator[dict]:
                     record = json.loads(line)
                 except json.JSONDecodeError as exc:
                     yield make(n, None, error=f"line {line_no}: not JSON ({exc.msg})")
+                except (ValueError, RecursionError) as exc:  # a 5000-digit number, arrays nested 100000 deep
+                    yield make(n, None, error=f"line {line_no}: not readable JSON ({type(exc).__name__}: "
+                                              f"{str(exc)[:200]})")
                 else:
                     if isinstance(record, dict):
-                        yield make(n, record)
+                        problem = json_type_problem(record, cfg)
+                        yield make(n, None, error=f"line {line_no}: {problem}") if problem else make(n, record)
                     else:
                         yield make(n, None, error=f"line {line_no}: not a JSON object")
             n += 1

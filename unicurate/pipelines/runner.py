@@ -317,9 +317,16 @@ def _execute(pipeline, out_dir: str) -> dict:
     start = time.monotonic()
     before = os.environ.get(LOCAL_DRIVER_ENV)
     os.environ[LOCAL_DRIVER_ENV] = str(os.getpid())  # local worker processes inherit it (perworker)
+    result = None
     try:
-        result = pipeline.run()
-        result.wait_until_finish()
+        with fail_when_a_worker_dies():
+            result = pipeline.run()
+            result.wait_until_finish()
+    except WorkerDied:
+        if not _has_manifest(out_dir):
+            raise
+        # the manifest is written by the last stage: every stage had finished, a worker died while stopping
+        log.warning("a local worker process ended badly after the run had finished; the output is complete")
     finally:
         if before is None:
             os.environ.pop(LOCAL_DRIVER_ENV, None)
@@ -328,8 +335,134 @@ def _execute(pipeline, out_dir: str) -> dict:
     elapsed = time.monotonic() - start
     manifest = mf.read_manifest(out_dir)
     manifest["_elapsed_seconds"] = elapsed
-    manifest["_metrics"] = counters(result)
+    manifest["_metrics"] = counters(result) if result is not None else {}
     return manifest
+
+
+def _has_manifest(out_dir: str) -> bool:
+    from apache_beam.io.filesystems import FileSystems
+
+    from unicurate.manifests import manifest as mf
+
+    return FileSystems.exists(mf.join(out_dir, mf.MANIFEST_NAME))
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (Linux /proc; [] where there is none)."""
+    out = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return out
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read().decode("utf-8", "replace")
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 1 and fields[1] == str(pid):
+            out.append(int(entry))
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def stop_local_workers() -> list[int]:
+    """SIGKILL this process's DirectRunner worker processes (``sh -c ... sdk_worker_main`` children and the
+    Python workers under them); the pids ended."""
+    import signal
+
+    ended = []
+    for shell in _children(os.getpid()):
+        if "sdk_worker_main" not in _cmdline(shell):
+            continue
+        for pid in _children(shell) + [shell]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                ended.append(pid)
+            except OSError:
+                pass
+    return ended
+
+
+class WorkerDied(RuntimeError):
+    """A local Beam worker process died (killed, out of memory): the DirectRunner cannot finish the run."""
+
+
+@contextlib.contextmanager
+def fail_when_a_worker_dies():
+    """Local multi-process runs: end the run promptly, with a clear error, when a worker process dies.
+
+    The DirectRunner starts each worker as ``sh -c python -m ...sdk_worker_main`` and watches the shell from a
+    thread (``run_worker``), which raises "Worker subprocess exited with return code N" when the worker dies,
+    and nothing else happens: a worker killed in the middle of a bundle fails the run only once the other
+    workers' bundles end ("Channel closed prematurely"), and one killed before it opened its data stream makes
+    the runner wait for it forever. Here that thread's error interrupts the driver's main thread (a signal, so
+    it also wakes the runner's blocking waits) with :class:`WorkerDied`. Only in the main thread (signals);
+    elsewhere, and for runners without local worker processes, this does nothing.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGUSR1"):
+        yield
+        return
+    died: list[str] = []
+    raised: list[bool] = []
+    previous_hook = threading.excepthook
+
+    def hook(args):
+        text = str(args.exc_value)
+        if args.thread is not None and args.thread.name == "run_worker" and "Worker subprocess exited" in text:
+            if raised:
+                return  # one of the workers ended below
+            code = text.rsplit(" ", 1)[-1]
+            if code.isdigit():  # N > 0: the worker exited or was killed (-N: only the wrapping shell was)
+                died.append(code)
+                os.kill(os.getpid(), signal.SIGUSR1)
+                return
+        if (args.thread is not None and args.thread.name in ("read_grpc_client_inputs", "beam_control_read")
+                and type(args.exc_value).__name__ == "RpcError"):
+            # the gRPC streams of a worker that went away: its death is reported above, once and clearly
+            log.debug("worker stream ended in thread %s", args.thread.name,
+                      exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+            return
+        previous_hook(args)
+
+    def on_signal(signum, frame):
+        if died and not raised:
+            raised.append(True)
+            # the runner's cleanup waits for every worker to exit, and the others wait for work that will not
+            # come: end them (processes this run started) so that the error can reach the caller
+            stop_local_workers()
+            code = int(died[0])
+            how = f"exit status {code}"
+            if code > 128:  # the shell's way of saying "killed by signal code - 128"
+                try:
+                    how = f"killed by {signal.Signals(code - 128).name}"
+                except ValueError:
+                    how = f"killed by signal {code - 128}"
+                if code - 128 == signal.SIGKILL:
+                    how += ": kill -9, or the out-of-memory killer"
+            raise WorkerDied(f"a local Beam worker process died ({how}); the DirectRunner cannot finish a run "
+                             f"without it")
+
+    previous_signal = signal.signal(signal.SIGUSR1, on_signal)
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous_hook
+        signal.signal(signal.SIGUSR1, previous_signal)
 
 
 def format_synthesis_funnel(manifest: dict) -> str:
