@@ -212,3 +212,14 @@ def test_report_shows_hostile_data_as_text_in_chromium(scored, tmp_path):
     for hostile in (XSS_BREAKOUT, XSS_DIR, XSS_IMG):  # model title and uri, output folder, created_at
         assert hostile in dom.text
     assert dom.text.count(XSS_SCRIPT) >= 3  # title, header, models table, rejected captions
+
+
+def test_control_characters_are_drawn_and_long_captions_cut():
+    from unicurate.manifests.report import CAPTION_CHARS, clip, esc
+
+    assert esc("a\x00b\x07c\x1b[31m\x7f\x85<i>") == "a\u2400b\u2407c\u241b[31m\u2421\\x85&lt;i&gt;"
+    assert esc("tab\tand\nnewline") == "tab\tand\nnewline"
+    long = "word " * 20_480
+    cut = clip(long)
+    assert cut.startswith(long[:CAPTION_CHARS]) and cut.endswith("… (102,400 characters)")
+    assert clip("short") == "short" and clip(None) == ""

@@ -176,8 +176,25 @@ def histogram(name: str, kept: Sequence[float], rejected: Sequence[float], thres
 
 
 # ------------------------------------------------------------------ html helpers
+# control characters cannot appear in HTML (NUL) or show nothing: they are drawn as Unicode control pictures
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+CAPTION_CHARS = 300  # longer captions are cut in tiles (a 100 KB caption would bloat the page)
+
+
+def _visible(m: re.Match) -> str:
+    c = ord(m.group())
+    return chr(0x2400 + c) if c < 0x20 else "\u2421" if c == 0x7F else f"\\x{c:02x}"
+
+
 def esc(v: Any) -> str:
-    return html.escape("" if v is None else str(v), quote=True)
+    """HTML-escaped text, with control characters made visible."""
+    return html.escape(_CONTROL.sub(_visible, "" if v is None else str(v)), quote=True)
+
+
+def clip(v: Any, limit: int = CAPTION_CHARS) -> str:
+    """``v`` as text, cut to ``limit`` characters with the full length said."""
+    text = "" if v is None else str(v)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
 
 
 def _fmt(v: Any) -> str:
@@ -247,8 +264,9 @@ def _curated_tile(row: dict, cls: str) -> str:
     err = f'<div class="scores">{esc(str(row["error"])[:160])}</div>' if row.get("error") else ""
     placeholder = "no image stored" + (" (rejected before download finished)" if not row.get("sha256") else "")
     return (f'<figure class="tile {cls}" data-key="{esc(row["key"])}">'
-            f'{_img(thumbnail(row.get("image")), row.get("caption") or row["key"], placeholder)}'
-            f'<figcaption>{esc(row.get("caption"))}{_score_line(row, _TILE_SCORES)}{reasons}{err}</figcaption></figure>')
+            f'{_img(thumbnail(row.get("image")), clip(row.get("caption") or row["key"]), placeholder)}'
+            f'<figcaption>{esc(clip(row.get("caption")))}{_score_line(row, _TILE_SCORES)}{reasons}{err}'
+            f'</figcaption></figure>')
 
 
 _CURATED_TILE_COLUMNS = ["key", "caption", "url", "image", "reject_reasons", "error", "sha256", *_TILE_SCORES]
