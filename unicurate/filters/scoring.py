@@ -151,33 +151,47 @@ class ModelScorer:
         return item
 
     def _run(self, f, items: list[dict], errors: dict[int, str], idx: list[int]) -> dict[str, list]:
-        """Score ``items`` with one filter; a failing batch is retried row by row to isolate bad rows."""
+        """Score ``items`` with one filter; a failing batch is retried row by row to isolate bad rows. When every
+        row fails (a batch of one included), a generated probe image tells bad rows from a failing model: if the
+        models score the probe, the rows get their ``score_error``; if not, the exception stops the run."""
         try:
             return f.score(items)
         except ModelUnavailable:
             raise
         except Exception as exc:  # noqa: BLE001
-            if len(items) == 1:
-                raise
-            log.warning("%s failed on a batch of %d (%s); retrying row by row", f.name, len(items), exc)
+            first_exc: BaseException = exc
+            if len(items) > 1:
+                log.warning("%s failed on a batch of %d (%s); retrying row by row", f.name, len(items), exc)
         cols: dict[str, list] = {}
         failures = 0
-        first_exc: Optional[BaseException] = None
         for j, item in enumerate(items):
             try:
-                one = f.score([item])
+                one = f.score([item]) if len(items) > 1 else None  # a batch of one has just failed
             except ModelUnavailable:
                 raise
             except Exception as exc:  # noqa: BLE001
+                one = exc
+            if not isinstance(one, dict):
+                exc = one or first_exc
                 failures += 1
-                first_exc = first_exc or exc
                 errors.setdefault(idx[j], f"{f.name}: {type(exc).__name__}: {exc}")
-                one = {}
+                continue
             for c, vals in one.items():
                 cols.setdefault(c, [None] * len(items))[j] = vals[0]
-        if failures == len(items) and first_exc is not None:
-            raise first_exc  # not one bad row: the model itself is failing
+        if failures == len(items) and not self._scores_a_probe():
+            raise first_exc  # not bad rows: the model itself is failing
         return cols
+
+    def _scores_a_probe(self) -> bool:
+        """Whether every filter scores a plain generated image (asked again each time: a model can break mid-run)."""
+        try:
+            item = self._prepare(probe_row())
+            for f in self.filters:
+                for c, vals in f.score([item]).items():
+                    item[c] = vals[0]
+        except Exception:  # noqa: BLE001
+            return False
+        return True
 
     def score_rows(self, rows: Sequence[Mapping[str, Any]]) -> list[dict]:
         """Per row: the score columns (None where not computed) and ``score_error`` (None when fine)."""
@@ -217,3 +231,20 @@ class ModelScorer:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
+
+
+_PROBE: list[dict] = []
+
+
+def probe_row() -> dict:
+    """A plain generated image with a caption: what every working model scores without error."""
+    if not _PROBE:
+        import numpy as np
+        from PIL import Image
+
+        y, x = np.mgrid[0:224, 0:224]
+        rgb = np.stack([x, y, (x + y) // 2], axis=-1).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, format="JPEG", quality=90)
+        _PROBE.append({"image": buf.getvalue(), "caption": "a photo of a colour gradient"})
+    return dict(_PROBE[0])

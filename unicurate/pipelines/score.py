@@ -22,7 +22,6 @@ from apache_beam.metrics import Metrics
 
 from unicurate.config import CurateRecipe
 from unicurate.filters.scoring import ModelDecider
-from unicurate.models.resolver import ModelUnavailable
 from unicurate.pipelines import perworker
 from unicurate.schema import REASON_STAGE, SCORE_COLUMNS, Reason, Stage
 
@@ -56,44 +55,10 @@ class ScoreDoFn(perworker.ModelDoFn):
     def records(self) -> list[dict]:
         return self.model.model_records()
 
-    def score(self, todo: list[dict]) -> list[dict]:
-        """``score_rows``, where a failure that the scorer could not pin on some rows (a batch of one, or a batch
-        where every row failed on its own) is told apart from a failing model by scoring a known-good probe: when
-        the probe scores, each of those rows gets its own ``score_error`` (the run goes on); when it does not,
-        the model is failing and the exception stops the run."""
-        try:
-            return self.model.score_rows(todo)
-        except ModelUnavailable:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            if not self.model_works():
-                raise
-            log.warning("model scoring failed on %d row(s) while the models score a probe image: rejecting "
-                        "those rows as score_error (%s: %s)", len(todo), type(exc).__name__, exc)
-            if len(todo) == 1:
-                return [{"score_error": f"model scoring failed: {type(exc).__name__}: {exc}"}]
-        out = []
-        for row in todo:  # each row's own message (rare path: every row of the batch failed)
-            try:
-                out.extend(self.model.score_rows([row]))
-            except ModelUnavailable:
-                raise
-            except Exception as exc:  # noqa: BLE001
-                out.append({"score_error": f"model scoring failed: {type(exc).__name__}: {exc}"})
-        return out
-
-    def model_works(self) -> bool:
-        """Whether every model scores a plain generated image (not cached: a model can break mid-run)."""
-        try:
-            res = self.model.score_rows([probe_row()])
-        except Exception:  # noqa: BLE001
-            return False
-        return res[0].get("score_error") is None
-
     def process(self, batch: list[dict]) -> Iterator:
         yield from self.started()
         todo = [row for row in batch if reaches_models(row)]
-        results = self.score(todo) if todo else []
+        results = self.model.score_rows(todo) if todo else []
         if todo:
             self.batches.inc()
             self.scored.inc(len(todo))
@@ -111,25 +76,6 @@ class ScoreDoFn(perworker.ModelDoFn):
                     row["reject_reasons"] = list(row["reject_reasons"]) + [Reason.SCORE_ERROR.value]
                     row["error"] = res["score_error"] if not row.get("error") else f"{row['error']}; {res['score_error']}"
             yield row
-
-
-_PROBE: list[dict] = []
-
-
-def probe_row() -> dict:
-    """A plain generated image with a caption: what every working model scores without error."""
-    if not _PROBE:
-        import io
-
-        import numpy as np
-        from PIL import Image
-
-        y, x = np.mgrid[0:224, 0:224]
-        rgb = np.stack([x, y, (x + y) // 2], axis=-1).astype(np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(rgb).save(buf, format="JPEG", quality=90)
-        _PROBE.append({"image": buf.getvalue(), "caption": "a photo of a colour gradient"})
-    return dict(_PROBE[0])
 
 
 def with_model_hints(transform, recipe):
