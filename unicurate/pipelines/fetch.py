@@ -340,8 +340,6 @@ class Fetcher:
             out.error = netguard.strip_tag(err or "download failed")
             if reason is Reason.TIMEOUT and "max_seconds" not in out.error:
                 out.error += f" (no data for download.timeout = {self.download_cfg.timeout:g} s)"
-            elif reason is Reason.TOO_MANY_REDIRECTS:
-                out.error = "a redirect loop, or more than 10 redirects (" + out.error.split(".", 1)[0] + ")"
         elif not data:
             out.reasons.append(Reason.EMPTY_RESPONSE.value)
             out.error = "the server answered with an empty body"

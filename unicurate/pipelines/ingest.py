@@ -160,9 +160,7 @@ def _parquet(path: str):
 
 
 def _columns_of(f: InputFile) -> Optional[list[str]]:
-    """Column names of a file (None for plain url lists). Raises InputError."""
-    if f.format == "parquet":
-        return list(_parquet(f.path).schema_arrow.names)
+    """Column names of a text file (None for plain url lists). Raises InputError."""
     with _open_text(f.path) as fh:
         if f.format == "txt":
             if any(line.strip() for line in fh):  # stops at the first url
@@ -221,9 +219,8 @@ def _is_image_type(t) -> bool:
             or pa.types.is_fixed_size_binary(t) or str(t) == "binary_view")
 
 
-def _parquet_type_problems(f: InputFile, cfg: InputConfig) -> list[str]:
+def _parquet_type_problems(f: InputFile, schema, cfg: InputConfig) -> list[str]:
     """Columns of a parquet file whose type cannot hold what they are named for (an int url, a list caption)."""
-    schema = _parquet(f.path).schema_arrow
     out = []
     for field, col, want, ok in (("input.url_col", cfg.url_col, "text (string)", _is_text_type),
                                  ("input.caption_col", cfg.caption_col, "text (string)", _is_text_type),
@@ -249,7 +246,7 @@ def json_type_problem(record: dict, cfg: InputConfig) -> Optional[str]:
     if url is not None and not isinstance(url, str):
         return f"the url ({cfg.url_col!r}) is {kind(url)}, {json.dumps(url)[:80]}, not a string"
     cap = record.get(cfg.caption_col) if cfg.caption_col else None
-    if cap is not None and (isinstance(cap, (dict, list, bool)) or not isinstance(cap, (str, int, float))):
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (str, int, float))):
         return f"the caption ({cfg.caption_col!r}) is {kind(cap)}, {json.dumps(cap)[:80]}, not text"
     return None
 
@@ -260,8 +257,11 @@ def preflight(files: list[InputFile], cfg: InputConfig) -> dict[str, Optional[li
     columns: dict[str, Optional[list[str]]] = {}
     for f in files:
         try:
-            cols = _columns_of(f)
-            problems = _parquet_type_problems(f, cfg) if f.format == "parquet" else []
+            if f.format == "parquet":  # one footer read for the names and the types
+                schema = _parquet(f.path).schema_arrow
+                cols, problems = list(schema.names), _parquet_type_problems(f, schema, cfg)
+            else:
+                cols, problems = _columns_of(f), []
         except InputError:
             raise
         except Exception as exc:  # noqa: BLE001

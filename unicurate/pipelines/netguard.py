@@ -68,7 +68,7 @@ def address_problem(ip: str, allowed: Sequence[Network] = ()) -> Optional[str]:
     addr = ipaddress.ip_address(ip.split("%", 1)[0])
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
-    if any(addr.version == net.version and addr in net for net in allowed):
+    if any(addr in net for net in allowed):
         return None
     for attr, label in (
         ("is_loopback", "loopback"),
@@ -265,7 +265,13 @@ class _RedirectHandler(urllib.request.HTTPRedirectHandler):
             if urlsplit(target).scheme.lower() not in ALLOWED_SCHEMES:
                 fp.close()
                 check_url(target, self.policy.allow_private_networks, self.policy.allowed)
-        return super().http_error_302(req, fp, code, msg, headers)
+        try:
+            return super().http_error_302(req, fp, code, msg, headers)
+        except urllib.error.HTTPError as exc:
+            if str(exc.msg).startswith(self.inf_msg):  # urllib's loop / too-many-hops refusal
+                raise GuardError(Reason.TOO_MANY_REDIRECTS, f"a redirect loop, or more than {self.max_redirections} "
+                                 f"redirects (the last was HTTP {code} to {location})") from None
+            raise
 
     http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 

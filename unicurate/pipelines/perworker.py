@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from typing import Any, Callable, Optional
 
 import apache_beam as beam
@@ -79,10 +80,6 @@ class Progress:
     """
 
     def __init__(self, describe: Callable[[dict, float], str], every: float = 2.0):
-        import os
-        import sys
-        import time
-
         self.describe, self.every = describe, every
         self.start = self.last = time.monotonic()
         self.counts: dict[str, int] = {}
@@ -92,8 +89,6 @@ class Progress:
             self._fd = None
 
     def add(self, **counts: int) -> None:
-        import time
-
         for k, v in counts.items():
             self.counts[k] = self.counts.get(k, 0) + v
         now = time.monotonic()
@@ -102,9 +97,6 @@ class Progress:
             self.emit()
 
     def emit(self) -> None:
-        import os
-        import time
-
         if self._fd is None or not self.counts:
             return
         first = next(iter(self.counts.values()))
@@ -137,8 +129,6 @@ def cpu_threads_per_process(beam_options: dict) -> Optional[int]:
     ``no_use_multiple_sdk_containers`` is set: then 1 each; with one process per VM, the libraries' default
     (all cores). None = the libraries' default.
     """
-    import os
-
     runner = str(beam_options.get("runner") or "DirectRunner").lower()
     if "dataflow" in runner:
         return None if "no_use_multiple_sdk_containers" in (beam_options.get("experiments") or []) else 1
@@ -161,8 +151,6 @@ class StageSpan:
         self.dist = Metrics.distribution(NAMESPACE, f"{name}_span_ms")
 
     def mark(self) -> None:
-        import time
-
         now = time.time()
         self.dist.update(int(now * 1000))
         if os.environ.get("UNICURATE_TRACE"):  # debugging: one line per bundle start/end on stderr

@@ -65,20 +65,12 @@ def prepare(recipe: SynthesizeRecipe) -> tuple[dict, list[str], Optional[list[st
     return cur, paths, keys
 
 
-def _open(path: str):
-    import pyarrow.parquet as pq
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
-
-    return pq.ParquetFile(FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED))
-
-
 def _read_column(path: str, column: str) -> list:
-    return _open(path).read(columns=[column]).column(column).to_pylist()
+    return mf.open_parquet(path).read(columns=[column]).column(column).to_pylist()
 
 
 def read_kept_shard(path: str, keys: Optional[frozenset]) -> Iterator[dict]:
-    pf = _open(path)
+    pf = mf.open_parquet(path)
     for batch in pf.iter_batches(batch_size=64, columns=READ_COLUMNS):
         for row in batch.to_pylist():
             if keys is None or row["key"] in keys:
