@@ -17,7 +17,7 @@ def count_words(caption: Optional[str]) -> int:
 
 
 # C0 controls other than tab/newline/carriage return, DEL, and the C1 controls
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+CONTROL_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 REPLACEMENT = "\ufffd"
 
 
@@ -29,11 +29,10 @@ def caption_problem(caption: Optional[str]) -> Optional[str]:
     bad = caption.count(REPLACEMENT)
     if bad:
         problems.append(f"{bad} undecodable byte sequence(s) (stored as U+FFFD; the input was not valid UTF-8)")
-    controls = _CONTROL.findall(caption)
-    if controls:
-        first = _CONTROL.search(caption)
-        problems.append(f"{len(controls)} control character(s), the first U+{ord(first.group()):04X} at "
-                        f"position {first.start()}")
+    first = CONTROL_CHARS.search(caption)  # clean captions (nearly all) are scanned once
+    if first:
+        n = len(CONTROL_CHARS.findall(caption, first.start()))
+        problems.append(f"{n} control character(s), the first U+{ord(first.group()):04X} at position {first.start()}")
     return "caption has " + " and ".join(problems) if problems else None
 
 

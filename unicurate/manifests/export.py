@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
-import hashlib
 import json
 import math
 import os
@@ -36,14 +35,14 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 from unicurate import __version__
 from unicurate.manifests import manifest as mf
 from unicurate.manifests import stats as st
+from unicurate.models.resolver import sha256_file
 from unicurate.schema import KEPT, REJECTED
 
 FORMATS = ("webdataset", "mds", "hf")
 EXPORT_MANIFEST = "unicurate-export.json"
 SAFE_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,199}")  # the whole key (fullmatch: '$' would allow a final \n)
-CURATED_FLOATS = ("clip_score", "aesthetic_score", "nsfw_score", "watermark_score", "text_coverage")
-EDIT_FLOATS = ("detection_score", "pred_iou", "stability_score", "clip_similarity", "change_outside",
-               "redetect_score")
+CURATED_FLOATS = st.MODEL_SCORES
+EDIT_FLOATS = st.EDIT_SCORES
 SUBJECT_FLOATS = ("detection_score", "pred_iou", "stability_score", "mask_area", "largest_component")
 _BINARY = {"image", "source_image", "target_image", "mask", "reference_image"}
 
@@ -342,14 +341,6 @@ def dataset_card(manifest: dict, counts: dict[str, int], kept_only: bool) -> str
 
 
 # ------------------------------------------------------------------ driver
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _prepare_dest(dest: Path) -> None:
     """DEST must be new, empty, or a previous unicurate export (whose files are removed first)."""
     if dest.exists() and not dest.is_dir():
@@ -398,7 +389,7 @@ def export(out_dir: str, fmt: str, to: str, kept_only: bool = False, max_count: 
         if path.name == EXPORT_MANIFEST:
             continue
         files.append({"path": path.relative_to(dest).as_posix(), "bytes": path.stat().st_size,
-                      "sha256": _sha256(path)})
+                      "sha256": sha256_file(path)})
     em = {
         "kind": "unicurate-export", "format": fmt, "unicurate_version": __version__,
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

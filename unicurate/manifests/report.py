@@ -25,6 +25,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import polars as pl
 
+from unicurate.filters.rules import CONTROL_CHARS
 from unicurate.manifests import stats as st
 from unicurate.schema import EDIT_TYPES, KEPT, REJECTED
 
@@ -177,7 +178,6 @@ def histogram(name: str, kept: Sequence[float], rejected: Sequence[float], thres
 
 # ------------------------------------------------------------------ html helpers
 # control characters cannot appear in HTML (NUL) or show nothing: they are drawn as Unicode control pictures
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 CAPTION_CHARS = 300  # longer captions are cut in tiles (a 100 KB caption would bloat the page)
 
 
@@ -188,7 +188,7 @@ def _visible(m: re.Match) -> str:
 
 def esc(v: Any) -> str:
     """HTML-escaped text, with control characters made visible."""
-    return html.escape(_CONTROL.sub(_visible, "" if v is None else str(v)), quote=True)
+    return html.escape(CONTROL_CHARS.sub(_visible, "" if v is None else str(v)), quote=True)
 
 
 def clip(v: Any, limit: int = CAPTION_CHARS) -> str:
@@ -251,7 +251,7 @@ def _meta_line(out_dir: str, manifest: dict) -> str:
 
 
 # ------------------------------------------------------------------ curated
-_TILE_SCORES = ("clip_score", "aesthetic_score", "nsfw_score", "watermark_score", "text_coverage")
+_TILE_SCORES = st.MODEL_SCORES
 
 
 def _score_line(row: dict, names: Sequence[str]) -> str:
@@ -304,7 +304,7 @@ def curated_report(out_dir: str, manifest: dict, max_kept: int = 24, per_reason:
                  [[esc(r["reason"]), esc(r.get("stage", "")), r["rows"], r["only_this"], _fmt(r["pct_of_inputs"])]
                   for r in s["reasons"]]) + "</section>")
     # histograms
-    score_cols = [c for c in st.CURATED_SCORES if c in s["scores"]["all"] and c != "text_boxes"]
+    score_cols = [c for c in st.MODEL_SCORES if c in s["scores"]["all"]]
     plots = []
     if score_cols:
         vals = lf.select(["reject_reasons", *score_cols]).collect()

@@ -15,15 +15,17 @@ import polars as pl
 
 from unicurate.manifests import manifest as mf
 from unicurate.manifests.manifest import FUNNEL_STAGES, STAGE_LABELS
-from unicurate.schema import (EDIT_TYPES, IMAGE_STATUSES, KEPT, REASON_STAGE, REJECTED, SYNTHESIS_DIRS, Reason,
-                              SynReason)
+from unicurate.schema import (EDIT_TYPES, IMAGE_STATUSES, KEPT, REASON_STAGE, REJECTED, SCORE_COLUMNS, SYNTHESIS_DIRS,
+                              Reason, SynReason)
 
 STATS_VERSION = 1
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 QUANTILE_NAMES = tuple(f"p{round(q * 100)}" for q in QUANTILES)
-CURATED_SCORES = ("clip_score", "aesthetic_score", "nsfw_score", "watermark_score", "text_coverage", "text_boxes")
+CURATED_SCORES = tuple(c for c in SCORE_COLUMNS if c != "ocr_text")  # the numeric score columns
+MODEL_SCORES = tuple(c for c in CURATED_SCORES if c != "text_boxes")  # one float per model filter
 SYNTHESIS_SCORES = ("detection_score", "pred_iou", "stability_score", "mask_area", "clip_similarity",
                     "change_outside", "redetect_score")
+EDIT_SCORES = tuple(c for c in SYNTHESIS_SCORES if c != "mask_area")  # edit rows carry no mask_area
 # curated columns a summary needs: everything but the image bytes (and the long free-text columns)
 CURATED_LIGHT = ("key", "url", "caption", "source", "status", "reject_reasons", "error", "duplicate_of",
                  "image_format", "original_format", "width", "height", "original_width", "original_height",
@@ -188,7 +190,7 @@ def curated_summary(lf: pl.LazyFrame, by: Optional[str] = None) -> dict:
     """Funnel, reasons, sources, scores and sizes of a frame of curated rows (light columns)."""
     names = lf.collect_schema().names()
     inputs, stages = funnel_from(lf)
-    kept = lf.filter(pl.col("reject_reasons").list.len() == 0).select(pl.len()).collect().item()
+    kept = stages[-1]["rows"]  # the rows no stage rejected: no second pass over the shards
     reason_order = [r.value for r in Reason]
     out: dict[str, Any] = {
         "rows": inputs, "kept": kept, "rejected": inputs - kept, "kept_pct": _pct(kept, inputs),
@@ -259,8 +261,7 @@ def synthesis_stats(out_dir: str, manifest: Optional[dict] = None) -> dict:
                                  for s in IMAGE_STATUSES],
                    "reasons": reasons_from(images, n_images, syn_order)},
     }
-    edit_scores = [c for c in SYNTHESIS_SCORES if c != "mask_area"]  # edit rows carry no mask_area
-    edits = scan(out_dir, manifest, ("edit",), ("edit_type", *edit_scores)) if "edit" in present else None
+    edits = scan(out_dir, manifest, ("edit",), ("edit_type", *EDIT_SCORES)) if "edit" in present else None
     rejected = scan(out_dir, manifest, ("rejected",), ("kind", "edit_type", "reject_reasons", *SYNTHESIS_SCORES)) \
         if "rejected" in present else None
     subjects = scan(out_dir, manifest, ("subject",), ("detection_score", "pred_iou", "stability_score", "mask_area")) \

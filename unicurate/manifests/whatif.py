@@ -27,7 +27,8 @@ import polars as pl
 from unicurate.filters import dedup as dd
 from unicurate.manifests import manifest as mf
 from unicurate.manifests import stats as st
-from unicurate.schema import CURATED_SCHEMA, CURATED_SCHEMA_VERSION, KEPT, REASON_STAGE, REJECTED, Reason, Stage
+from unicurate.schema import (CURATED_SCHEMA, CURATED_SCHEMA_VERSION, KEPT, REASON_STAGE, REJECTED, SCORE_COLUMNS,
+                              Reason, Stage)
 
 # --set SCORE OP VALUE -> the recipe field it changes. OP is the direction a row must satisfy to be kept.
 SETTABLE = {
@@ -133,7 +134,7 @@ def recompute(out_dir: str, manifest: dict, settings: Sequence[Setting]) -> tupl
         raise WhatIfError(f"{out_dir} is a {manifest.get('kind')} output; what-if thresholds apply to curate runs")
     cfg = changed_recipe(manifest["recipe"], settings)
     cols = ["key", "status", "reject_reasons", "duplicate_of", "sha256", "phash", "input_file", "input_row",
-            *st.CURATED_SCORES, "ocr_text"]
+            *SCORE_COLUMNS]
     df = st.scan_curated(out_dir, manifest, cols).collect()
     c = cfg.filters.clip_score
     cutoff = manifest.get("clip_score_cutoff") if c is not None and c.keep_top_fraction is not None else None
@@ -267,7 +268,8 @@ def apply(out_dir: str, exprs: Sequence[str], new_out: str, say: Callable[[str],
 def _apply(out_dir, manifest, settings, new_recipe, res: pl.DataFrame, new_out: str, say) -> dict:
     gained = res.filter((pl.col("status") == KEPT) & (pl.col("old_status") != KEPT))["key"].to_list()
     if gained:
-        no_image = (st.scan_curated(out_dir, manifest, ["key", "image"])
+        # a row that was not kept is in rejected/: only those shards' images are read (kept/ holds nearly all bytes)
+        no_image = (st.scan(out_dir, manifest, (REJECTED,), ["key", "image"])
                     .filter(pl.col("key").is_in(gained) & pl.col("image").is_null())
                     .select("key").collect()["key"].to_list())
         if no_image:

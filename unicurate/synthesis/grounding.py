@@ -144,9 +144,13 @@ def _ensure(p: Path) -> Path:
     return p
 
 
+def text_encoder_weights(path: Path) -> Optional[Path]:
+    """The weights file of a BERT folder, as transformers picks it: model.safetensors, else pytorch_model.bin."""
+    return next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()), None)
+
+
 def text_encoder_files_ok(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / "vocab.txt").is_file() and any(
-        (path / n).is_file() for n in ("model.safetensors", "pytorch_model.bin"))
+    return all((path / n).is_file() for n in ("config.json", "vocab.txt")) and text_encoder_weights(path) is not None
 
 
 # ------------------------------------------------------------------ GroundingDINO
@@ -184,11 +188,11 @@ class GroundingDinoDetector(Loaded):
         if not text_encoder_files_ok(Path(text_dir)):
             raise ModelUnavailable(f"model 'text_encoder': {text_dir} is not a BERT folder (needs config.json, "
                                    "vocab.txt and model.safetensors or pytorch_model.bin)")
-        if not (Path(text_dir) / "model.safetensors").is_file():
+        weights = text_encoder_weights(Path(text_dir))
+        if weights.suffix != ".safetensors":
             # transformers reads pytorch_model.bin with torch.load(weights_only=True) itself; checked here with
             # the same safe loader first, so a bad or pickled-code file is one clear error naming the model
-            load_weights(Path(text_dir) / "pytorch_model.bin",
-                         f"model 'text_encoder': cannot load {Path(text_dir) / 'pytorch_model.bin'} as BERT weights")
+            load_weights(weights, f"model 'text_encoder': cannot load {weights} as BERT weights")
         ckpt = None
         if not tiny:  # read (safely) before the costly build: a wrong file fails fast
             # the official checkpoint is {"model": state dict, ...}; its training args are an argparse.Namespace,

@@ -87,13 +87,15 @@ def _seed(text: str, seed: int) -> int:
 def load_models(recipe) -> dict[str, Any]:
     """Load every model a synthesize recipe needs (once per worker): grounder, clip, inpainter, records."""
     from unicurate.models import zoo
-    from unicurate.models.loaders import ClipModel, model_record, select_device
+    from unicurate.models.loaders import ClipModel, model_record, select_device, set_compile
     from unicurate.models.resolver import file_sha256
-    from unicurate.synthesis.grounding import GroundingDinoDetector, Grounder, SamSegmenter, tiny_bert_dir
+    from unicurate.synthesis.grounding import (GroundingDinoDetector, Grounder, SamSegmenter, text_encoder_weights,
+                                               tiny_bert_dir)
 
     m = recipe.models
     specs = {s.name: s for s in zoo.synthesis_specs(recipe)}
     device, precision = select_device(m.device, m.precision)
+    set_compile(m.compile)  # models.compile, as the curate scorer applies it (CLIP's image tower on CUDA)
     te = specs["text_encoder"]
     text_dir = tiny_bert_dir(te, m.cache_dir) if te.uri.startswith("tiny://") else zoo.locate(te, m)
     g = recipe.grounding
@@ -101,8 +103,7 @@ def load_models(recipe) -> dict[str, Any]:
     det = GroundingDinoDetector(gd, zoo.locate(gd, m), text_dir, device, precision, image_size=g.image_size,
                                 box_threshold=g.box_threshold, text_threshold=g.text_threshold,
                                 nms_iou=g.nms_iou, max_objects=g.max_objects)
-    weights = next((text_dir / n for n in ("model.safetensors", "pytorch_model.bin") if (text_dir / n).is_file()))
-    text_rec = model_record(te, file_sha256(weights, remember=False), device, precision)
+    text_rec = model_record(te, file_sha256(text_encoder_weights(text_dir), remember=False), device, precision)
     seg = SamSegmenter(specs["sam"], zoo.locate(specs["sam"], m), device, precision)
     records = [det.record(), text_rec, seg.record()]
     clip = None
