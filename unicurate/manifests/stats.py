@@ -122,9 +122,10 @@ def reasons_from(lf: pl.LazyFrame, inputs: int, order: Sequence[str]) -> list[di
     return out
 
 
-def quantiles_of(lf: pl.LazyFrame, columns: Sequence[str], schema_names: Sequence[str]) -> dict[str, dict]:
+def quantiles_of(lf: pl.LazyFrame, columns: Sequence[str]) -> dict[str, dict]:
     """count, mean, min, p1..p99, max of each numeric column (non-null values); columns absent skipped."""
-    cols = [c for c in columns if c in schema_names]
+    names = lf.collect_schema().names()
+    cols = [c for c in columns if c in names]
     if not cols:
         return {}
     exprs = []
@@ -143,9 +144,8 @@ def quantiles_of(lf: pl.LazyFrame, columns: Sequence[str], schema_names: Sequenc
 
 
 def _size_stats(lf: pl.LazyFrame) -> dict:
-    stored = quantiles_of(lf.filter(pl.col("width").is_not_null()), ("width", "height"), ("width", "height"))
-    original = quantiles_of(lf.filter(pl.col("original_width").is_not_null()),
-                            ("original_width", "original_height"), ("original_width", "original_height"))
+    stored = quantiles_of(lf.filter(pl.col("width").is_not_null()), ("width", "height"))
+    original = quantiles_of(lf.filter(pl.col("original_width").is_not_null()), ("original_width", "original_height"))
     side = pl.max_horizontal("original_width", "original_height")
     bucket = pl.lit(f">={SIZE_BUCKETS[-1]}")
     for lo, hi in reversed(list(zip((0,) + SIZE_BUCKETS[:-1], SIZE_BUCKETS))):
@@ -197,8 +197,8 @@ def curated_summary(lf: pl.LazyFrame, by: Optional[str] = None) -> dict:
         "funnel": stages,
         "reasons": reasons_from(lf, inputs, reason_order),
         "sources": _groups(lf, "source"),
-        "scores": {"all": quantiles_of(lf, CURATED_SCORES, names),
-                   "kept": quantiles_of(lf.filter(pl.col("reject_reasons").list.len() == 0), CURATED_SCORES, names)},
+        "scores": {"all": quantiles_of(lf, CURATED_SCORES),
+                   "kept": quantiles_of(lf.filter(pl.col("reject_reasons").list.len() == 0), CURATED_SCORES)},
         "image_sizes": _size_stats(lf),
     }
     if by:
@@ -286,9 +286,9 @@ def synthesis_stats(out_dir: str, manifest: Optional[dict] = None) -> dict:
         out["rejections"] = {"object": [], "edit": []}
         out["rejections_by_edit_type"] = {}
     out["scores"] = {
-        "subject": quantiles_of(subjects, SYNTHESIS_SCORES, subjects.collect_schema().names()) if subjects is not None else {},
-        "edit": quantiles_of(edits, SYNTHESIS_SCORES, edits.collect_schema().names()) if edits is not None else {},
-        "rejected": quantiles_of(rejected, SYNTHESIS_SCORES, rejected.collect_schema().names())
+        "subject": quantiles_of(subjects, SYNTHESIS_SCORES) if subjects is not None else {},
+        "edit": quantiles_of(edits, SYNTHESIS_SCORES) if edits is not None else {},
+        "rejected": quantiles_of(rejected, SYNTHESIS_SCORES)
         if rejected is not None else {},
     }
     return out
