@@ -4,29 +4,19 @@ server in its own process, and plain-text tables."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+from unicurate.pipelines.procs import children, cmdline
+
 
 # ------------------------------------------------------------------ /proc sampling
-def _children(pid: int) -> list[int]:
-    out = []
-    task = Path(f"/proc/{pid}/task")
-    try:
-        for t in task.iterdir():
-            try:
-                out.extend(int(c) for c in (t / "children").read_text().split())
-            except OSError:
-                pass
-    except OSError:
-        pass
-    return out
-
-
 def status_kb(pid: int, field: str) -> Optional[int]:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -44,13 +34,6 @@ def cpu_seconds(pid: int) -> Optional[float]:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def beam_role(pid: int, cmd: str, root: int) -> str:
@@ -97,7 +80,7 @@ class PeakMemory(threading.Thread):
                         self.role[p] = self.role_of(p, cmdline(p), self.pid)
                         if self.role[p] == "worker" and self.driver_cpu_at_first_worker is None:
                             self.driver_cpu_at_first_worker = cpu_seconds(self.pid)
-                todo.extend(_children(p))
+                todo.extend(children(p))
             self._halt.wait(self.every)
 
     def stop(self) -> None:
@@ -238,6 +221,28 @@ def parse_run_log(log: str) -> tuple[Optional[float], dict[str, float]]:
 
 
 # ------------------------------------------------------------------ output
+def run_and_report(prefix: str, bench: Callable[[Path], dict], print_table: Callable[[dict], None],
+                   keep: bool = False, json_path: Optional[str | Path] = None, tag: str = "bench") -> dict:
+    """Run ``bench(workdir)`` in a fresh temporary folder named ``prefix...`` (removed afterwards, or kept and
+    its path printed on stderr when ``keep``), then print its result as JSON (also written to ``json_path``
+    when given), a blank line and ``print_table(result)``. The result."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        result = bench(workdir)
+    finally:
+        if keep:
+            print(f"[{tag}] outputs kept in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if json_path:
+        Path(json_path).write_text(text + "\n")
+    print()
+    print_table(result)
+    return result
+
+
 def unicurate_cmd() -> list[str]:
     return [sys.executable, "-m", "unicurate.cli"]
 

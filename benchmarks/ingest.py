@@ -31,10 +31,10 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from benchmarks.common import bench_env, cache_dir, corpus, parse_run_log, run_measured, serve, table, unicurate_cmd
+from benchmarks.common import (bench_env, cache_dir, corpus, parse_run_log, run_and_report, run_measured, serve, table,
+                               unicurate_cmd)
 
 RESIZE = {"image_size": 384, "resize_mode": "keep_ratio", "upscale_interpolation": "lanczos",
           "downscale_interpolation": "area", "encode_format": "jpg", "encode_quality": 92}
@@ -140,17 +140,10 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--processes", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--threads", type=int, default=16)
-    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the working folder (its path is printed)")
     args = ap.parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="unicurate-bench-ingest-"))
-    try:
-        r = bench(args.images, args.processes, args.threads, workdir)
-    finally:
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-    print(json.dumps(r, indent=2))
-    print()
-    print_table(r)
+    run_and_report("unicurate-bench-ingest-", lambda workdir: bench(args.images, args.processes, args.threads, workdir),
+                   print_table, keep=args.keep, tag="ingest")
     return 0
 
 

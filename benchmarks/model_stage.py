@@ -31,11 +31,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import bench_env, cache_dir, corpus, parse_run_log, run_measured, self_peak_mb, table, unicurate_cmd
+from benchmarks.common import (bench_env, cache_dir, corpus, parse_run_log, run_and_report, run_measured, self_peak_mb,
+                               table, unicurate_cmd)
 
 ARCH = "ViT-B-32"
 
@@ -210,14 +210,8 @@ def main(argv=None) -> int:
     if args.raw:
         print(json.dumps(raw(args.raw[0], args.raw[1], args.images, args.batch, args.device)))
         return 0
-    workdir = Path(tempfile.mkdtemp(prefix="unicurate-bench-model-"))
-    try:
-        r = bench(args.images, args.batch, args.processes, args.device, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    print(json.dumps(r, indent=2))
-    print()
-    print_table(r)
+    run_and_report("unicurate-bench-model-",
+                   lambda workdir: bench(args.images, args.batch, args.processes, args.device, workdir), print_table)
     return 0
 
 

@@ -26,15 +26,13 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from benchmarks import ingest, model_stage
-from benchmarks.common import table
+from benchmarks.common import run_and_report, table
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"ingest": ("ratio", ">=", 1.0), "model": ("ratio", ">=", 0.8),
@@ -103,8 +101,10 @@ def main(argv=None) -> int:
     started = time.monotonic()
     results: dict = {"benchmark": "unicurate performance", "mode": mode, "machine": machine(args.device),
                      "results": {}, "targets": {}}
-    workdir = Path(tempfile.mkdtemp(prefix="unicurate-bench-"))
-    try:
+    device = "cuda" if results["machine"]["cuda"] and args.device != "cpu" else "cpu"
+    out = Path(args.json) if args.json else ROOT / "benchmarks" / f"results-run-{mode}-{device}.json"
+
+    def bench(workdir: Path) -> dict:
         if "ingest" in only:
             print(f"[bench] 1/3 ingest: {sizes['ingest']} JPEGs, img2dataset then unicurate ...", file=sys.stderr,
                   flush=True)
@@ -122,39 +122,38 @@ def main(argv=None) -> int:
             print(f"[bench] 3/3 synthesis: {n} image(s), GroundingDINO SwinT-OGC + SAM {arch} ...", file=sys.stderr,
                   flush=True)
             results["results"]["synthesis"] = synthesis(n, arch, args.device)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    for name, r in results["results"].items():
-        results["targets"][name] = verdict(name, r)
-    results["seconds"] = round(time.monotonic() - started, 1)
-    device = "cuda" if results["machine"]["cuda"] and args.device != "cpu" else "cpu"
-    out = Path(args.json) if args.json else ROOT / "benchmarks" / f"results-run-{mode}-{device}.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
-    print()
-    m = results["machine"]
-    print(f"unicurate benchmarks ({mode}) on {m.get('cpu', '?')}, {m['cpus']} CPUs, {m.get('memory_gb', '?')} GB"
-          f"{', ' + m['cuda'] if m.get('cuda') else ', no GPU'}; {results['seconds']:.0f} s; JSON: {out}")
-    res = results["results"]
-    if "ingest" in res:
+        for name, r in results["results"].items():
+            results["targets"][name] = verdict(name, r)
+        results["seconds"] = round(time.monotonic() - started, 1)
+        return results
+
+    def print_tables(results: dict) -> None:
+        m = results["machine"]
+        print(f"unicurate benchmarks ({mode}) on {m.get('cpu', '?')}, {m['cpus']} CPUs, {m.get('memory_gb', '?')} GB"
+              f"{', ' + m['cuda'] if m.get('cuda') else ', no GPU'}; {results['seconds']:.0f} s; JSON: {out}")
+        res = results["results"]
+        if "ingest" in res:
+            print()
+            ingest.print_table(res["ingest"])
+        if "model" in res:
+            print()
+            model_stage.print_table(res["model"])
+        if "synthesis" in res:
+            s = res["synthesis"]
+            print()
+            print(table(["synthesis stage", "s / image", "share"],
+                        [[k, f"{v:.3f}", f"{v / s['total_seconds_per_image']:.1%}"]
+                         for k, v in s["seconds_per_image"].items()]
+                        + [["total", f"{s['total_seconds_per_image']:.3f}", ""]]))
+            print(f"outside the model forwards: {s['share_outside_model_forwards']:.1%} ({s['gdino']}, SAM "
+                  f"{s['sam_arch']}, {s['device']}/{s['precision']}; peak RSS {s.get('peak_rss_mb', 0):.0f} MB)")
         print()
-        ingest.print_table(res["ingest"])
-    if "model" in res:
-        print()
-        model_stage.print_table(res["model"])
-    if "synthesis" in res:
-        s = res["synthesis"]
-        print()
-        print(table(["synthesis stage", "s / image", "share"],
-                    [[k, f"{v:.3f}", f"{v / s['total_seconds_per_image']:.1%}"]
-                     for k, v in s["seconds_per_image"].items()]
-                    + [["total", f"{s['total_seconds_per_image']:.3f}", ""]]))
-        print(f"outside the model forwards: {s['share_outside_model_forwards']:.1%} ({s['gdino']}, SAM "
-              f"{s['sam_arch']}, {s['device']}/{s['precision']}; peak RSS {s.get('peak_rss_mb', 0):.0f} MB)")
-    print()
-    print(table(["comparison", "measured", "target", "met"],
-                [[k, f"{v['value']:.3f}" if v["value"] is not None else "-", v["target"], "yes" if v["met"] else "NO"]
-                 for k, v in results["targets"].items()]))
+        print(table(["comparison", "measured", "target", "met"],
+                    [[k, f"{v['value']:.3f}" if v["value"] is not None else "-", v["target"],
+                      "yes" if v["met"] else "NO"]
+                     for k, v in results["targets"].items()]))
+
+    run_and_report("unicurate-bench-", bench, print_tables, json_path=out)
     return 0
 
 

@@ -31,10 +31,9 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from benchmarks.common import bench_env, parse_run_log, run_measured
+from benchmarks.common import bench_env, parse_run_log, run_and_report, run_measured, table
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "configs" / "quickstart.yaml"
@@ -64,9 +63,7 @@ def run_once(stage_set: str, workers: int, images: int, workdir: Path, unicurate
     if check.returncode != 0:
         raise RuntimeError(f"validate failed for {out}:\n{check.stdout}{check.stderr}")
     inputs = manifest["counts"]["inputs"]
-    worker_mb = sorted(round(kb / 1024, 1) for p, kb in mem.peak_kb.items() if mem.role.get(p) == "worker")
-    driver_mb = round(mem.peak_kb.get(mem.pid, 0) / 1024, 1)
-    worker_cpu = sorted(round(c, 1) for p, c in mem.cpu_s.items() if mem.role.get(p) == "worker")
+    mem_summary = mem.summary()
     return {
         "stages": stage_set, "workers": workers, "inputs": inputs, "kept": manifest["counts"]["kept"],
         "pipeline_s": round(pipeline_s, 2), "wall_s": round(wall, 2),
@@ -74,13 +71,39 @@ def run_once(stage_set: str, workers: int, images: int, workdir: Path, unicurate
         # the download/decode/resize/rules stage alone (first batch start to last batch end, all workers)
         "fetch_stage_s": fetch_s,
         "fetch_rows_per_s": round(inputs / fetch_s, 2) if fetch_s else None,
-        "peak_rss_mb": {"driver": driver_mb, "workers": worker_mb,
-                        "max_worker": max(worker_mb) if worker_mb else None},
-        "cpu_s": {"driver": round(mem.cpu_s.get(mem.pid, 0.0), 1), "workers": worker_cpu,
+        "peak_rss_mb": mem_summary["peak_rss_mb"],
+        "cpu_s": {**mem_summary["cpu_s"],
                   # the driver's CPU while the pipeline ran (Beam's runner, shuffles, and the demo's sample web)
                   "driver_during_pipeline": round(mem.cpu_s.get(mem.pid, 0.0)
                                                   - (mem.driver_cpu_at_first_worker or 0.0), 1)},
     }
+
+
+def speedups(runs: list[dict], stage_sets: list[str], first_workers: int) -> dict:
+    """Each run's speed-up over the same stage set on ``first_workers`` workers: set on the runs ("speedup",
+    "fetch_speedup") and returned by "STAGES@WORKERS"."""
+    out = {}
+    for stage_set in stage_sets:
+        base = next((r for r in runs if r["stages"] == stage_set and r["workers"] == first_workers), None)
+        for r in runs:
+            if r["stages"] == stage_set and base is not None:
+                r["speedup"] = round(base["pipeline_s"] / r["pipeline_s"], 2)
+                r["fetch_speedup"] = (round(base["fetch_stage_s"] / r["fetch_stage_s"], 2)
+                                      if base.get("fetch_stage_s") and r.get("fetch_stage_s") else None)
+                out[f"{stage_set}@{r['workers']}"] = {"pipeline": r["speedup"], "fetch_stage": r["fetch_speedup"]}
+    return out
+
+
+def print_table(result: dict) -> None:
+    rows = [[r["stages"], r["workers"], r["inputs"], f"{r['pipeline_s']:.1f}", f"{r.get('speedup', 1.0):.2f}x",
+             f"{r['fetch_stage_s']:.2f}" if r.get("fetch_stage_s") else "-",
+             f"{r['fetch_speedup']:.2f}x" if r.get("fetch_speedup") else "-",
+             f"{r['peak_rss_mb']['driver']:.0f}",
+             ", ".join(f"{m:.0f}" for m in r["peak_rss_mb"]["workers"]) or "-",
+             f"{r['cpu_s']['driver']:.0f}; " + (", ".join(f"{c:.0f}" for c in r["cpu_s"]["workers"]) or "-")]
+            for r in result["runs"]]
+    print(table(["stages", "workers", "rows", "pipeline s", "speed-up", "fetch s", "speed-up", "driver MB",
+                 "worker peak RSS MB", "CPU s: driver; workers"], rows))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,50 +122,24 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"unknown stage set {s!r}; choose from {', '.join(STAGE_SETS)}")
     exe = shutil.which("unicurate")
     unicurate = [exe] if exe else [sys.executable, "-m", "unicurate.cli"]
-    workdir = Path(tempfile.mkdtemp(prefix="unicurate-scaling-"))
-    runs = []
-    try:
+
+    def bench(workdir: Path) -> dict:
+        runs = []
         for stage_set in stage_sets:
             for w in workers:  # side by side: the same stage set on 1, 2, ... workers back to back
                 print(f"[scaling] {stage_set}, {w} worker(s) ...", file=sys.stderr, flush=True)
                 runs.append(run_once(stage_set, w, args.images, workdir, unicurate))
-    finally:
-        if args.keep:
-            print(f"[scaling] outputs kept in {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    speedups = {}
-    for stage_set in stage_sets:
-        base = next((r for r in runs if r["stages"] == stage_set and r["workers"] == workers[0]), None)
-        for r in runs:
-            if r["stages"] == stage_set and base is not None:
-                r["speedup"] = round(base["pipeline_s"] / r["pipeline_s"], 2)
-                r["fetch_speedup"] = (round(base["fetch_stage_s"] / r["fetch_stage_s"], 2)
-                                      if base.get("fetch_stage_s") and r.get("fetch_stage_s") else None)
-                speedups[f"{stage_set}@{r['workers']}"] = {"pipeline": r["speedup"], "fetch_stage": r["fetch_speedup"]}
-    result = {
-        "benchmark": "local_scaling",
-        "recipe": str(RECIPE.relative_to(ROOT)),
-        "images": args.images,
-        "cpu_count": os.cpu_count(),
-        "mode": "DirectRunner multi_processing",
-        "runs": runs,
-        "speedup_vs_first": speedups,
-    }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-    print()
-    print(f"{'stages':<17}{'workers':>8}{'rows':>6}{'pipeline s':>11}{'speed-up':>9}{'fetch s':>9}{'speed-up':>9}"
-          f"{'driver MB':>11}  worker peak RSS MB  (CPU s: driver; workers)")
-    for r in runs:
-        fs = f"{r['fetch_stage_s']:>9.2f}" if r.get("fetch_stage_s") else f"{'-':>9}"
-        fx = f"{r['fetch_speedup']:>8.2f}x" if r.get("fetch_speedup") else f"{'-':>9}"
-        print(f"{r['stages']:<17}{r['workers']:>8}{r['inputs']:>6}{r['pipeline_s']:>11.1f}{r.get('speedup', 1.0):>8.2f}x"
-              f"{fs}{fx}{r['peak_rss_mb']['driver']:>11.0f}  "
-              f"{', '.join(f'{m:.0f}' for m in r['peak_rss_mb']['workers']) or '-'}"
-              f"  ({r['cpu_s']['driver']:.0f}; {', '.join(f'{c:.0f}' for c in r['cpu_s']['workers']) or '-'})")
+        return {
+            "benchmark": "local_scaling",
+            "recipe": str(RECIPE.relative_to(ROOT)),
+            "images": args.images,
+            "cpu_count": os.cpu_count(),
+            "mode": "DirectRunner multi_processing",
+            "runs": runs,
+            "speedup_vs_first": speedups(runs, stage_sets, workers[0]),
+        }
+
+    run_and_report("unicurate-scaling-", bench, print_table, keep=args.keep, json_path=args.json, tag="scaling")
     return 0
 
 

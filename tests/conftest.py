@@ -17,6 +17,8 @@ os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="unicurate-test-hf-dat
 os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", tempfile.mkdtemp(prefix="unicurate-test-hypothesis-"))
 
 import copy  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -45,6 +47,25 @@ def base_recipe(input_path, output_path, **sections) -> dict:
         "models": {"profile": "tiny"},
         "runner": {"direct_num_workers": 1},  # in-memory; tests that scale out say so
     }
+    return _merge(data, sections)
+
+
+def syn_base_recipe(input_path, output_path, **sections) -> dict:
+    """A synthesize recipe for tests (tiny models in batches of 4, one in-memory worker, no re-detection or CLIP
+    similarity check), each of ``sections`` merged into its section as in :func:`base_recipe`."""
+    data = {
+        "pipeline": "synthesize",
+        "input": {"path": str(input_path)},
+        "output": {"path": str(output_path)},
+        "models": {"profile": "tiny", "batch_size": 4},
+        "runner": {"direct_num_workers": 1},
+        "checks": {"redetect": False, "clip_similarity": False, "min_clip_similarity": None,
+                   "max_clip_similarity": None, "max_change_outside": 0.0},
+    }
+    return _merge(data, sections)
+
+
+def _merge(data: dict, sections: dict) -> dict:
     for name, values in sections.items():
         data.setdefault(name, {}).update(copy.deepcopy(values))
     return data
@@ -95,23 +116,16 @@ def synthesized(scored, tmp_path_factory):
     from unicurate.pipelines.runner import run_synthesize
 
     out = tmp_path_factory.mktemp("synthesized")
-    recipe = parse_recipe({
-        "pipeline": "synthesize", "input": {"path": str(scored[0]), "max_images": 8},
-        "output": {"path": str(out), "images_per_shard": 4}, "models": {"profile": "tiny", "batch_size": 4},
-        "runner": {"direct_num_workers": 1},
-        "quality": {"min_pred_iou": 0.0, "min_stability": 0.0},
-        "edits": {"per_object": 7},
-        "checks": {"redetect": False, "clip_similarity": True, "min_clip_similarity": None,
-                   "max_clip_similarity": None, "max_change_outside": 0.0}})
+    recipe = parse_recipe(syn_base_recipe(
+        scored[0], out, input={"max_images": 8}, output={"images_per_shard": 4},
+        quality={"min_pred_iou": 0.0, "min_stability": 0.0}, edits={"per_object": 7},
+        checks={"clip_similarity": True}))
     manifest = run_synthesize(recipe, say=lambda _m: None)
     return out, manifest
 
 
 def rewrite_shard(out_dir, rel: str, change) -> None:
     """Test helper: rewrite one shard's rows with ``change(rows)`` and fix its manifest entry (size, sha, rows)."""
-    import hashlib
-    import json
-
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -119,11 +133,59 @@ def rewrite_shard(out_dir, rel: str, change) -> None:
     table = pq.read_table(path)
     rows = change(table.to_pylist())
     pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path, compression="zstd")
+    refresh_manifest_entry(out_dir, rel, rows=len(rows))
+
+
+def refresh_manifest_entry(out_dir, rel: str, rows: int | None = None) -> None:
+    """Test helper: make the manifest entry of shard ``rel`` match the file again (size, sha256 and, when given,
+    the row count)."""
+    import hashlib
+    import json
+
     mpath = Path(out_dir) / "manifest.json"
     m = json.loads(mpath.read_text())
-    data = path.read_bytes()
+    data = (Path(out_dir) / rel).read_bytes()
+    fields = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    if rows is not None:
+        fields["rows"] = rows
     for entries in m["shards"].values():
         for e in entries:
             if e["path"] == rel:
-                e.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), rows=len(rows))
+                e.update(fields)
     mpath.write_text(json.dumps(m))
+
+
+# ------------------------------------------------------------------ reading an output folder's shards
+SHARD_TABLES = ("kept", "rejected")
+
+
+def shard_files(out, subs=SHARD_TABLES) -> list[Path]:
+    """The ``part-*.parquet`` shards of ``out``'s ``subs`` folders: folder by folder, by name within each."""
+    return [f for sub in subs for f in sorted((Path(out) / sub).glob("part-*.parquet"))]
+
+
+def first_shard(out, sub: str) -> Path:
+    """The first shard (by name) of ``out/sub``."""
+    return shard_files(out, (sub,))[0]
+
+
+def output_frame(out, subs=SHARD_TABLES):
+    """Every row of those shards as one polars DataFrame."""
+    import polars as pl
+
+    return pl.concat([pl.read_parquet(f) for f in shard_files(out, subs)])
+
+
+def output_rows(out, subs=SHARD_TABLES, columns=None) -> list[dict]:
+    """Every row of those shards (only ``columns``, when given) as Python dicts, read with pyarrow."""
+    import pyarrow.parquet as pq
+
+    return [r for f in shard_files(out, subs) for r in pq.read_table(f, columns=columns).to_pylist()]
+
+
+# ------------------------------------------------------------------ the command as a user runs it
+def unicurate(*args, cwd=None, timeout=240) -> subprocess.CompletedProcess:
+    """``unicurate ARGS`` in a subprocess (unbuffered output, captured as text)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "unicurate.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)

@@ -472,8 +472,9 @@ class HostileWeb:
 
 
 # ---------------------------------------------------------------- launcher
-def _patch_dns(hosts: dict[str, list[str]]) -> None:
-    real = socket.getaddrinfo
+def fake_getaddrinfo(hosts: dict[str, list[str]], real: Callable) -> Callable:
+    """A ``socket.getaddrinfo`` that answers ``hosts`` (name -> IP addresses) itself, refuses other ``*.test`` and
+    ``*.invalid`` names, and asks ``real`` about everything else."""
 
     def getaddrinfo(host, port, family=0, type=0, proto=0, flags=0):  # noqa: A002 - socket's signature
         name = host.decode() if isinstance(host, bytes) else host
@@ -489,7 +490,11 @@ def _patch_dns(hosts: dict[str, list[str]]) -> None:
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
         return real(host, port, family, type, proto, flags)
 
-    socket.getaddrinfo = getaddrinfo
+    return getaddrinfo
+
+
+def _patch_dns(hosts: dict[str, list[str]]) -> None:
+    socket.getaddrinfo = fake_getaddrinfo(hosts, socket.getaddrinfo)
 
 
 def main(argv: list[str]) -> int:

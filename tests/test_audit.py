@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import rewrite_shard
+from conftest import first_shard, output_rows, refresh_manifest_entry, rewrite_shard, shard_files
 from unicurate.config import parse_recipe
 from unicurate.manifests import stats as st
 from unicurate.manifests import whatif as wi
@@ -19,18 +19,11 @@ from unicurate.manifests.validate import validate
 from unicurate.schema import REASON_STAGE, Reason
 
 
-def rows_of(out: Path, columns=None) -> list[dict]:
-    rows = []
-    for sub in ("kept", "rejected"):
-        for f in sorted((out / sub).glob("part-*.parquet")):
-            rows += pq.read_table(f, columns=columns).to_pylist()
-    return rows
-
-
 def test_stats_agree_with_the_rows_and_the_manifest(scored):
     out, manifest, _ = scored
     s = st.stats(str(out))
-    rows = rows_of(out, ["key", "source", "reject_reasons", "clip_score", "original_width", "original_height"])
+    rows = output_rows(out, columns=["key", "source", "reject_reasons", "clip_score", "original_width",
+                                     "original_height"])
     assert s["rows"] == len(rows) == manifest["counts"]["inputs"]
     assert s["kept"] == manifest["counts"]["kept"] == sum(1 for r in rows if not r["reject_reasons"])
     assert [f["rows"] for f in s["funnel"]] == [f["rows"] for f in manifest["funnel"]["stages"]]
@@ -88,7 +81,7 @@ def test_synthesis_stats(synthesized):
 
 
 def _median(out, col, kept_only=False):
-    vals = [r[col] for r in rows_of(out, ["reject_reasons", col])
+    vals = [r[col] for r in output_rows(out, columns=["reject_reasons", col])
             if r[col] is not None and (not kept_only or not r["reject_reasons"])]
     return float(np.median(vals))
 
@@ -115,8 +108,9 @@ def test_whatif_equals_a_fresh_run_with_those_thresholds(scored, tmp_path):
     applied = wi.apply(str(out), exprs, str(tmp_path / "applied"))
     assert validate(str(tmp_path / "applied")).ok
     assert applied["counts"] == fm["counts"] and applied["derived_from"]["whatif"] == s["settings"]
-    fresh_keys = {r["key"] for r in rows_of(tmp_path / "fresh", ["key", "reject_reasons"]) if not r["reject_reasons"]}
-    applied_rows = rows_of(tmp_path / "applied", ["key", "reject_reasons", "image"])
+    fresh_keys = {r["key"] for r in output_rows(tmp_path / "fresh", columns=["key", "reject_reasons"])
+                  if not r["reject_reasons"]}
+    applied_rows = output_rows(tmp_path / "applied", columns=["key", "reject_reasons", "image"])
     assert {r["key"] for r in applied_rows if not r["reject_reasons"]} == fresh_keys
     assert all(r["image"] for r in applied_rows if not r["reject_reasons"])
     # the applied folder is a normal output: stats and a second what-if work on it
@@ -165,7 +159,7 @@ def test_validate_checks_schema_version_unlisted_files_and_duplicate_keys(scored
     assert not rep.ok and any(".tmp-1234" in p and "not listed" in p for p in rep.problems)
     (out / "kept" / ".tmp-1234-part-00000-of-00003.parquet").unlink()
     # a key written twice (once in kept, again in rejected)
-    kept0 = sorted(p.name for p in (out / "kept").glob("part-*.parquet"))[0]
+    kept0 = first_shard(out, "kept").name
     dup = pq.read_table(out / "kept" / kept0).to_pylist()[0]
 
     def add_dup(rows):
@@ -184,21 +178,9 @@ def test_validate_checks_schema_version_unlisted_files_and_duplicate_keys(scored
     path = out2 / "kept" / kept0
     table = pq.read_table(path).replace_schema_metadata({b"unicurate.schema_version": b"curated/1"})
     pq.write_table(table, path)
-    _fix_sha(out2, f"kept/{kept0}")  # the checksum matches: only the version is wrong
+    refresh_manifest_entry(out2, f"kept/{kept0}")  # the checksum matches: only the version is wrong
     rep = validate(str(out2))
     assert any("schema_version is curated/1" in p for p in rep.problems), rep.problems
-
-
-def _fix_sha(out, rel):
-    import hashlib
-
-    m = json.loads((out / "manifest.json").read_text())
-    data = (out / rel).read_bytes()
-    for entries in m["shards"].values():
-        for e in entries:
-            if e["path"] == rel:
-                e.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
-    (out / "manifest.json").write_text(json.dumps(m))
 
 
 def test_apply_refuses_to_keep_rows_whose_images_were_not_stored(scored, tmp_path):
@@ -206,7 +188,7 @@ def test_apply_refuses_to_keep_rows_whose_images_were_not_stored(scored, tmp_pat
 
     out = tmp_path / "noimg"
     shutil.copytree(scored[0], out)
-    for f in sorted((out / "rejected").glob("part-*.parquet")):
+    for f in shard_files(out, ("rejected",)):
         rewrite_shard(out, f"rejected/{f.name}", lambda rows: [dict(r, image=None) for r in rows])
     assert validate(str(out)).ok
     with pytest.raises(wi.WhatIfError, match="did not store their images"):

@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 
 import hostileweb as hw
+from conftest import output_frame
 from unicurate.manifests.validate import validate
 from unicurate.schema import KEPT, REASON_CODES, REASON_STAGE, Reason, Stage
 
@@ -60,8 +61,11 @@ def corpus(tmp_path_factory):
         yield web, out, proc, int(rss_file.read_text()) if rss_file.exists() else None
 
 
-def _rows(out: Path) -> pl.DataFrame:
-    return pl.concat([pl.read_parquet(p) for p in sorted(out.glob("*/part-*.parquet"))], how="vertical")
+@pytest.fixture(scope="module")
+def rows(corpus) -> tuple[pl.DataFrame, dict[str, dict]]:
+    """The run's rows (kept, then rejected) and each row by its case's name."""
+    df = output_frame(corpus[1])
+    return df, {json.loads(r["metadata"])["case"]: r for r in df.iter_rows(named=True)}
 
 
 def test_run_finishes_without_an_exception(corpus):
@@ -71,10 +75,10 @@ def test_run_finishes_without_an_exception(corpus):
     assert validate(str(out)).ok
 
 
-def test_inputs_equal_kept_plus_rejected(corpus):
+def test_inputs_equal_kept_plus_rejected(corpus, rows):
     web, out, _, _ = corpus
     manifest = json.loads((out / "manifest.json").read_text())
-    df = _rows(out)
+    df, _ = rows
     counts = manifest["counts"]
     assert counts["inputs"] == len(web.cases) == df.height
     assert counts["inputs"] == counts["kept"] + counts["rejected"]
@@ -84,9 +88,9 @@ def test_inputs_equal_kept_plus_rejected(corpus):
     assert sorted(cases) == sorted(c.name for c in web.cases)  # each case exactly once
 
 
-def test_every_case_has_its_expected_outcome(corpus):
-    web, out, _, _ = corpus
-    by_case = {json.loads(r["metadata"])["case"]: r for r in _rows(out).iter_rows(named=True)}
+def test_every_case_has_its_expected_outcome(corpus, rows):
+    web = corpus[0]
+    _, by_case = rows
     wrong = {}
     for case in web.cases:
         row = by_case[case.name]
@@ -96,10 +100,9 @@ def test_every_case_has_its_expected_outcome(corpus):
     assert not wrong, json.dumps(wrong, indent=1, default=str)
 
 
-def test_rejections_explain_themselves(corpus):
+def test_rejections_explain_themselves(rows):
     """A rejected download or decode names what went wrong; nobody has to guess from a reason code alone."""
-    web, out, _, _ = corpus
-    df = _rows(out)
+    df, by_case = rows
     for row in df.iter_rows(named=True):
         stages = {REASON_STAGE[Reason(r)] for r in row["reject_reasons"]}
         assert all(r in REASON_CODES for r in row["reject_reasons"])
@@ -107,7 +110,6 @@ def test_rejections_explain_themselves(corpus):
             assert row["error"] and len(row["error"]) > 10, row
         if Reason.INVALID_INPUT.value in row["reject_reasons"]:
             assert row["error"]
-    by_case = {json.loads(r["metadata"])["case"]: r for r in df.iter_rows(named=True)}
     assert "10.0.0.1" in by_case["redirect-to-private-ip"]["error"]
     assert "127.0.0.3" in by_case["name-resolving-to-loopback"]["error"]
     assert "Content-Length" in by_case["content-length-more-than-body"]["error"]
@@ -125,9 +127,9 @@ def test_blocked_urls_were_never_requested(corpus):
     assert web.hits.get("/final/chain.jpg") == 1
 
 
-def test_kept_images_are_correctly_decoded_and_oriented(corpus):
-    web, out, _, _ = corpus
-    by_case = {json.loads(r["metadata"])["case"]: r for r in _rows(out).iter_rows(named=True)}
+def test_kept_images_are_correctly_decoded_and_oriented(corpus, rows):
+    web = corpus[0]
+    _, by_case = rows
     kept = [c for c in web.cases if not c.expected]
     assert len(kept) >= 10
     for case in kept:

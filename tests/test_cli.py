@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import unicurate
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def unicurate(*args, cwd=None, timeout=240):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, "-m", "unicurate.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def test_entry_point_keeps_exit_code_and_python_cleanup(tmp_path):

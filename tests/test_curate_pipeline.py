@@ -15,14 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from conftest import first_shard, output_frame
 from unicurate.manifests import manifest as mf
 from unicurate.manifests.validate import validate
 from unicurate.pipelines.runner import run_curate
 from unicurate.schema import CURATED_SCHEMA, REASON_CODES
-
-
-def _all_rows(out: Path) -> pl.DataFrame:
-    return pl.concat([pl.read_parquet(str(out / sub / "*.parquet")) for sub in ("kept", "rejected")])
 
 
 def _digests(out: Path) -> dict[str, str]:
@@ -32,7 +29,7 @@ def _digests(out: Path) -> dict[str, str]:
 
 def test_every_case_ends_as_one_row_with_expected_outcome(web, curated):
     out, manifest = curated
-    df = _all_rows(out)
+    df = output_frame(out)
     assert df.height == len(web.cases) == manifest["counts"]["inputs"]
     assert df["key"].n_unique() == df.height
     by_url = {r["url"]: r for r in df.iter_rows(named=True)}
@@ -125,7 +122,7 @@ def test_keep_rejected_images_and_near_dedup(web, web_input, make_recipe, tmp_pa
     recipe = make_recipe(web_input, out, output={"keep_rejected_images": True},
                          filters={"dedup": {"exact": True, "near": True, "max_distance": 4}})
     run_curate(recipe, say=lambda _m: None)
-    df = _all_rows(out)
+    df = output_frame(out)
     banner = df.filter(pl.col("url").str.ends_with("banner.jpg")).row(0, named=True)
     assert banner["image"] is not None and banner["status"] == "rejected"
     dup = df.filter(pl.col("url").str.ends_with("copy-of-first.jpg")).row(0, named=True)
@@ -143,7 +140,7 @@ def test_validate_detects_tampering(curated, tmp_path):
     src, _ = curated
     out = tmp_path / "copy"
     shutil.copytree(src, out)
-    shard = sorted(out.glob("kept/part-*.parquet"))[0]
+    shard = first_shard(out, "kept")
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
@@ -154,7 +151,7 @@ def test_validate_detects_tampering(curated, tmp_path):
     rep = validate(str(out))
     assert any("missing" in p for p in rep.problems)
 
-    shutil.copy(sorted(out.glob("rejected/part-*.parquet"))[0], out / "rejected" / "part-00099-of-00100.parquet")
+    shutil.copy(first_shard(out, "rejected"), out / "rejected" / "part-00099-of-00100.parquet")
     rep = validate(str(out))
     assert any("not listed in the manifest" in p for p in rep.problems)
 
@@ -198,7 +195,7 @@ def test_already_downloaded_images_are_decoded_not_downloaded(web, scored, tmp_p
     import pyarrow as pa
 
     src, _, _ = scored
-    kept = pq.read_table([str(p) for p in sorted((src / "kept").glob("*.parquet"))][0],
+    kept = pq.read_table(first_shard(src, "kept"),
                          columns=["key", "url", "caption", "image", "sha256", "width", "height"]).to_pylist()[:6]
     assert len(kept) == 6
     good = next(c for c in web.cases if c.expected == "kept" and c.caption)
@@ -213,7 +210,7 @@ def test_already_downloaded_images_are_decoded_not_downloaded(web, scored, tmp_p
     recipe = make_recipe(inp, out, input={"image_col": "image"},
                          resize={"image_size": 256, "skip_reencode": True})
     manifest = run_curate(recipe, say=lambda _m: None)
-    df = {r["url"]: r for r in _all_rows(out).iter_rows(named=True)}
+    df = {r["url"]: r for r in output_frame(out).iter_rows(named=True)}
     assert manifest["counts"]["inputs"] == len(rows) == len(df)
     for src_row, row in zip(kept, rows):
         got = df[row["url"]]
@@ -228,8 +225,8 @@ def test_already_downloaded_images_are_decoded_not_downloaded(web, scored, tmp_p
     assert validate(str(out)).ok
 
 
-def _py(code: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+def _py(code: str, env: dict, *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, **env))
 
 
@@ -246,10 +243,9 @@ def test_local_workers_skip_interpreter_teardown_but_keep_failures():
     worker = {LOCAL_DRIVER_ENV: "1"}  # some other process is the driver
     ok = _py(code, worker)
     assert ok.returncode == 0 and ok.stdout == "worker done\n"
-    failed = subprocess.run([sys.executable, "-c", code, "fail"], capture_output=True, text=True, timeout=120,
-                            env=dict(os.environ, **worker))
+    failed = _py(code, worker, "fail")
     assert failed.returncode == 1 and "harness failed" in failed.stderr and "late handler" not in failed.stdout
     # the driver itself (in-memory runs, tests) and processes outside a local run exit normally
-    assert "late handler ran" in _py(code.replace('"1"', "x"), {}).stdout
+    assert "late handler ran" in _py(code, {}).stdout
     driver = _py("import os; os.environ['" + LOCAL_DRIVER_ENV + "'] = str(os.getpid())\n" + code, {})
     assert driver.returncode == 0 and "late handler ran" in driver.stdout

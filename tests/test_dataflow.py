@@ -165,7 +165,7 @@ def test_synthesize_dry_run_right_fits_the_model_stage(scored, tmp_path, no_netw
 
 def test_cli_dry_run_with_beam_flags_only(web_input, tmp_path):
     """`-- --runner DataflowRunner ...` alone selects Dataflow; --dry-run prints where the job went."""
-    from test_cli import unicurate
+    from conftest import unicurate
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"pipeline: curate\ninput: {{path: {web_input}}}\noutput: {{path: {tmp_path / 'out'}}}\n"

@@ -11,18 +11,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import rewrite_shard
+from conftest import first_shard, output_rows, rewrite_shard, shard_files
 from unicurate.manifests.export import EXPORT_MANIFEST, ExportError, export
 
 SCORES = ("clip_score", "aesthetic_score", "watermark_score")
 
 
 def source_rows(out: Path, subs) -> dict[str, dict]:
-    rows = {}
-    for sub in subs:
-        for f in sorted((out / sub).glob("part-*.parquet")):
-            rows.update({r["key"]: r for r in pq.read_table(f).to_pylist()})
-    return rows
+    return {r["key"]: r for r in output_rows(out, subs)}
 
 
 def same(a, b) -> bool:
@@ -168,7 +164,7 @@ def test_synthesis_exports_triplets_and_subjects(synthesized, tmp_path, fmt):
 def test_export_refuses_unsafe_keys_and_foreign_destinations(scored, tmp_path):
     out = tmp_path / "evil"
     shutil.copytree(scored[0], out)
-    kept0 = sorted(p.name for p in (out / "kept").glob("part-*.parquet"))[0]
+    kept0 = first_shard(out, "kept").name
     rewrite_shard(out, f"kept/{kept0}", lambda rows: [dict(rows[0], key="../../escaped")] + rows[1:])
     for fmt in ("webdataset", "mds", "hf"):
         dest = tmp_path / f"dest-{fmt}"
@@ -199,7 +195,7 @@ def test_hf_export_skips_empty_shards(scored, tmp_path):
 
     out = tmp_path / "run"
     shutil.copytree(scored[0], out)
-    names = sorted(p.name for p in (out / "kept").glob("part-*.parquet"))
+    names = [p.name for p in shard_files(out, ("kept",))]
     rewrite_shard(out, f"kept/{names[0]}", lambda rows: [])
     rest = sum(pq.read_metadata(out / "kept" / n).num_rows for n in names[1:])
     dest = tmp_path / "hf"
@@ -241,7 +237,7 @@ def test_every_format_refuses_unsafe_keys_before_writing(scored, tmp_path, case)
     out = tmp_path / "src"
     shutil.copytree(scored[0], out)
     sub = "rejected" if case in ("absolute", "nul", "unicode") else "kept"  # both tables are checked
-    first = sorted(p.name for p in (out / sub).glob("part-*.parquet"))[0]
+    first = first_shard(out, sub).name
     rewrite_shard(out, f"{sub}/{first}", lambda rows: rows[:1] + [dict(rows[1], key=key)] + rows[2:])
     before = _tree(tmp_path)
     for fmt in ("webdataset", "mds", "hf"):
@@ -258,7 +254,7 @@ def test_every_format_refuses_unsafe_keys_before_writing(scored, tmp_path, case)
 def test_synthesis_exports_refuse_unsafe_keys(synthesized, tmp_path, table):
     out = tmp_path / "src"
     shutil.copytree(synthesized[0], out)
-    first = sorted(p.name for p in (out / table).glob("part-*.parquet"))[0]
+    first = first_shard(out, table).name
     rewrite_shard(out, f"{table}/{first}", lambda rows: [dict(rows[0], key="../../../escaped")] + rows[1:])
     before = _tree(tmp_path)
     for fmt in ("webdataset", "mds", "hf"):
@@ -283,7 +279,7 @@ def test_webdataset_members_are_key_named_files_under_dest(scored, tmp_path):
 
     out = tmp_path / "src"
     shutil.copytree(scored[0], out)
-    first = sorted(p.name for p in (out / "kept").glob("part-*.parquet"))[0]
+    first = first_shard(out, "kept").name
     edge = ["A" * 200, "Z-_-9"]
     rewrite_shard(out, f"kept/{first}", lambda rows: [dict(r, key=k) for r, k in zip(rows, edge)] + rows[2:])
     dest = tmp_path / "wds"

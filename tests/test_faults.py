@@ -16,17 +16,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import base_recipe
+from conftest import base_recipe, first_shard, output_frame, unicurate
 from unicurate.config import parse_recipe
 from unicurate.filters.scoring import ModelScorer
 from unicurate.filters.watermark import WatermarkFilter
 from unicurate.manifests import manifest as mf
 from unicurate.manifests.validate import validate
 from unicurate.pipelines.runner import run_curate
-
-
-def _rows(out: Path) -> pl.DataFrame:
-    return pl.concat([pl.read_parquet(str(out / sub / "*.parquet")) for sub in ("kept", "rejected")])
 
 
 # ------------------------------------------------------------------ a. a model that fails on one element
@@ -49,7 +45,7 @@ def _model_run(inp, out, batch_size):
 def reference_scores(good_input, tmp_path_factory):
     out = tmp_path_factory.mktemp("faults-ref")
     _model_run(good_input, out, 4)
-    df = _rows(out)
+    df = output_frame(out)
     assert df["watermark_score"].null_count() == 0 and df.height == 10
     return dict(zip(df["key"].to_list(), df["watermark_score"].to_list()))
 
@@ -84,7 +80,7 @@ def test_one_failing_element_is_one_score_error(batch_size, good_input, referenc
     assert manifest["counts"] == {"inputs": 10, "kept": 9, "rejected": 1}
     assert manifest["funnel"]["reasons"] == {"score_error": 1}
     assert manifest["_metrics"]["score_errors"] == 1
-    df = _rows(out)
+    df = output_frame(out)
     bad = df.filter(pl.col("caption") == target).row(0, named=True)
     assert bad["status"] == "rejected" and bad["reject_reasons"] == ["score_error"]
     assert f"RuntimeError: injected fault: cannot score {target}" in bad["error"]
@@ -178,9 +174,9 @@ def _alive(pid: int) -> bool:
 
 
 def _workers_of(pid: int) -> list[int]:
-    from unicurate.pipelines.runner import _children, _cmdline
+    from unicurate.pipelines.procs import children, cmdline
 
-    return [w for shell in _children(pid) if "sdk_worker_main" in _cmdline(shell) for w in _children(shell)]
+    return [w for shell in children(pid) if "sdk_worker_main" in cmdline(shell) for w in children(shell)]
 
 
 def _kill_a_worker(run: Run, stage: str) -> list[int]:
@@ -207,14 +203,10 @@ def _all_gone(pids: list[int], timeout: float = 10) -> bool:
     return not any(_alive(p) for p in pids)
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "unicurate.cli", *args], capture_output=True, text=True, timeout=240)
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds Beam's worker processes through /proc (Linux)")
 def test_killed_runs_then_rerun_is_complete_and_valid(web, web_input, curated, tmp_path, monkeypatch):
     ref, ref_manifest = curated
-    ref_keys = set(_rows(ref)["key"].to_list())
+    ref_keys = set(output_frame(ref)["key"].to_list())
     out = tmp_path / "out"
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
@@ -256,9 +248,9 @@ def test_killed_runs_then_rerun_is_complete_and_valid(web, web_input, curated, t
     # the same command again: complete, valid, the reference's keys, each once, nothing left of the killed runs
     code, stdout, err = Run(recipe, tmp_path, trace=False).finish(timeout=240)
     assert code == 0, err[-3000:]
-    val = _cli("validate", str(out))
+    val = unicurate("validate", str(out))
     assert val.returncode == 0 and val.stdout.startswith("OK"), val.stdout + val.stderr
-    df = _rows(out)
+    df = output_frame(out)
     assert df["key"].n_unique() == df.height == ref_manifest["counts"]["inputs"]
     assert set(df["key"].to_list()) == ref_keys
     m = json.loads((out / mf.MANIFEST_NAME).read_text())
@@ -269,18 +261,14 @@ def test_killed_runs_then_rerun_is_complete_and_valid(web, web_input, curated, t
 
 
 # ------------------------------------------------------------------ c. an output folder damaged after its run
-def _first_kept(out: Path) -> Path:
-    return sorted(out.glob("kept/part-*.parquet"))[0]
-
-
 def _delete(out):
-    p = _first_kept(out)
+    p = first_shard(out, "kept")
     p.unlink()
     return p.name, ["listed in the manifest but missing"]
 
 
 def _flip_a_byte(out):
-    p = _first_kept(out)
+    p = first_shard(out, "kept")
     data = bytearray(p.read_bytes())
     data[len(data) // 2] ^= 0x01
     p.write_bytes(bytes(data))
@@ -288,7 +276,7 @@ def _flip_a_byte(out):
 
 
 def _truncate(out):
-    p = _first_kept(out)
+    p = first_shard(out, "kept")
     size = p.stat().st_size
     p.write_bytes(p.read_bytes()[: size // 2])
     return p.name, [f"size {size // 2} bytes, manifest says {size}"]
@@ -333,7 +321,7 @@ def test_validate_command_names_the_damaged_file(damage, curated, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(curated[0], out)  # valid as it is (test_cli, test_curate_pipeline)
     name, words = damage(out)
-    res = _cli("validate", str(out))
+    res = unicurate("validate", str(out))
     assert res.returncode == 1, res.stdout + res.stderr
     assert res.stderr.startswith(f"INVALID {out}: ") and "Traceback" not in res.stderr, res.stderr
     problems = [line for line in res.stderr.splitlines() if line.startswith("  - ")]

@@ -7,8 +7,6 @@ import gzip
 import hashlib
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
@@ -16,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import output_frame, unicurate
 from unicurate.config import InputConfig
 from unicurate.manifests.validate import validate
 from unicurate.pipelines import ingest, runner
@@ -225,12 +224,6 @@ def test_json_lines_with_wrong_types_become_rejected_rows(tmp_path):
 
 
 # ------------------------------------------------------------------ the real command
-def unicurate(*args, cwd, timeout=240):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, "-m", "unicurate.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
 def _recipe(tmp_path: Path, inp: str, out: Path, extra: str = "") -> Path:
     r = tmp_path / "r.yaml"
     r.write_text(f"pipeline: curate\ninput: {{path: '{inp}'{extra}}}\noutput: {{path: '{out}', rows_per_shard: 25}}\n"
@@ -268,7 +261,7 @@ def test_cli_row_problems_are_rejected_rows(web, tmp_path):
     assert unicurate("validate", str(out), cwd=tmp_path).returncode == 0
     m = json.loads((out / "manifest.json").read_text())
     assert m["counts"] == {"inputs": len(lines), "kept": len(good), "rejected": len(lines) - len(good)}
-    rej = pl.read_parquet(str(out / "rejected" / "*.parquet")).sort("input_row")
+    rej = output_frame(out, ("rejected",)).sort("input_row")
     assert rej["input_row"].to_list() == [1, 2, 3, 4, 5]
     assert all(r == ["invalid_input"] for r in rej["reject_reasons"].to_list())
     errors = rej["error"].to_list()
@@ -276,7 +269,7 @@ def test_cli_row_problems_are_rejected_rows(web, tmp_path):
     assert "line 3: the url ('url') is an object" in errors[1]
     assert "line 4: the caption ('caption') is an array" in errors[2]
     assert "line 5: not JSON" in errors[3] and "line 6: not a JSON object" in errors[4]
-    kept = pl.read_parquet(str(out / "kept" / "*.parquet"))
+    kept = output_frame(out, ("kept",))
     assert sorted(kept["url"].to_list()) == sorted(g["url"] for g in good)
 
 
@@ -307,7 +300,7 @@ def test_corrupt_row_group_becomes_rejected_rows_not_a_crash(tmp_path, make_reci
     manifest = run_curate(make_recipe(p, out), say=lambda _m: None)
     assert manifest["counts"]["inputs"] == 40 and manifest["counts"]["rejected"] == 40
     assert validate(str(out)).ok
-    rej = pl.read_parquet(str(out / "rejected" / "*.parquet")).sort("input_row")
+    rej = output_frame(out, ("rejected",)).sort("input_row")
     assert rej["input_row"].to_list() == list(range(40))
     bad = rej.filter(pl.col("input_row") < lost)
     assert all(r == ["invalid_input"] for r in bad["reject_reasons"].to_list())

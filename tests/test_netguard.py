@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import http.server
+import socket
 import threading
 import time
 import urllib.request
 
 import pytest
 
+import hostileweb
 from unicurate.config import DownloadConfig
 from unicurate.pipelines import netguard
 from unicurate.pipelines.fetch import download
@@ -74,7 +76,7 @@ def server():
 
 def _fetch(url, **cfg):
     c = DownloadConfig(**{"timeout": 2, "allow_private_networks": True, **cfg})
-    policy = netguard.Policy(c.allow_private_networks, c.max_bytes, c.max_seconds)
+    policy = netguard.Policy(c.allow_private_networks, c.max_bytes, c.max_seconds, tuple(c.allowed_networks))
     try:
         return download(url, c, policy)
     except netguard.GuardError as exc:
@@ -181,41 +183,21 @@ def test_classify_error_messages():
     assert netguard.strip_tag("<urlopen error [blocked_address] x is a loopback address>") == "x is a loopback address"
 
 
-def _fake_dns(monkeypatch, name: str, ip: str):
-    import socket
-
-    real = socket.getaddrinfo
-
-    def getaddrinfo(host, port, *args, **kwargs):
-        if host == name:
-            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, int(port)))]
-        return real(host, port, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-
-
-def _fetch_with(url, **cfg):
-    c = DownloadConfig(**{"timeout": 2, **cfg})
-    policy = netguard.Policy(c.allow_private_networks, c.max_bytes, c.max_seconds, tuple(c.allowed_networks))
-    try:
-        return download(url, c, policy)
-    except netguard.GuardError as exc:
-        return None, str(exc)
-
-
 def test_public_looking_name_resolving_to_loopback_is_refused_unless_allowed(server, monkeypatch):
     """DNS decides, not the name: photos.cdn-example.com pointing at 127.0.0.1 is loopback."""
     port = server.rsplit(":", 1)[1]
-    _fake_dns(monkeypatch, "photos.cdn-example.com", "127.0.0.1")
+    monkeypatch.setattr(socket, "getaddrinfo",
+                        hostileweb.fake_getaddrinfo({"photos.cdn-example.com": ["127.0.0.1"]}, socket.getaddrinfo))
     url = f"http://photos.cdn-example.com:{port}/ok"
-    data, err = _fetch_with(url)
+    data, err = _fetch(url, allow_private_networks=False)
     assert data is None and _reason(err) == Reason.BLOCKED_ADDRESS
     assert "photos.cdn-example.com resolves to the loopback address 127.0.0.1" in err
-    data, err = _fetch_with(url, allowed_networks=["10.0.0.0/8"])  # another network allowed: still refused
+    # another network allowed: still refused
+    data, err = _fetch(url, allow_private_networks=False, allowed_networks=["10.0.0.0/8"])
     assert data is None and _reason(err) == Reason.BLOCKED_ADDRESS
-    data, err = _fetch_with(url, allowed_networks=["127.0.0.1/32"])
+    data, err = _fetch(url, allow_private_networks=False, allowed_networks=["127.0.0.1/32"])
     assert data == b"hello" and err is None
-    data, err = _fetch_with(url, allow_private_networks=True)
+    data, err = _fetch(url, allow_private_networks=True)
     assert data == b"hello" and err is None
 
 
@@ -247,8 +229,6 @@ def test_request_url_is_what_a_browser_sends(url, wire):
 
 
 def test_body_shorter_than_content_length_is_a_connection_error():
-    import socket
-
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(1)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import rewrite_shard
+from conftest import first_shard, rewrite_shard, shard_files
 from unicurate.manifests import stats as st
 from unicurate.manifests.report import write_report
 
@@ -27,19 +27,22 @@ def chromium() -> str:
     pytest.skip("no chromium on this machine: apt-get install chromium (CI installs it)")
 
 
+def run_chromium(html: Path, profile: Path, *flags: str) -> subprocess.CompletedProcess:
+    """Headless Chromium (profile folder ``profile``) on the page ``html`` with extra ``flags``."""
+    cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+           f"--user-data-dir={profile}", *flags, html.resolve().as_uri()]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
 def render(html: Path, tmp: Path) -> tuple[str, "object"]:
     """(DOM after scripts ran, screenshot as a PIL image) from headless Chromium."""
     from PIL import Image
 
-    exe = chromium()
-    flags = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--disable-dev-shm-usage",
-             f"--user-data-dir={tmp / 'profile'}", "--window-size=1280,3000"]
-    url = html.resolve().as_uri()
-    dom = subprocess.run(flags + ["--virtual-time-budget=3000", "--dump-dom", url], capture_output=True, text=True,
-                         timeout=120)
+    window = ("--hide-scrollbars", "--window-size=1280,3000")
+    dom = run_chromium(html, tmp / "profile", *window, "--virtual-time-budget=3000", "--dump-dom")
     assert dom.returncode == 0, dom.stderr[-2000:]
     shot = tmp / "shot.png"
-    res = subprocess.run(flags + [f"--screenshot={shot}", url], capture_output=True, text=True, timeout=120)
+    res = run_chromium(html, tmp / "profile", *window, f"--screenshot={shot}")
     assert res.returncode == 0 and shot.exists(), res.stderr[-2000:]
     return dom.stdout, Image.open(shot).convert("RGB")
 
@@ -62,7 +65,7 @@ def assert_drawn(img) -> None:
 def test_curated_report_renders_in_chromium(scored, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(scored[0], out)
-    kept0 = sorted(p.name for p in (out / "kept").glob("part-*.parquet"))[0]
+    kept0 = first_shard(out, "kept").name
     rewrite_shard(out, f"kept/{kept0}", lambda rows: [dict(rows[0], caption=HOSTILE)] + rows[1:])
     s = st.stats(str(out))
     path = write_report(str(out))
@@ -159,10 +162,7 @@ class _Dom:
 
 def dump_dom(html: Path, tmp: Path) -> str:
     """The DOM after Chromium ran the page (and any script in it) for a while."""
-    flags = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-             f"--user-data-dir={tmp / 'profile-dom'}", "--virtual-time-budget=3000", "--dump-dom",
-             html.resolve().as_uri()]
-    res = subprocess.run(flags, capture_output=True, text=True, timeout=120)
+    res = run_chromium(html, tmp / "profile-dom", "--virtual-time-budget=3000", "--dump-dom")
     assert res.returncode == 0 and "</html>" in res.stdout, res.stderr[-2000:]
     return res.stdout
 
@@ -175,10 +175,10 @@ def test_report_shows_hostile_data_as_text_in_chromium(scored, tmp_path):
     out = tmp_path / XSS_DIR
     shutil.copytree(scored[0], out)
     caption = f"{XSS_SCRIPT} {XSS_IMG} {XSS_BREAKOUT}"
-    kept0 = sorted(p.name for p in (out / "kept").glob("part-*.parquet"))[0]
+    kept0 = first_shard(out, "kept").name
     rewrite_shard(out, f"kept/{kept0}", lambda rows: [dict(rows[0], key=XSS_KEY, caption=caption, url=caption,
                                                            metadata=json.dumps({"alt": caption}))] + rows[1:])
-    rej_shards = sorted(p.name for p in (out / "rejected").glob("part-*.parquet"))
+    rej_shards = [p.name for p in shard_files(out, ("rejected",))]
     for name in rej_shards:  # every rejected row: sampled tiles of every reason show them
         rewrite_shard(out, f"rejected/{name}",
                       lambda rows: [dict(r, caption=XSS_SCRIPT, error=XSS_IMG, url=XSS_BREAKOUT) for r in rows])

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import syn_base_recipe
 from unicurate.config import FiltersConfig, ModelsConfig, parse_recipe
 from unicurate.models.resolver import ModelUnavailable
 
@@ -112,14 +113,7 @@ def test_curate_models_refuse_pickled_code(evil, model):
 
 # ------------------------------------------------------------------ synthesize: load_models, as each worker does
 def syn_recipe(models: dict, **sections):
-    data = {"pipeline": "synthesize", "input": {"path": "in"}, "output": {"path": "out"},
-            "models": {"profile": "tiny", "batch_size": 4, "offline": True, **models},
-            "runner": {"direct_num_workers": 1},
-            "checks": {"redetect": False, "clip_similarity": False, "min_clip_similarity": None,
-                       "max_clip_similarity": None, "max_change_outside": 0.0}}
-    for k, v in sections.items():
-        data.setdefault(k, {}).update(v)
-    return parse_recipe(data)
+    return parse_recipe(syn_base_recipe("in", "out", models={"offline": True, **models}, **sections))
 
 
 def bert_folder(tmp_path: Path, weights: Path) -> Path:
@@ -228,13 +222,9 @@ def test_a_plain_bert_state_dict_still_loads(tmp_path):
     from unicurate.synthesis.grounding import GroundingDinoDetector, tiny_bert_dir
 
     specs = zoo.profile_specs("tiny")
-    tiny = tiny_bert_dir(specs["text_encoder"])
-    state = load_file(str(tiny / "model.safetensors"))
-    folder = tmp_path / "bert"
-    folder.mkdir()
-    for name in ("config.json", "vocab.txt"):
-        shutil.copy(tiny / name, folder / name)
-    torch.save(state, folder / "pytorch_model.bin")
+    state = load_file(str(tiny_bert_dir(specs["text_encoder"]) / "model.safetensors"))
+    torch.save(state, tmp_path / "state.bin")
+    folder = bert_folder(tmp_path, tmp_path / "state.bin")
     det = GroundingDinoDetector(specs["grounding_dino"], None, folder, "cpu", "fp32")
     bert = det.model.bert.state_dict()
     key = next(k for k in state if k.endswith("word_embeddings.weight"))

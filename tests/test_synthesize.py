@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import syn_base_recipe
 from unicurate.config import parse_recipe
 from unicurate.manifests.validate import validate
 from unicurate.schema import EDIT_TYPES, SynReason
@@ -18,15 +19,8 @@ from test_synthesis_ops import RED, StubDetector, scene
 
 
 def syn_recipe(tmp_path=None, **sections) -> object:
-    data = {"pipeline": "synthesize", "input": {"path": str(tmp_path or "in")},
-            "output": {"path": str((tmp_path or "out"))}, "models": {"profile": "tiny", "batch_size": 4},
-            "runner": {"direct_num_workers": 1},
-            "edits": {"per_object": 7},
-            "checks": {"redetect": False, "clip_similarity": False, "min_clip_similarity": None,
-                       "max_clip_similarity": None, "max_change_outside": 0.0}}
-    for k, v in sections.items():
-        data.setdefault(k, {}).update(v)
-    return parse_recipe(data)
+    edits = {"per_object": 7, **sections.pop("edits", {})}
+    return parse_recipe(syn_base_recipe(tmp_path or "in", tmp_path or "out", edits=edits, **sections))
 
 
 class StubGrounder:

@@ -347,45 +347,18 @@ def _has_manifest(out_dir: str) -> bool:
     return FileSystems.exists(mf.join(out_dir, mf.MANIFEST_NAME))
 
 
-def _children(pid: int) -> list[int]:
-    """Processes whose parent is ``pid`` (Linux /proc; [] where there is none)."""
-    out = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return out
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                stat = fh.read().decode("utf-8", "replace")
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) > 1 and fields[1] == str(pid):
-            out.append(int(entry))
-    return out
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return fh.read().replace(b"\0", b" ").decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
 def stop_local_workers() -> list[int]:
     """SIGKILL this process's DirectRunner worker processes (``sh -c ... sdk_worker_main`` children and the
     Python workers under them); the pids ended."""
     import signal
 
     ended = []
-    for shell in _children(os.getpid()):
-        if "sdk_worker_main" not in _cmdline(shell):
+    from unicurate.pipelines.procs import children, cmdline
+
+    for shell in children(os.getpid()):
+        if "sdk_worker_main" not in cmdline(shell):
             continue
-        for pid in _children(shell) + [shell]:
+        for pid in children(shell) + [shell]:
             try:
                 os.kill(pid, signal.SIGKILL)
                 ended.append(pid)
@@ -485,8 +458,9 @@ def format_synthesis_funnel(manifest: dict) -> str:
     if met.get("model_loads"):
         lines.append(f"(models loaded {met['model_loads']} time(s), once per worker process; "
                      f"{met.get('model_batches', 0)} batches)")
-    if stage_times(met):
-        lines.append(stage_times(met))
+    times = stage_times(met)
+    if times:
+        lines.append(times)
     c = manifest["counts"]
     lines.append("")
     lines.append(f"{c['inputs']} input images -> {c['images']} image rows; {c['subject']} subject samples, "
@@ -699,8 +673,9 @@ def format_funnel(manifest: dict) -> str:
         lines.append(f"  (models loaded {met['model_loads']} time(s), once per worker process; "
                      f"{met.get('model_batches', 0)} batches, {met.get('model_rows', 0)} rows scored, "
                      f"{met.get('score_errors', 0)} score errors)")
-    if stage_times(met):
-        lines.append(stage_times(met))
+    times = stage_times(met)
+    if times:
+        lines.append(times)
     c = manifest["counts"]
     lines.append("")
     lines.append(f"kept {c['kept']} + rejected {c['rejected']} = {c['kept'] + c['rejected']} of {c['inputs']} inputs")
