@@ -188,11 +188,11 @@ class GroundingDinoDetector(Loaded):
         if not text_encoder_files_ok(Path(text_dir)):
             raise ModelUnavailable(f"model 'text_encoder': {text_dir} is not a BERT folder (needs config.json, "
                                    "vocab.txt and model.safetensors or pytorch_model.bin)")
-        weights = text_encoder_weights(Path(text_dir))
-        if weights.suffix != ".safetensors":
+        text_weights = text_encoder_weights(Path(text_dir))
+        if text_weights.suffix != ".safetensors":
             # transformers reads pytorch_model.bin with torch.load(weights_only=True) itself; checked here with
             # the same safe loader first, so a bad or pickled-code file is one clear error naming the model
-            load_weights(weights, f"model 'text_encoder': cannot load {weights} as BERT weights")
+            load_weights(text_weights, f"model 'text_encoder': cannot load {text_weights} as BERT weights")
         ckpt = None
         if not tiny:  # read (safely) before the costly build: a wrong file fails fast
             # the official checkpoint is {"model": state dict, ...}; its training args are an argparse.Namespace,
