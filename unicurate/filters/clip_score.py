@@ -16,6 +16,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from unicurate.filters._thresholds import below, merge
+from unicurate.filters.base import model_image
 from unicurate.schema import Reason
 
 
@@ -33,8 +34,8 @@ class ClipScoreFilter:
         self.thresholds = {"min_score": min_score}
 
     def prepare(self, pil_image):
-        """CPU preprocessing (resize, crop, normalise) of one decoded RGB image."""
-        return self.model.image_tensor(pil_image)
+        """CPU preprocessing (slivers padded, then open_clip's resize, crop, normalise) of one decoded RGB image."""
+        return self.model.image_tensor(model_image(pil_image))
 
     def score(self, batch: Sequence[Mapping[str, Any]]) -> dict[str, list]:
         """One batched image forward and one batched text forward for the whole batch."""

@@ -2,7 +2,9 @@
 
 * ``nudenet``: NudeNet's ONNX detector (ships in the ``nudenet`` package, runs
   offline), batched through onnxruntime; the score is the highest confidence
-  of an exposed-body-part detection (0 when there is none);
+  of an exposed-body-part detection on the image (0 when there is none; a
+  sliver is padded before detection, see :func:`~unicurate.filters.base.fit_for_models`,
+  and detections that lie wholly in the padding do not count);
 * ``clip_head``: LAION's CLIP-based NSFW classifier on the normalised CLIP
   image embedding the clip stage already computed.
 """
@@ -14,7 +16,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from unicurate.filters._thresholds import above, merge
-from unicurate.filters.base import bgr_array
+from unicurate.filters.base import BgrInput, bgr_input
 from unicurate.schema import Reason
 
 
@@ -32,17 +34,29 @@ class NsfwFilter:
         self.needs = ("clip_embedding",) if backend == "clip_head" else ()
         self.input_key = "nsfw_input" if backend == "nudenet" else None
 
-    prepare = staticmethod(bgr_array)  # NudeNet reads OpenCV-style BGR arrays
+    prepare = staticmethod(bgr_input)  # NudeNet reads OpenCV-style BGR arrays (shared with text coverage)
 
     def score(self, batch: Sequence[Mapping[str, Any]]) -> dict[str, list]:
         if not batch:
             return {"nsfw_score": []}
         if self.backend == "nudenet":
-            detections = self.model.detect([row[self.input_key] for row in batch])
-            return {"nsfw_score": [self.model.nsfw_score(d) for d in detections]}
+            inputs = [row[self.input_key] for row in batch]
+            detections = self.model.detect([x.bgr for x in inputs])
+            return {"nsfw_score": [self.model.nsfw_score(on_image(d, x)) for d, x in zip(detections, inputs)]}
         emb = np.stack([np.asarray(row["clip_embedding"], np.float32) for row in batch])
         return {"nsfw_score": [float(v) for v in self.model.score(emb)]}
 
     def decide(self, columns, thresholds=None) -> list[list[str]]:
         t = merge(self.thresholds, thresholds)
         return [[Reason.NSFW.value] if above(v, t["max_score"]) else [] for v in columns["nsfw_score"]]
+
+
+def on_image(detections: list[dict], prepared: BgrInput) -> list[dict]:
+    """The detections (NudeNet's ``box``: x, y, w, h in the input's pixels) that overlap the stored image's
+    region of a padded input: none that lies wholly in the padding. An unpadded input keeps all of them."""
+    if not prepared.padded:
+        return detections
+    region = prepared.region
+    x0, y0, x1, y1 = region.left, region.top, region.left + region.width, region.top + region.height
+    return [d for d in detections if d["box"][0] < x1 and d["box"][0] + max(d["box"][2], 1) > x0
+            and d["box"][1] < y1 and d["box"][1] + max(d["box"][3], 1) > y0]

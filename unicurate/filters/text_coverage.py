@@ -3,6 +3,10 @@
 RapidOCR's detector takes one image per call (its input size follows the
 image), so a batch is spread over a small thread pool: onnxruntime releases
 the GIL, and each call already uses several intra-op threads.
+
+The coverage is a share of the stored image: a sliver padded for the models
+(:func:`~unicurate.filters.base.fit_for_models`) is measured over its own
+pixels only; the padding holds no text boxes and is not in the denominator.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from unicurate.filters._thresholds import above, below, merge
-from unicurate.filters.base import bgr_array
+from unicurate.filters.base import BgrInput, Region, bgr_input
 from unicurate.schema import Reason
 
 
@@ -30,11 +34,14 @@ class TextCoverageFilter:
         self.threads = max(1, threads)
         self._pool: Optional[ThreadPoolExecutor] = None
 
-    prepare = staticmethod(bgr_array)  # RapidOCR reads OpenCV-style BGR arrays
+    prepare = staticmethod(bgr_input)  # RapidOCR reads OpenCV-style BGR arrays (shared with NudeNet)
 
-    def _one(self, bgr: np.ndarray) -> tuple[float, int, Optional[str]]:
-        boxes, texts = self.model.read(bgr)
-        cov = self.model.coverage(boxes, bgr.shape[0], bgr.shape[1])
+    def _one(self, prepared: BgrInput) -> tuple[float, int, Optional[str]]:
+        boxes, texts = self.model.read(prepared.bgr)
+        region = prepared.region
+        if prepared.padded:
+            boxes, texts = in_region(boxes, texts, region)
+        cov = self.model.coverage(boxes, region.height, region.width)
         text = "\n".join(texts) if self.model.recognize else None
         return cov, len(boxes), text
 
@@ -60,3 +67,31 @@ class TextCoverageFilter:
                 reasons.append(Reason.TOO_LITTLE_TEXT.value)
             out.append(reasons)
         return out
+
+
+def in_region(boxes: Sequence[np.ndarray], texts: Sequence[str], region: Region) -> tuple[list[np.ndarray], list[str]]:
+    """Text boxes moved into ``region``'s own pixels (a padded input's stored image), keeping those that cover at
+    least one of its pixels (and their texts, when recognised); what lies outside is clipped by the coverage."""
+    import cv2
+
+    kept_boxes: list[np.ndarray] = []
+    kept_texts: list[str] = []
+    shift = np.array([region.left, region.top], np.float32)
+    mask: Optional[np.ndarray] = None
+    for i, box in enumerate(boxes):
+        moved = np.asarray(box, np.float32).reshape(-1, 2) - shift
+        points = np.round(moved).astype(np.int32)
+        (x0, y0), (x1, y1) = points.min(axis=0), points.max(axis=0)
+        if x1 < 0 or y1 < 0 or x0 >= region.width or y0 >= region.height:
+            continue  # wholly in the padding
+        if x0 < 0 or y0 < 0 or x1 >= region.width or y1 >= region.height:  # across an edge: rasterise it
+            if mask is None:
+                mask = np.zeros((region.height, region.width), np.uint8)
+            mask[:] = 0
+            cv2.fillPoly(mask, [points.reshape(-1, 1, 2)], 1)
+            if not mask.any():
+                continue
+        kept_boxes.append(moved)
+        if i < len(texts):
+            kept_texts.append(texts[i])
+    return kept_boxes, kept_texts

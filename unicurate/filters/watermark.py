@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional, Sequence
 
 from unicurate.filters._thresholds import above, merge
+from unicurate.filters.base import model_image
 from unicurate.schema import Reason
 
 
@@ -19,8 +20,8 @@ class WatermarkFilter:
         self.thresholds = {"max_score": max_score}
 
     def prepare(self, pil_image):
-        """CPU preprocessing: resize to the detector's square input, ImageNet normalisation."""
-        return self.model.image_tensor(pil_image)
+        """CPU preprocessing: slivers padded, then resize to the detector's square input, ImageNet normalisation."""
+        return self.model.image_tensor(model_image(pil_image))
 
     def score(self, batch: Sequence[Mapping[str, Any]]) -> dict[str, list]:
         probs = self.model.score([row[self.input_key] for row in batch])

@@ -56,7 +56,9 @@ def clip_similarities(clip, edits: Sequence[EditResult]) -> list[Optional[float]
             if id(a) not in index:
                 index[id(a)] = len(arrays)
                 arrays.append(a)
-    emb = clip.encode_images([clip.image_tensor(Image.fromarray(a)) for a in arrays])
+    from unicurate.filters.base import model_image  # extreme shapes padded as for curate's CLIP score
+
+    emb = clip.encode_images([clip.image_tensor(model_image(Image.fromarray(a))) for a in arrays])
     return [float(np.dot(emb[index[id(e.source)]], emb[index[id(e.target)]])) for e in edits]
 
 
