@@ -9,13 +9,19 @@ The server answers at the byte level where the case needs it: connection resets,
 a time, Content-Length lies, a chunked body that never ends. Host names (``*.test``) are resolved by the
 launcher below (``python tests/hostileweb.py --hosts NAME=IP,... -- unicurate ARGS``), which stands in for
 DNS: it maps those names in ``socket.getaddrinfo``, runs the unicurate CLI in the same process, and writes
-the process's peak RSS to a file.
+the process's peak RSS to a file. It also fences the process in: a connection to anything but loopback is
+refused and recorded (the stand-in DNS hands out addresses such as 169.254.169.254, and nothing may ever be
+sent there, even by a broken guard).
 """
 
 from __future__ import annotations
 
 import csv
+import errno
+import gzip
+import hashlib
 import io
+import ipaddress
 import json
 import socket
 import struct
@@ -54,6 +60,7 @@ class Case:
     reference: Optional[Image.Image] = field(default=None, repr=False)  # kept cases: what the image shows
     original_size: Optional[tuple[int, int]] = None  # kept cases: EXIF-oriented size of the source
     jsonl: bool = False  # listed in the JSONL input file instead of the CSV one
+    body_sha256: Optional[str] = None  # kept cases served with a Content-Encoding: sha256 of the decoded body
 
 
 # ---------------------------------------------------------------- pictures
@@ -86,6 +93,28 @@ def bomb_png(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
     idat = zlib.compressobj().compress(b"\0" * 4096)  # the start of a stream: never finished
     return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat)
+
+
+def deflate_raw(data: bytes) -> bytes:
+    """A raw deflate stream (RFC 1951, no zlib header): what some servers send as ``Content-Encoding: deflate``."""
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    return c.compress(data) + c.flush()
+
+
+def gzip_bomb(size: int, block: int = 1 << 20) -> bytes:
+    """A valid gzip stream of ``size`` zero bytes (a multiple of ``block``), about ``size / 1000`` bytes long.
+
+    After a full flush the compressor starts afresh, so one compressed block of zeros is repeated rather than
+    ``size`` bytes compressed: building a 2 GiB bomb takes a moment, not minutes."""
+    assert size % block == 0
+    zeros = b"\0" * block
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    segment = c.compress(zeros) + c.flush(zlib.Z_FULL_FLUSH)
+    crc = 0
+    for _ in range(size // block):
+        crc = zlib.crc32(zeros, crc)
+    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # gzip, deflate, no name, mtime 0, unknown OS
+    return header + segment * (size // block) + c.flush(zlib.Z_FINISH) + struct.pack("<II", crc, size & 0xFFFFFFFF)
 
 
 def _over_white(img: Image.Image) -> Image.Image:
@@ -146,6 +175,19 @@ def answer(status: int, body: bytes = b"", content_type: str = "image/jpeg", del
 
 def redirect(status: int, location: str) -> Responder:
     return answer(status, b"", "text/plain", headers={"Location": location})
+
+
+def chunked(body: bytes, headers: Optional[dict[str, str]] = None, size: int = 4096) -> Responder:
+    """``body`` in ``Transfer-Encoding: chunked`` frames of ``size`` bytes."""
+
+    def respond(h: _Handler) -> None:
+        h.head(200, {"Content-Type": "image/jpeg", "Transfer-Encoding": "chunked", **(headers or {})})
+        for i in range(0, len(body), size):
+            block = body[i:i + size]
+            h.send(f"{len(block):x}\r\n".encode() + block + b"\r\n")
+        h.send(b"0\r\n\r\n")
+
+    return respond
 
 
 def drip(body: bytes, every: float) -> Responder:
@@ -255,10 +297,11 @@ class HostileWeb:
 
     def _kept(self, name: str, path: str, body: bytes, reference: Image.Image, note: str,
               content_type: str = "image/jpeg", url: Optional[str] = None,
-              original_size: Optional[tuple[int, int]] = None) -> Case:
-        self._route(path, answer(200, body, content_type))
+              original_size: Optional[tuple[int, int]] = None, responder: Optional[Responder] = None,
+              **kw) -> Case:
+        self._route(path, responder or answer(200, body, content_type))
         return self._case(name, url or path, (), note, reference=reference.convert("RGB"),
-                          original_size=original_size or reference.size)
+                          original_size=original_size or reference.size, **kw)
 
     def _build(self) -> None:
         seed = iter(range(1000, 2000))
@@ -289,6 +332,10 @@ class HostileWeb:
         self._route("/r/to-rebind", redirect(302, f"http://rebind.test:{self.port}/img.jpg"))
         self._case("redirect-to-name-on-loopback", "/r/to-rebind", ["blocked_address"],
                    "302 to a name that resolves to 127.0.0.2 (loopback, not allowed)")
+        self.hosts["metadata.test"] = ["169.254.169.254"]
+        self._route("/r/to-metadata-name", redirect(302, f"http://metadata.test:{self.port}/latest/meta-data/"))
+        self._case("redirect-to-name-on-cloud-metadata", "/r/to-metadata-name", ["blocked_address"],
+                   "302 to a name that resolves to 169.254.169.254")
 
         # -------- DNS: names that look public
         self.hosts["cdn.images.test"] = ["127.0.0.3"]
@@ -299,6 +346,11 @@ class HostileWeb:
                    ["blocked_address"], "resolves to a public and a private address")
         self._case("unresolvable-name", f"http://nowhere.invalid:{self.port}/x.jpg", ["connection_error"],
                    "a name no DNS answers")
+        self._case("name-resolving-to-cloud-metadata", f"http://metadata.test:{self.port}/latest/meta-data/",
+                   ["blocked_address"], "a name resolving to 169.254.169.254 (the instance-metadata service)")
+        self.hosts["ec2-metadata-v6.test"] = ["fd00:ec2::254"]
+        self._case("name-resolving-to-aws-ipv6-metadata", f"http://ec2-metadata-v6.test:{self.port}/latest/meta-data/",
+                   ["blocked_address"], "a name resolving to fd00:ec2::254 (AWS's IPv6 instance-metadata service)")
 
         # -------- HTTP errors
         for status in (403, 404, 429, 500, 503):
@@ -384,6 +436,35 @@ class HostileWeb:
                    "8200x8200 JPEG: 202 MB of pixels once decoded", original_size=(8200, 8200))
         del big
 
+        # -------- content codings: decoded as a browser does, the size cap applied to the decoded body too
+        for name, coding, encode, note in (
+            ("gzip-encoded-jpeg", "gzip", lambda b: gzip.compress(b, mtime=0), "Content-Encoding: gzip"),
+            ("deflate-zlib-encoded-jpeg", "deflate", zlib.compress, "Content-Encoding: deflate, zlib-wrapped"),
+            ("deflate-raw-encoded-jpeg", "deflate", deflate_raw, "Content-Encoding: deflate, raw (no zlib header)"),
+        ):
+            img = pic()
+            plain = _encode(img, "JPEG", quality=92)
+            self._kept(name, f"/enc/{name}.jpg", b"", img, f"{note}: stored as the plain JPEG",
+                       responder=answer(200, encode(plain), headers={"Content-Encoding": coding}),
+                       body_sha256=hashlib.sha256(plain).hexdigest())
+        img = pic()
+        plain = _encode(img, "JPEG", quality=92)
+        self._kept("gzip-encoded-chunked-jpeg", "/enc/chunked.jpg", b"", img,
+                   "Content-Encoding: gzip in Transfer-Encoding: chunked frames",
+                   responder=chunked(gzip.compress(plain, mtime=0), {"Content-Encoding": "gzip"}),
+                   body_sha256=hashlib.sha256(plain).hexdigest())
+        bomb = gzip_bomb(2 << 30)
+        self._route("/enc/bomb.jpg", answer(200, bomb, headers={"Content-Encoding": "gzip"}))
+        self._case("gzip-bomb", "/enc/bomb.jpg", ["too_large"],
+                   f"{len(bomb) >> 10} KiB of gzip (under max_bytes) that inflates to 2 GiB of zeros")
+        del bomb
+        self._route("/enc/brotli.jpg", answer(200, _encode(pic(), "JPEG"), headers={"Content-Encoding": "br"}))
+        self._case("brotli-encoded", "/enc/brotli.jpg", ["download_error"],
+                   "Content-Encoding: br, which is not asked for nor decoded")
+        self._route("/enc/mislabelled.jpg", answer(200, _encode(pic(), "JPEG"), headers={"Content-Encoding": "gzip"}))
+        self._case("gzip-label-on-plain-jpeg", "/enc/mislabelled.jpg", ["download_error"],
+                   "Content-Encoding: gzip on a body that is a plain JPEG")
+
         # -------- sizes
         self._route("/size/1x1.png", answer(200, _encode(Image.new("RGB", (1, 1), (9, 99, 199)), "PNG"), "image/png"))
         self._case("one-pixel", "/size/1x1.png", ["too_small"], "1x1 PNG")
@@ -411,6 +492,9 @@ class HostileWeb:
             ("javascript-url", "javascript:alert(1)", "unsupported_scheme"),
             ("private-ip", "http://10.0.0.1/x.jpg", "blocked_address"),
             ("cloud-metadata-ip", "http://169.254.169.254/latest/meta-data/", "blocked_address"),
+            ("aws-ipv6-metadata-ip", "http://[fd00:ec2::254]/latest/meta-data/", "blocked_address"),
+            ("ipv4-mapped-metadata-ip", "http://[::ffff:169.254.169.254]/latest/meta-data/", "blocked_address"),
+            ("decimal-metadata-ip", "http://2852039166/latest/meta-data/", "blocked_address"),
             ("ipv6-loopback", f"http://[::1]:{self.port}/x.jpg", "blocked_address"),
             ("other-loopback", f"http://127.0.0.2:{self.port}/x.jpg", "blocked_address"),
             ("unspecified-address", f"http://0.0.0.0:{self.port}/x.jpg", "blocked_address"),
@@ -493,8 +577,37 @@ def fake_getaddrinfo(hosts: dict[str, list[str]], real: Callable) -> Callable:
     return getaddrinfo
 
 
-def _patch_dns(hosts: dict[str, list[str]]) -> None:
+def _is_loopback(host: object) -> bool:
+    if not isinstance(host, str):
+        return False
+    if host == "localhost":
+        return True
+    try:
+        addr = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return addr.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def loopback_only(real_connect: Callable, attempts: list) -> Callable:
+    """A ``socket.socket.connect`` that refuses and records (in ``attempts``) every destination but loopback and
+    Unix sockets, so a test that hands out other addresses sends nothing there, whatever the code under test
+    does."""
+
+    def connect(sock, address):
+        if isinstance(address, tuple) and not _is_loopback(address[0]):
+            attempts.append(list(address[:2]))
+            raise ConnectionRefusedError(errno.ECONNREFUSED, f"test fence: no connection beyond loopback "
+                                                             f"(to {address[0]})")
+        return real_connect(sock, address)
+
+    return connect
+
+
+def _patch_dns(hosts: dict[str, list[str]], attempts: list) -> None:
     socket.getaddrinfo = fake_getaddrinfo(hosts, socket.getaddrinfo)
+    socket.socket.connect = loopback_only(socket.socket.connect, attempts)
 
 
 def main(argv: list[str]) -> int:
@@ -504,10 +617,14 @@ def main(argv: list[str]) -> int:
     opts, cli_args = argv[:i], argv[i + 1:]
     hosts = json.loads(opts[opts.index("--hosts") + 1])
     rss_file = opts[opts.index("--rss-file") + 1]
-    _patch_dns(hosts)
+    fence_file = opts[opts.index("--fence-file") + 1] if "--fence-file" in opts else None
+    attempts: list = []
+    _patch_dns(hosts, attempts)
     from unicurate import cli
 
     code = cli.main(cli_args)
+    if fence_file:
+        Path(fence_file).write_text(json.dumps(attempts))
     with open("/proc/self/status") as fh:
         peak = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
     Path(rss_file).write_text(str(peak * 1024))

@@ -30,6 +30,7 @@ from unicurate.schema import KEPT, REASON_CODES, REASON_STAGE, Reason, Stage
 # and one response capped at max_bytes (16 MiB), one at a time; without the size cap the endless chunked
 # response alone would take it past any bound.
 PEAK_RSS_BOUND = 1536 * 1024 * 1024
+FENCE_FILE = "fence-attempts.json"  # the launcher's record of connections it refused (beyond loopback)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def corpus(tmp_path_factory):
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
         proc = subprocess.run(
             [sys.executable, str(Path(hw.__file__)), "--hosts", json.dumps(web.hosts), "--rss-file", str(rss_file),
-             "--", "run", str(recipe_path)],
+             "--fence-file", str(folder / FENCE_FILE), "--", "run", str(recipe_path)],
             capture_output=True, text=True, timeout=240, env=env)
         yield web, out, proc, int(rss_file.read_text()) if rss_file.exists() else None
 
@@ -114,6 +115,17 @@ def test_rejections_explain_themselves(rows):
     assert "127.0.0.3" in by_case["name-resolving-to-loopback"]["error"]
     assert "Content-Length" in by_case["content-length-more-than-body"]["error"]
     assert "U+FFFD" in by_case["caption-invalid-utf8"]["error"]
+    for name, address in (("cloud-metadata-ip", "169.254.169.254"), ("redirect-to-cloud-metadata", "169.254.169.254"),
+                          ("name-resolving-to-cloud-metadata", "169.254.169.254"),
+                          ("redirect-to-name-on-cloud-metadata", "169.254.169.254"),
+                          ("decimal-metadata-ip", "169.254.169.254"), ("ipv4-mapped-metadata-ip", "169.254.169.254"),
+                          ("aws-ipv6-metadata-ip", "fd00:ec2::254"),
+                          ("name-resolving-to-aws-ipv6-metadata", "fd00:ec2::254")):
+        error = by_case[name]["error"]
+        assert address in error and "metadata" in error, (name, error)
+    assert "once decoded" in by_case["gzip-bomb"]["error"]
+    assert "'br'" in by_case["brotli-encoded"]["error"]
+    assert "not valid gzip" in by_case["gzip-label-on-plain-jpeg"]["error"]
     assert "control character" in by_case["caption-control-chars"]["error"]
 
 
@@ -125,6 +137,14 @@ def test_blocked_urls_were_never_requested(corpus):
     assert "/img.jpg" not in web.hits and "/x.jpg" not in web.hits
     # a name resolving to another loopback address is refused: the chain target was fetched once, by its case
     assert web.hits.get("/final/chain.jpg") == 1
+    assert web.hits.get("/r/to-metadata-name") == 1 and "/latest/meta-data/" not in web.hits
+
+
+def test_nothing_was_sent_beyond_loopback(corpus):
+    """The stand-in DNS hands out 169.254.169.254, fd00:ec2::254, 10.9.8.7 and a public address; the launcher
+    refuses (and records) any connection beyond loopback, and the guard must never have tried one."""
+    out = corpus[1]
+    assert json.loads((out.parent / FENCE_FILE).read_text()) == []
 
 
 def test_kept_images_are_correctly_decoded_and_oriented(corpus, rows):
@@ -140,6 +160,8 @@ def test_kept_images_are_correctly_decoded_and_oriented(corpus, rows):
         assert stored.size == (row["width"], row["height"]) and min(stored.size) <= hw.IMAGE_SIZE, case.name  # keep_ratio: the short side
         ow, oh = case.original_size
         assert abs(stored.size[0] / stored.size[1] - ow / oh) < 0.05, case.name  # aspect kept, not rotated
+        if case.body_sha256 is not None:  # served with a Content-Encoding: the row holds the decoded body
+            assert row["sha256"] == case.body_sha256, case.name
         ref = case.reference.resize(stored.size, Image.Resampling.BOX)
         diff = np.abs(np.asarray(stored.convert("RGB"), np.int16) - np.asarray(ref, np.int16)).mean()
         assert diff < 12, f"{case.name}: mean abs difference {diff:.1f} from the reference picture"

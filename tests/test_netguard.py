@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
 import http.server
 import socket
 import threading
 import time
+import tracemalloc
 import urllib.request
+import zlib
+from urllib.parse import quote, unquote
 
 import pytest
 
@@ -17,12 +21,71 @@ from unicurate.pipelines.fetch import download
 from unicurate.schema import Reason
 
 
+TEXT = b"The quick brown fox jumps over the lazy dog. " * 200
+BOMB = hostileweb.gzip_bomb(256 << 20)  # 256 KiB of gzip, 256 MiB of zeros once inflated
+# path -> (Content-Encoding, body)
+ENCODED = {
+    "/enc/gzip": ("gzip", gzip.compress(TEXT)),
+    "/enc/x-gzip": ("x-gzip", gzip.compress(TEXT)),
+    "/enc/GZIP-upper": ("GZIP", gzip.compress(TEXT)),
+    "/enc/gzip-members": ("gzip", gzip.compress(TEXT[:1000]) + gzip.compress(TEXT[1000:])),
+    "/enc/gzip-trailing-junk": ("gzip", gzip.compress(TEXT) + b"\0\0junk"),
+    "/enc/deflate-zlib": ("deflate", zlib.compress(TEXT)),
+    "/enc/deflate-raw": ("deflate", hostileweb.deflate_raw(TEXT)),
+    "/enc/identity": ("identity", TEXT),
+    "/enc/gzip-gzip": ("gzip, gzip", gzip.compress(gzip.compress(TEXT))),
+    "/enc/deflate-then-gzip": ("deflate, gzip", gzip.compress(zlib.compress(TEXT))),
+    "/enc/gzip-empty": ("gzip", b""),
+    "/enc/bomb": ("gzip", BOMB),
+    "/enc/br": ("br", b"\x1b\x00\x00"),
+    "/enc/zstd": ("zstd", b"\x28\xb5\x2f\xfd"),
+    "/enc/gzip-x3": ("gzip, gzip, gzip", gzip.compress(gzip.compress(gzip.compress(TEXT)))),
+    "/enc/gzip-corrupt": ("gzip", gzip.compress(TEXT)[:20] + b"\xff" * 40 + gzip.compress(TEXT)[60:]),
+    "/enc/gzip-on-plain": ("gzip", TEXT),
+}
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
 
     def do_GET(self):  # noqa: N802
-        if self.path == "/big":
+        if self.path in ENCODED:
+            coding, body = ENCODED[self.path]
+            self.send_response(200)
+            self.send_header("Content-Encoding", coding)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            try:
+                self.wfile.write(body)
+            except OSError:  # the client stopped reading (the bomb)
+                pass
+        elif self.path == "/enc/gzip-truncated":  # no Content-Length: the body ends when the connection closes
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(gzip.compress(TEXT)[:-12])
+            self.close_connection = True
+        elif self.path == "/enc/br-noai":
+            self.send_response(200)
+            self.send_header("Content-Encoding", "br")
+            self.send_header("X-Robots-Tag", "noai")
+            self.send_header("Content-Length", "3")
+            self.end_headers()
+            self.wfile.write(b"\x1b\x00\x00")
+        elif self.path == "/echo/accept-encoding":  # the request's Accept-Encoding, as the body
+            body = (self.headers.get("Accept-Encoding") or "(none)").encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        elif self.path.startswith("/redirect-to/"):  # 302 to the percent-encoded url after the prefix
+            self.send_response(302)
+            self.send_header("Location", unquote(self.path[len("/redirect-to/"):]))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif self.path == "/big":
             body = b"x" * 50_000
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
@@ -85,6 +148,11 @@ def _fetch(url, **cfg):
 
 def _reason(err):
     return netguard.classify_error(err)
+
+
+def quote_url(url: str) -> str:
+    """``url`` as one path segment, for the server's ``/redirect-to/`` route."""
+    return quote(url, safe="")
 
 
 def test_ssrf_guard_refuses_loopback_unless_allowed(server):
@@ -250,3 +318,168 @@ def test_redirect_loop_has_its_own_reason():
     msg = ("HTTP Error 302: The HTTP server returned a redirect error that would lead to an infinite loop.\n"
            "The last 30x error message was:\nFound")
     assert netguard.classify_error(msg) == Reason.TOO_MANY_REDIRECTS
+
+
+# ------------------------------------------------------------ content codings
+@pytest.mark.parametrize("path", ["/enc/gzip", "/enc/x-gzip", "/enc/GZIP-upper", "/enc/gzip-members",
+                                  "/enc/gzip-trailing-junk", "/enc/deflate-zlib", "/enc/deflate-raw", "/enc/identity",
+                                  "/enc/gzip-gzip", "/enc/deflate-then-gzip"])
+def test_content_encodings_are_decoded(server, path):
+    data, err = _fetch(server + path)
+    assert err is None and data == TEXT
+
+
+def test_accept_encoding_asks_for_what_is_decoded(server):
+    data, err = _fetch(server + "/echo/accept-encoding")
+    assert data == netguard.ACCEPT_ENCODING.encode() == b"gzip, deflate"
+    # and after a redirect (a new request: urllib does not carry unredirected headers over)
+    data, err = _fetch(server + "/redirect-to/" + quote_url(server + "/echo/accept-encoding"))
+    assert data == b"gzip, deflate"
+
+
+def test_gzip_encoded_empty_body_is_empty(server):
+    data, err = _fetch(server + "/enc/gzip-empty")
+    assert data == b"" and err is None
+
+
+def test_gzip_bomb_stops_at_max_bytes_without_inflating(server):
+    """256 KiB on the wire, 256 MiB inflated: stopped at max_bytes of decoded output, memory bounded by it."""
+    tracemalloc.start()
+    try:
+        data, err = _fetch(server + "/enc/bomb", max_bytes=1 << 20)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert data is None and _reason(err) == Reason.TOO_LARGE
+    assert "exceeds max_bytes 1048576 once decoded" in err and "Content-Encoding gzip" in err
+    assert peak < 8 << 20, f"peak {peak >> 20} MiB of Python allocations"
+    # under the cap the same bytes are fine: the cap is on the decoded size, not a ratio
+    data, err = _fetch(server + "/enc/gzip", max_bytes=len(TEXT))
+    assert data == TEXT
+    data, err = _fetch(server + "/enc/gzip", max_bytes=len(TEXT) - 1)
+    assert data is None and _reason(err) == Reason.TOO_LARGE
+
+
+def test_wire_size_is_capped_too(server):
+    data, err = _fetch(server + "/enc/bomb", max_bytes=100_000)  # the bomb's Content-Length is past it
+    assert data is None and _reason(err) == Reason.TOO_LARGE and "Content-Length" in err
+
+
+@pytest.mark.parametrize("path,words", [
+    ("/enc/br", "Content-Encoding 'br'"),
+    ("/enc/zstd", "Content-Encoding 'zstd'"),
+    ("/enc/gzip-x3", "3 codings"),
+    ("/enc/gzip-corrupt", "not valid gzip data"),
+    ("/enc/gzip-on-plain", "not valid gzip data"),
+    ("/enc/gzip-truncated", "ends before the end of its gzip stream"),
+])
+def test_undecodable_bodies_are_download_errors(server, path, words):
+    data, err = _fetch(server + path)
+    assert data is None and _reason(err) == Reason.DOWNLOAD_ERROR and words in err, err
+
+
+def test_robots_opt_out_is_read_before_an_unknown_coding(server):
+    data, err = _fetch(server + "/enc/br-noai")
+    assert data is None and _reason(err) == Reason.ROBOTS_DISALLOWED
+
+
+def test_inflate_returns_at_most_what_is_asked():
+    pos = 0
+
+    def source(n):
+        nonlocal pos
+        chunk = BOMB[pos:pos + min(n, 1000)]
+        pos += len(chunk)
+        return chunk
+
+    inflate = netguard._Inflate("gzip", source)
+    decoded = 0
+    for n in (1, 10, 65536, 1 << 20, 1 << 20, 1 << 20):
+        out = inflate.read(n)
+        assert 0 < len(out) <= n and out.count(0) == len(out)
+        decoded += len(out)
+    assert decoded > 1 << 20 and pos < decoded // 100  # what was read from the source is what the output needed
+
+
+# ------------------------------------------------------------ cloud metadata stays closed
+@pytest.fixture
+def fence(monkeypatch):
+    """Connections beyond loopback are refused and recorded: a test of the guard never sends anything there."""
+    attempts: list = []
+    monkeypatch.setattr(socket.socket, "connect", hostileweb.loopback_only(socket.socket.connect, attempts))
+    return attempts
+
+
+METADATA_NAMES = {"metadata.test": ["169.254.169.254"], "ec2-v6.test": ["fd00:ec2::254"],
+                  "openstack-v6.test": ["fe80::a9fe:a9fe"], "mixed-metadata.test": ["127.0.0.1", "169.254.169.254"],
+                  "alibaba.test": ["100.100.100.200"], "mapped.test": ["::ffff:169.254.169.254"]}
+
+
+@pytest.fixture
+def metadata_dns(monkeypatch):
+    monkeypatch.setattr(socket, "getaddrinfo", hostileweb.fake_getaddrinfo(METADATA_NAMES, socket.getaddrinfo))
+
+
+@pytest.mark.parametrize("host,shown", [
+    ("169.254.169.254", "169.254.169.254"), ("169.254.0.1", "169.254.0.1"), ("[fd00:ec2::254]", "fd00:ec2::254"),
+    ("[fe80::a9fe:a9fe]", "fe80::a9fe:a9fe"), ("[::ffff:169.254.169.254]", "169.254.169.254"),
+    ("[64:ff9b::a9fe:a9fe]", "169.254.169.254"), ("100.100.100.200", "100.100.100.200"),
+])
+def test_metadata_literals_refused_even_with_allow_private_networks(host, shown):
+    with pytest.raises(netguard.GuardError) as exc:
+        netguard.check_url(f"http://{host}/latest/meta-data/", allow_private_networks=True)
+    assert exc.value.reason == Reason.BLOCKED_ADDRESS
+    assert shown in str(exc.value) and "even with download.allow_private_networks" in str(exc.value)
+
+
+@pytest.mark.parametrize("name,shown", [("metadata.test", "169.254.169.254"), ("ec2-v6.test", "fd00:ec2::254"),
+                                        ("openstack-v6.test", "fe80::a9fe:a9fe"),
+                                        ("mixed-metadata.test", "169.254.169.254"),
+                                        ("alibaba.test", "100.100.100.200"), ("mapped.test", "169.254.169.254")])
+def test_names_resolving_to_metadata_refused_at_connect_with_allow_private_networks(server, metadata_dns, fence,
+                                                                                     name, shown):
+    port = server.rsplit(":", 1)[1]
+    data, err = _fetch(f"http://{name}:{port}/ok", allow_private_networks=True)
+    assert data is None and _reason(err) == Reason.BLOCKED_ADDRESS
+    assert f"{name} resolves to the" in err and shown in err
+    assert fence == []
+
+
+@pytest.mark.parametrize("target", ["http://169.254.169.254/latest/meta-data/", "http://[fd00:ec2::254]/",
+                                    "http://metadata.test:{port}/latest/meta-data/", "http://2852039166/"])
+def test_redirect_to_metadata_refused_with_allow_private_networks(server, metadata_dns, fence, target):
+    target = target.format(port=server.rsplit(":", 1)[1])
+    data, err = _fetch(server + "/redirect-to/" + quote_url(target), allow_private_networks=True)
+    assert data is None and _reason(err) == Reason.BLOCKED_ADDRESS and "metadata" in err, err
+    assert fence == []
+
+
+def test_guarded_connection_rechecks_metadata_at_connect(metadata_dns, fence):
+    """The connect-time check on its own (a name passes check_url; DNS may change before the connect)."""
+    create = netguard._guarded_create_connection(netguard.Policy(allow_private_networks=True))
+    with pytest.raises(netguard.GuardError) as exc:
+        create(("metadata.test", 80))
+    assert exc.value.reason == Reason.BLOCKED_ADDRESS and "169.254.169.254" in str(exc.value)
+    assert fence == []
+
+
+def test_metadata_opened_only_by_an_allowed_network_inside_its_range(metadata_dns, fence):
+    def problem(ip, cidrs, private=True):
+        return netguard.address_problem(ip, netguard.networks(cidrs), private)
+
+    assert problem("169.254.169.254", ["169.254.169.254/32"]) is None
+    assert problem("169.254.169.254", ["169.254.0.0/16"], private=False) is None
+    assert problem("::ffff:169.254.169.254", ["169.254.169.254/32"]) is None
+    assert problem("169.254.169.253", ["169.254.169.254/32"]) is not None
+    assert problem("fe80::1", ["fe80::/64"]) is None
+    for broad in (["0.0.0.0/0", "::/0"], ["169.0.0.0/8"], ["fd00::/8"], ["fe80::/9"]):
+        for ip in ("169.254.169.254", "fd00:ec2::254", "fe80::1"):
+            assert problem(ip, broad) is not None and problem(ip, broad, private=False) is not None, (ip, broad)
+    # other private addresses keep their rules
+    assert problem("10.0.0.1", []) is None and problem("10.0.0.1", [], private=False) is not None
+    assert problem("10.0.0.1", ["0.0.0.0/0"], private=False) is None
+    # listed explicitly, the guard lets the connection through (the fence stops it here: nothing is sent)
+    policy = netguard.Policy(allow_private_networks=True, allowed_networks=("169.254.169.254/32",))
+    with pytest.raises(ConnectionRefusedError, match="test fence"):
+        netguard._guarded_create_connection(policy)(("metadata.test", 80))
+    assert fence == [["169.254.169.254", 80]]

@@ -1,13 +1,15 @@
 """Download, decode and resize: plain Python, wrapped by the Beam curate pipeline.
 
 Downloading is img2dataset's ``downloader.download_image`` (under the
-:mod:`netguard` policy); resizing and re-encoding is img2dataset's
-``resizer.Resizer``. Around them this module adds what a curated dataset needs:
-a cheap header probe with Pillow (format, size, decompression-bomb limit, EXIF
-orientation, truncated-JPEG detection), normalisation of inputs OpenCV would
-misread (EXIF-rotated, CMYK, 16-bit, animated, exotic formats), the image
-sha256 (of the downloaded bytes, as img2dataset computes it) and a perceptual
-hash of the stored image.
+:mod:`netguard` policy, which also undoes a gzip/deflate ``Content-Encoding``
+while streaming, so ``download_image`` reads, and ``download_bytes`` and
+``sha256`` describe, the decoded body); resizing and re-encoding is
+img2dataset's ``resizer.Resizer``. Around them this module adds what a
+curated dataset needs: a cheap header probe with Pillow (format, size,
+decompression-bomb limit, EXIF orientation, truncated-JPEG detection),
+normalisation of inputs OpenCV would misread (EXIF-rotated, CMYK, 16-bit,
+animated, exotic formats), the image sha256 (of the downloaded bytes, as
+img2dataset computes it) and a perceptual hash of the stored image.
 """
 
 from __future__ import annotations
