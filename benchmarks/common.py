@@ -126,17 +126,24 @@ def corpus(n: int, seed: int, dest: Path) -> Path:
     done = dest / ".complete"
     if done.exists():
         return dest
-    shutil.rmtree(dest, ignore_errors=True)
-    dest.mkdir(parents=True)
+    # built in a folder of its own and renamed into place: a second process asking for the same corpus meanwhile
+    # builds its own copy instead of deleting the files of the first
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     procs = os.cpu_count() or 1
     step = (n + procs * 4 - 1) // (procs * 4)
-    chunks = [(dest, seed, s, min(n, s + step)) for s in range(0, n, step)]
+    chunks = [(work, seed, s, min(n, s + step)) for s in range(0, n, step)]
     print(f"[bench] generating {n} JPEGs in {dest} (once) ...", file=sys.stderr, flush=True)
     import multiprocessing as mp
 
     with mp.get_context("fork").Pool(procs) as pool:
         pool.map(_make_jpegs, chunks)
-    done.write_text(str(n))
+    (work / ".complete").write_text(str(n))
+    if done.exists():  # another process finished first
+        shutil.rmtree(work, ignore_errors=True)
+        return dest
+    shutil.rmtree(dest, ignore_errors=True)  # an unfinished one, left by a killed run
+    work.rename(dest)
     return dest
 
 

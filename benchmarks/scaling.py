@@ -49,7 +49,7 @@ def run_once(stage_set: str, workers: int, images: int, workdir: Path, unicurate
     out = workdir / f"{stage_set.replace('+', '_')}-w{workers}"
     shutil.rmtree(out, ignore_errors=True)
     cmd = unicurate + [
-        "run", str(RECIPE), "--output", str(out), "--input", str(out / "input" / "urls.parquet"),
+        "run", str(RECIPE), "--output", str(out),
         "--set", f"sample_web.images={images}",
         *[a for s in STAGE_SETS[stage_set] for a in ("--set", s)],
         "--", f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing",

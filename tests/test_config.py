@@ -90,4 +90,6 @@ def test_shipped_quickstart_recipe_is_valid():
 
     r = load_recipe(default_recipe("quickstart.yaml"))
     assert r.sample_web is not None and r.sample_web.images >= 60
-    assert r.download.allow_private_networks is True
+    # the guard stays on: a run lets only the sample web's own 127.0.0.1 server through (runner.sample_web_for),
+    # so the same recipe pointed at a user's urls with --input keeps refusing private addresses
+    assert r.download.allow_private_networks is False and r.download.allowed_networks == []

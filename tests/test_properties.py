@@ -67,13 +67,17 @@ def _write(folder: Path, fmt: str, rows: list[tuple[str, str | None]], row_group
 
 
 def read_all(path: Path) -> list[dict]:
-    """Read a file the way the curate pipeline does: expand, preflight, plan splits, read each split."""
+    """Read a file the way the curate pipeline does: expand, preflight, plan splits, read each split. The
+    driver's count of the input rows (the run's reference) must equal what the reader yields."""
     from unicurate.pipelines import ingest
 
     cfg = InputConfig(path=str(path))
     files = ingest.expand_inputs(cfg)
     ingest.preflight(files, cfg)
-    return [row for split in ingest.plan_splits(files) for row in ingest.read_split(split, cfg)]
+    splits = ingest.plan_splits(files)
+    rows = [row for split in splits for row in ingest.read_split(split, cfg)]
+    assert sum(ingest.count_rows(s) for s in splits) == len(rows)
+    return rows
 
 
 @settings(BOUNDED, max_examples=100)
@@ -126,10 +130,13 @@ def test_arbitrary_bytes_never_make_the_reader_raise(lines, fmt, final_newline):
             pass  # e.g. a first jsonl line that is not an object: the file is refused before any work
         rows = []
         n_lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
-        for split in ingest.plan_splits(files):
+        splits = ingest.plan_splits(files)
+        for split in splits:
             for row in ingest.read_split(split, cfg):
                 rows.append(row)
                 assert len(rows) <= n_lines  # bounded: also stops a reader that would loop
+        # the driver's count before a run (its reference for "every input row is one output row") agrees
+        assert sum(ingest.count_rows(s) for s in splits) == len(rows)
     for row in rows:
         assert row["url"] or row["reject_reasons"] == ["invalid_input"], row
         assert set(row["reject_reasons"]) <= set(REASON_CODES)

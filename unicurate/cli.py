@@ -65,6 +65,11 @@ def cmd_run(args, beam_args: list[str]) -> int:
     except RecipeError as exc:
         _err(str(exc))
         return EXIT_USAGE
+    if getattr(recipe, "sample_web", None) is not None and overrides.get("input.path") is not None:
+        # the user's input wins over a demo recipe's sample web: it is neither generated nor served
+        recipe = recipe.model_copy(update={"sample_web": None})
+        given = "--input" if args.input else "--set input.path"
+        _say(f"sample_web ignored: {given} given, curating {recipe.input.path}")
     manifest, code = _run(recipe, beam_args, dry_run=args.dry_run, job_file=args.job_file)
     if manifest is None:
         return code
@@ -108,7 +113,7 @@ def _run(recipe, beam_args: list[str], dry_run: bool = False,
     from unicurate.config import RecipeError
     from unicurate.models.resolver import ModelUnavailable
     from unicurate.pipelines.ingest import InputError
-    from unicurate.pipelines.runner import run_curate, run_synthesize
+    from unicurate.pipelines.runner import RunCheckFailed, run_curate, run_synthesize
 
     try:
         if recipe.pipeline == "synthesize":
@@ -121,6 +126,9 @@ def _run(recipe, beam_args: list[str], dry_run: bool = False,
         _err(str(exc))
         _err("nothing was read or written")
         return None, EXIT_USAGE
+    except RunCheckFailed as exc:  # the pipeline finished, but its output does not hold every input row once
+        _err(str(exc))
+        return None, EXIT_FAILED
     except Exception as exc:  # noqa: BLE001 - a failed pipeline: say what and where, not a traceback
         logging.getLogger("unicurate").debug("pipeline failed", exc_info=True)  # shown with --verbose
         if dry_run:
@@ -273,10 +281,8 @@ def cmd_demo(args, beam_args: list[str]) -> int:
     from unicurate.pipelines.runner import format_funnel, format_synthesis_funnel
 
     out = Path(args.output)
-    recipe = load_recipe(default_recipe("quickstart.yaml"), {
-        "output.path": str(out),
-        "input.path": str(out / "input" / "urls.parquet"),
-    })
+    # the sample web's url list goes to OUTPUT/input/urls.parquet (config.SampleWebConfig.url_list)
+    recipe = load_recipe(default_recipe("quickstart.yaml"), {"output.path": str(out)})
     _say("unicurate demo: a generated sample web on 127.0.0.1, curated with configs/quickstart.yaml")
     manifest, code = _run(recipe, beam_args)
     if manifest is None:
@@ -353,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a recipe (YAML) on Beam")
     p.add_argument("recipe", help="recipe file, e.g. configs/quickstart.yaml")
-    p.add_argument("--input", help="override input.path")
+    p.add_argument("--input", help="override input.path (read only; a recipe's sample_web is then not started)")
     p.add_argument("--output", help="override output.path")
     p.add_argument("--set", action="append", metavar="PATH=VALUE",
                    help="override any recipe field, e.g. --set filters.aesthetic.min_score=5.5 (repeatable)")

@@ -86,15 +86,21 @@ class DownloadConfig(_Section):
         default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"],
         description="X-Robots-Tag directives that opt an image out (img2dataset's default list)",
     )
-    max_bytes: int = Field(25_000_000, ge=1024, description="largest response body accepted, bytes")
+    max_bytes: int = Field(
+        25_000_000, ge=1024,
+        description="largest response body accepted, bytes: as received and once decoded (Content-Encoding gzip "
+                    "or deflate), so a gzip bomb stops here",
+    )
     allow_private_networks: bool = Field(
         False,
-        description="allow loopback/private/link-local addresses (tests and the offline demo only)",
+        description="allow loopback/private addresses (tests, the offline demo, intranet mirrors); the cloud "
+                    "metadata ranges (169.254.0.0/16, fe80::/10, fd00:ec2::254, 100.100.100.200) stay refused",
     )
     allowed_networks: list[str] = Field(
         default_factory=list,
         description="CIDR networks exempt from the SSRF guard (e.g. an internal image server's 10.1.0.0/16); "
-                    "every other private/loopback/link-local address stays refused",
+                    "every other private/loopback/link-local address stays refused. A cloud metadata range opens "
+                    "only to an entry inside it (169.254.169.254/32 does, 0.0.0.0/0 does not)",
     )
 
     @field_validator("allowed_networks")
@@ -355,12 +361,23 @@ class RunnerConfig(_Section):
 
 
 class SampleWebConfig(_Section):
-    """Demo only: generate and serve a sample web on 127.0.0.1 for the run; write its url list to input.path."""
+    """Demo only: generate and serve a sample web on 127.0.0.1 for the run.
+
+    Its url list is written inside the output folder, to ``OUTPUT/input/urls.parquet`` (:meth:`url_list`), never
+    to a path of the user's: leave ``input.path`` out of a recipe with ``sample_web`` (it is filled in with that
+    path). The output must be a local folder. ``unicurate run --input FILE`` (or ``--set input.path=FILE``)
+    curates FILE instead: no sample web is generated.
+    """
 
     images: int = Field(60, ge=1, le=10000)
     seed: int = 0
     port: int = Field(0, ge=0, le=65535)
     slow_seconds: float = Field(5.0, gt=0)
+
+    @staticmethod
+    def url_list(output_path: str) -> str:
+        """Where the sample web's url list goes: inside the run's output folder."""
+        return f"{output_path.rstrip('/')}/input/urls.parquet"
 
 
 class _Recipe(_Section):
@@ -385,7 +402,24 @@ class CurateRecipe(_Recipe):
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
-    sample_web: SampleWebConfig | None = None
+    sample_web: SampleWebConfig | None = Field(
+        None, description="demo only: generate and serve a sample web on 127.0.0.1 and curate it; its url list "
+                          "is written to OUTPUT/input/urls.parquet (leave input.path out: it is filled in with "
+                          "that path); `run --input FILE` curates FILE instead and no sample web is started")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sample_web_input(cls, data: Any) -> Any:
+        """With sample_web and no input.path, the input is the url list the sample web writes in the output."""
+        if not isinstance(data, dict) or data.get("sample_web") is None:
+            return data
+        inp, out = data.get("input"), data.get("output")
+        if inp is None:
+            inp = {}
+        if not isinstance(inp, dict) or inp.get("path") is not None or not isinstance(out, dict) \
+                or not isinstance(out.get("path"), str):
+            return data  # given (the runner checks it is that url list), or wrong: the field checks say so
+        return {**data, "input": {**inp, "path": SampleWebConfig.url_list(out["path"])}}
 
 
 # ---------------------------------------------------------------- synthesize

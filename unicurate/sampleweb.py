@@ -232,6 +232,9 @@ def _handler_for(web: SampleWeb) -> type[http.server.BaseHTTPRequestHandler]:
 class SampleWeb:
     """Generated image-text cases served on 127.0.0.1 by a threaded HTTP server."""
 
+    HOST = "127.0.0.1"
+    NETWORK = f"{HOST}/32"  # what a run serving it adds to download.allowed_networks (runner.sample_web_for)
+
     def __init__(self, n_images: int = 60, seed: int = 0, slow_seconds: float = 5.0):
         if n_images < 2:
             raise ValueError("n_images must be at least 2 (the duplicate cases refer to the first two)")
@@ -366,15 +369,15 @@ class SampleWeb:
             return self
         handler = _handler_for(self)
         try:
-            server = _Server(("127.0.0.1", port), handler)
+            server = _Server((self.HOST, port), handler)
         except OSError:
             if not port:
                 raise
-            server = _Server(("127.0.0.1", 0), handler)
+            server = _Server((self.HOST, 0), handler)
             warnings.warn(f"sample web: port {port} is busy, serving on port {server.server_address[1]} instead",
                           RuntimeWarning, stacklevel=2)
         self._server = server
-        self.base_url = f"http://127.0.0.1:{server.server_address[1]}"
+        self.base_url = f"http://{self.HOST}:{server.server_address[1]}"
         self._thread = threading.Thread(target=server.serve_forever, name="sampleweb", daemon=True)
         self._thread.start()
         return self

@@ -23,9 +23,13 @@ import pyarrow.parquet as pq
 from unicurate.schema import KEPT, REASON_STAGE, REJECTED, Reason, Stage
 
 MANIFEST_NAME = "manifest.json"
+# what a pipeline's last stage writes; the driver checks the run against its own count of the inputs and only
+# then publishes it as MANIFEST_NAME (runner.check_and_publish): a folder with a manifest is a checked run
+PENDING_MANIFEST_NAME = "manifest.pending.json"
 SHARD_RE = re.compile(r"^part-(\d{5})-of-(\d{5})\.parquet$")
 # temporary names of atomic writes (write_shard, write_json_atomic): left behind only by an interrupted run
-TMP_RE = re.compile(r"^(\.tmp-[0-9a-f]{32}(-part-.*\.parquet|\.json)|" + re.escape(MANIFEST_NAME) + r"\.tmp-[0-9a-f]{32})$")
+TMP_RE = re.compile(r"^(\.tmp-[0-9a-f]{32}(-part-.*\.parquet|\.json)|(" + re.escape(MANIFEST_NAME) + "|"
+                    + re.escape(PENDING_MANIFEST_NAME) + r")\.tmp-[0-9a-f]{32})$")
 SHARD_DIRS = (KEPT, REJECTED)
 
 
@@ -207,11 +211,11 @@ def read_rows(path: str) -> list[dict]:
     return open_parquet(path).read().to_pylist()
 
 
-def read_manifest(out_dir: str) -> dict:
+def read_manifest(out_dir: str, name: str = MANIFEST_NAME) -> dict:
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
 
-    path = join(out_dir, MANIFEST_NAME)
+    path = join(out_dir, name)
     if not FileSystems.exists(path):
         raise FileNotFoundError(
             f"{path} not found: {out_dir} is not a unicurate output, or its run did not finish"
@@ -240,7 +244,8 @@ def list_leftovers(out_dir: str, dirs: Sequence[str] = SHARD_DIRS) -> list[str]:
     from apache_beam.io.filesystems import FileSystems
 
     out = []
-    for sub, pattern in [(sub, ".tmp-*") for sub in dirs] + [("", f"{MANIFEST_NAME}.tmp-*"), ("", ".tmp-*.json")]:
+    for sub, pattern in [(sub, ".tmp-*") for sub in dirs] + [("", f"{MANIFEST_NAME}.tmp-*"), ("", ".tmp-*.json"),
+                                                              ("", f"{PENDING_MANIFEST_NAME}.tmp-*")]:
         try:
             matches = FileSystems.match([join(out_dir, sub, pattern) if sub else join(out_dir, pattern)])
         except Exception:  # noqa: BLE001 - folder missing
@@ -265,9 +270,20 @@ def remove_stale_shards(out_dir: str, keep: set[str], dirs: Sequence[str] = SHAR
 
 
 def remove_manifest(out_dir: str) -> None:
-    """Mark a folder as unfinished before a (re)run writes into it."""
+    """Mark a folder as unfinished before a (re)run writes into it (an earlier run's pending manifest goes too)."""
     from apache_beam.io.filesystems import FileSystems
 
-    path = join(out_dir, MANIFEST_NAME)
-    if FileSystems.exists(path):
-        FileSystems.delete([path])
+    for name in (MANIFEST_NAME, PENDING_MANIFEST_NAME):
+        path = join(out_dir, name)
+        if FileSystems.exists(path):
+            FileSystems.delete([path])
+
+
+def publish_manifest(out_dir: str, manifest: dict) -> None:
+    """The run checked out: its manifest becomes MANIFEST_NAME (atomically) and the pending one goes."""
+    from apache_beam.io.filesystems import FileSystems
+
+    write_json_atomic(join(out_dir, MANIFEST_NAME), manifest)
+    pending = join(out_dir, PENDING_MANIFEST_NAME)
+    if FileSystems.exists(pending):
+        FileSystems.delete([pending])

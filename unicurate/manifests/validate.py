@@ -120,6 +120,47 @@ def validate(out_dir: str, check_rows: bool = True) -> Report:
     return rep
 
 
+def check_run(out_dir: str, manifest: dict, expected_inputs: int) -> list[str]:
+    """The driver's own check of a finished pipeline, before its manifest is published (problems; [] = fine).
+
+    ``expected_inputs`` is the driver's count of the input rows, made before the pipeline ran. Every input row
+    must be in exactly one output row: the manifest's counts and funnel, and the rows the written shards really
+    hold (their Parquet footers, read here; no data is read), must all equal it. ``validate`` is the second,
+    complete line of defence (checksums, keys, statuses).
+    """
+    out = []
+
+    def same(what: str, value) -> None:
+        if value != expected_inputs:
+            out.append(f"{what} is {value}, but the input has {expected_inputs} rows")
+
+    shape = manifest_shape_problems(manifest)
+    if shape:
+        return [f"the pipeline's manifest is malformed: {msg}" for msg in shape]
+    counts = manifest["counts"]
+    same("counts.inputs", counts.get("inputs"))
+    synthesis = manifest.get("kind") == "synthesis"
+    # a curate run: every input row is one kept or rejected row; synthesis: every input image is one images/ row
+    row_dirs = ("images",) if synthesis else (KEPT, REJECTED)
+    if not synthesis:
+        same("the funnel's inputs", (manifest.get("funnel") or {}).get("inputs"))
+        same("kept + rejected", (counts.get(KEPT) or 0) + (counts.get(REJECTED) or 0))
+    in_files = 0
+    for sub in row_dirs:
+        for shard in manifest["shards"].get(sub, []):
+            path = mf.join(out_dir, *shard["path"].split("/"))
+            try:
+                rows = mf.open_parquet(path).metadata.num_rows
+            except Exception as exc:  # noqa: BLE001 - missing or unreadable: say which
+                out.append(f"{shard['path']}: cannot read its footer: {exc}")
+                continue
+            if rows != shard["rows"]:
+                out.append(f"{shard['path']}: holds {rows} rows, the manifest says {shard['rows']}")
+            in_files += rows
+    same(f"the rows in the written {' + '.join(d + '/' for d in row_dirs)} shards", in_files)
+    return out
+
+
 def _is_count(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 

@@ -241,8 +241,9 @@ class WriteManifestDoFn(beam.DoFn):
             "shards": shards,
             "removed_stale_shards": stale,
         }
-        mf.write_json_atomic(mf.join(out_dir, mf.MANIFEST_NAME), manifest)
-        yield mf.join(out_dir, mf.MANIFEST_NAME)
+        # pending until the driver has checked the run against its own count of the inputs (runner)
+        mf.write_json_atomic(mf.join(out_dir, mf.PENDING_MANIFEST_NAME), manifest)
+        yield mf.join(out_dir, mf.PENDING_MANIFEST_NAME)
 
 
 def build(p: beam.Pipeline, recipe: CurateRecipe, splits: list[ingest.Split], beam_options: dict):
@@ -318,6 +319,11 @@ def build(p: beam.Pipeline, recipe: CurateRecipe, splits: list[ingest.Split], be
         | "WriteManifest" >> beam.ParDo(WriteManifestDoFn(cfg, beam_options), beam.pvalue.AsSingleton(n_inputs),
                                         beam.pvalue.AsSingleton(model_records), beam.pvalue.AsSingleton(clip_cutoff))
     )
+
+
+def count_inputs(splits: list[ingest.Split]) -> int:
+    """The input rows, counted by the driver before the pipeline runs: what the finished run must account for."""
+    return sum(ingest.count_rows(s) for s in splits)
 
 
 def prepare(recipe: CurateRecipe) -> list[ingest.Split]:

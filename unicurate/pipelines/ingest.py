@@ -56,6 +56,7 @@ class Split:
     file: InputFile
     row_group: Optional[int] = None
     first_row: int = 0
+    rows: Optional[int] = None  # known without reading (a parquet row group's footer count); None for text files
 
 
 def row_key(source: str, url: str, occurrence: int = 0) -> str:
@@ -310,8 +311,9 @@ def plan_splits(files: list[InputFile]) -> list[Split]:
             meta = _parquet(f.path).metadata
             first = 0
             for rg in range(meta.num_row_groups):
-                splits.append(Split(f, rg, first))
-                first += meta.row_group(rg).num_rows
+                n = meta.row_group(rg).num_rows
+                splits.append(Split(f, rg, first, n))
+                first += n
         else:
             splits.append(Split(f))
     return splits
@@ -414,44 +416,59 @@ def read_split(split: Split, cfg: InputConfig) -> Iterator[dict]:
             for m in range(n, end):
                 yield make(m, None, error=f"row {m}: {why}")
         return
+    for n, (record, url, error) in enumerate(_text_records(f, cfg)):
+        yield make(n, record, url=url, error=error)
+
+
+def _text_records(f: InputFile, cfg: Optional[InputConfig]
+                  ) -> Iterator[tuple[Optional[dict], Optional[str], Optional[str]]]:
+    """(record, url, error) for each row of a csv/tsv/jsonl/txt file, in order: exactly one per input row.
+
+    ``cfg=None`` (counting) skips decoding JSON lines: whether a line decodes never changes the row count.
+    """
     if f.format in ("csv", "tsv"):
         csv.field_size_limit(sys.maxsize)
         with _open_text(f.path) as fh:
             reader = csv.DictReader(fh, delimiter="\t" if f.format == "tsv" else ",")
-            n = 0
             while True:
                 try:
                     record = next(reader)
                 except StopIteration:
                     break
                 except csv.Error as exc:
-                    yield make(n, None, error=f"line {reader.line_num}: malformed {f.format} ({exc})")
-                    n += 1
+                    yield None, None, f"line {reader.line_num}: malformed {f.format} ({exc})"
                     continue
                 if None in record:  # more fields than the header
                     record.pop(None)
-                yield make(n, record)
-                n += 1
+                yield record, None, None
         return
     with _open_text(f.path) as fh:
-        n = 0
         for line_no, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             if f.format == "txt":
-                yield make(n, None, url=line.strip())
+                yield None, line.strip(), None
+            elif cfg is None:
+                yield None, None, None
             else:
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    yield make(n, None, error=f"line {line_no}: not JSON ({exc.msg})")
+                    yield None, None, f"line {line_no}: not JSON ({exc.msg})"
                 except (ValueError, RecursionError) as exc:  # a 5000-digit number, arrays nested 100000 deep
-                    yield make(n, None, error=f"line {line_no}: not readable JSON ({type(exc).__name__}: "
-                                              f"{str(exc)[:200]})")
+                    yield None, None, (f"line {line_no}: not readable JSON ({type(exc).__name__}: "
+                                       f"{str(exc)[:200]})")
                 else:
-                    if isinstance(record, dict):
-                        problem = json_type_problem(record, cfg)
-                        yield make(n, None, error=f"line {line_no}: {problem}") if problem else make(n, record)
+                    if not isinstance(record, dict):
+                        yield None, None, f"line {line_no}: not a JSON object"
                     else:
-                        yield make(n, None, error=f"line {line_no}: not a JSON object")
-            n += 1
+                        problem = json_type_problem(record, cfg)
+                        yield (None, None, f"line {line_no}: {problem}") if problem else (record, None, None)
+
+
+def count_rows(split: Split) -> int:
+    """Input rows of a split, as ``read_split`` will yield them: the footer's count for parquet, one streaming
+    pass for text files. The driver counts the inputs with it before the pipeline runs (the run's reference)."""
+    if split.rows is not None:
+        return split.rows
+    return sum(1 for _ in _text_records(split.file, None))

@@ -140,22 +140,55 @@ def _absolutise(recipe):
     })
 
 
-@contextlib.contextmanager
-def sample_web_for(recipe: CurateRecipe, say: Callable[[str], None]):
-    """Serve the recipe's sample web (demo recipes only) and write its url list to input.path."""
-    if recipe.sample_web is None:
-        yield
-        return
-    from unicurate.sampleweb import SampleWeb
+def sample_web_for(recipe: CurateRecipe, say: Callable[[str], None], dry_run: bool = False):
+    """The recipe's sample web (demo recipes only), checked now and served while the returned context is open.
 
+    Call it before any work: it refuses a sample web whose url list would go anywhere but
+    ``OUTPUT/input/urls.parquet`` (a recipe's own ``input.path`` is never written over) and a remote output.
+    Entered, it serves the sample web on 127.0.0.1, writes its url list there and yields the recipe to read the
+    input from. A dry run writes it to a temporary folder instead (removed when the context closes), so that
+    the job is built from it and nothing but the job file is written.
+    """
+    if recipe.sample_web is None:
+        return contextlib.nullcontext(recipe)
     sw = recipe.sample_web
-    if len(recipe.input.paths) != 1 or is_remote(recipe.input.paths[0]):
-        raise RecipeError("sample_web needs input.path to be one local file (the url list it writes)")
-    web = SampleWeb(n_images=sw.images, seed=sw.seed, slow_seconds=sw.slow_seconds)
-    with web.start(port=sw.port):
-        path = web.write_input(recipe.input.paths[0])
-        say(f"sample web: {len(web.cases)} urls served on {web.base_url}, url list in {path}")
-        yield web
+    if is_remote(recipe.output.path):
+        raise RecipeError(f"sample_web writes its url list into output.path and serves the demo on this machine: "
+                          f"output.path must be a local folder, not {recipe.output.path}")
+    url_list = sw.url_list(recipe.output.path)
+    if [os.path.normpath(p) for p in recipe.input.paths] != [os.path.normpath(url_list)]:
+        given = ", ".join(recipe.input.paths)
+        raise RecipeError(f"sample_web writes its url list to {url_list} (inside output.path), so a recipe with "
+                          f"sample_web has no input.path of its own; this one names {given}, which is never "
+                          f"written over. Remove input.path from the recipe, or curate {given} with "
+                          f"`unicurate run RECIPE --input {given}` (no sample web then) or without sample_web")
+
+    @contextlib.contextmanager
+    def serve():
+        import tempfile
+
+        from unicurate.sampleweb import SampleWeb
+
+        web = SampleWeb(n_images=sw.images, seed=sw.seed, slow_seconds=sw.slow_seconds)
+        # the SSRF guard stays on; only the sample web's own loopback address is let through (a recipe needs no
+        # allow_private_networks for it, so the same recipe run with --input on web data keeps the guard whole)
+        dl = recipe.download
+        served = recipe.model_copy(update={"download": dl.model_copy(update={
+            "allowed_networks": list(dl.allowed_networks) + [SampleWeb.NETWORK]})})
+        with web.start(port=sw.port), contextlib.ExitStack() as stack:
+            if dry_run:
+                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="unicurate-dry-run-"))
+                path = web.write_input(Path(tmp) / Path(url_list).name)
+                read_from = served.model_copy(update={"input": served.input.model_copy(update={"path": str(path)})})
+                say(f"sample web (dry run): {len(web.cases)} urls; the job reads its url list from {path} "
+                    f"(removed after the dry run); a run writes it to {url_list}")
+            else:
+                path = web.write_input(url_list)
+                read_from = served
+                say(f"sample web: {len(web.cases)} urls served on {web.base_url}, url list in {path}")
+            yield read_from
+
+    return serve()
 
 
 # ------------------------------------------------------------------ where the pipeline runs
@@ -267,17 +300,21 @@ def run_curate(recipe: CurateRecipe, beam_args: Optional[list[str]] = None,
     launch = Launch(recipe, beam_args, dry_run)
     recipe = launch.recipe
     warnings = launch.check(say)
+    sample_web = sample_web_for(recipe, say, dry_run)  # checked here, before any work; served below
     models = check_models(recipe, say, remote=launch.remote, probe=not dry_run)
-    with sample_web_for(recipe, say):
-        splits = curate.prepare(recipe)  # input problems stop the run here, before any work
+    with sample_web as read_from:  # with a sample web: reads its url list, and may reach its server
+        splits = curate.prepare(read_from)  # input problems stop the run here, before any work
+        recipe = read_from.model_copy(update={"input": recipe.input})  # recorded: the path a run writes
         n_files = len({s.file.path for s in splits})
-        say(f"curate: {n_files} input file(s), {len(splits)} split(s) -> {recipe.output.path}")
+        n_inputs = None if dry_run else curate.count_inputs(splits)  # the run's reference, checked at the end
+        say(f"curate: {n_files} input file(s), {len(splits)} split(s)"
+            + (f", {n_inputs} rows" if n_inputs is not None else "") + f" -> {recipe.output.path}")
         say(launch.describe())
         pipeline = beam.Pipeline(options=launch.options)
         curate.build(pipeline, recipe, splits, beam_options=launch.beam_options())
         if dry_run:
             return write_job_description(pipeline, launch, recipe, models, warnings, job_file, say)
-        return _execute(pipeline, recipe.output.path)
+        return _execute(pipeline, recipe.output.path, n_inputs)
 
 
 def run_synthesize(recipe, beam_args: Optional[list[str]] = None, say: Callable[[str], None] = print,
@@ -304,14 +341,23 @@ def run_synthesize(recipe, beam_args: Optional[list[str]] = None, say: Callable[
     syn.build(pipeline, recipe, paths, keys, n_inputs, launch.beam_options(), source)
     if dry_run:
         return write_job_description(pipeline, launch, recipe, models, warnings, job_file, say)
-    return _execute(pipeline, recipe.output.path)
+    return _execute(pipeline, recipe.output.path, n_inputs)
 
 
-def _execute(pipeline, out_dir: str) -> dict:
-    """Run a built pipeline to completion; its manifest with the elapsed time and the Beam metrics."""
+def _execute(pipeline, out_dir: str, expected_inputs: int) -> dict:
+    """Run a built pipeline to completion, check it, publish its manifest; returns the manifest with the elapsed
+    time and the Beam metrics.
+
+    The pipeline's last stage writes a pending manifest; the run counts as done only once the driver has compared
+    its own count of the input rows (``expected_inputs``, made before the pipeline) with that manifest and with
+    the rows the written shards hold. A difference raises :class:`RunCheckFailed`: no manifest is published, so
+    the folder reads as unfinished, and the numbers go to ``OUT/run-check-failed.json``.
+    """
     from unicurate.manifests import manifest as mf
+    from unicurate.manifests.validate import check_run
 
     mf.remove_manifest(out_dir)  # a run that does not finish leaves no manifest: marked unfinished
+    _remove_check_report(out_dir)
     from unicurate.pipelines.perworker import LOCAL_DRIVER_ENV
 
     start = time.monotonic()
@@ -323,28 +369,69 @@ def _execute(pipeline, out_dir: str) -> dict:
             result = pipeline.run()
             result.wait_until_finish()
     except WorkerDied:
-        if not _has_manifest(out_dir):
+        if not _has_pending_manifest(out_dir):
             raise
         # the manifest is written by the last stage: every stage had finished, a worker died while stopping
-        log.warning("a local worker process ended badly after the run had finished; the output is complete")
+        log.warning("a local worker process ended badly after the run had finished; checking the output")
     finally:
         if before is None:
             os.environ.pop(LOCAL_DRIVER_ENV, None)
         else:
             os.environ[LOCAL_DRIVER_ENV] = before
     elapsed = time.monotonic() - start
-    manifest = mf.read_manifest(out_dir)
+    try:
+        manifest = mf.read_manifest(out_dir, mf.PENDING_MANIFEST_NAME)
+    except FileNotFoundError:
+        raise RunCheckFailed(f"the pipeline ended without writing its manifest to {out_dir}: the run is incomplete; "
+                             "rerun the same command") from None
+    problems = check_run(out_dir, manifest, expected_inputs)
+    if problems:
+        _fail_check(out_dir, expected_inputs, manifest, problems)
+    mf.publish_manifest(out_dir, manifest)
     manifest["_elapsed_seconds"] = elapsed
     manifest["_metrics"] = counters(result) if result is not None else {}
     return manifest
 
 
-def _has_manifest(out_dir: str) -> bool:
+CHECK_REPORT = "run-check-failed.json"
+
+
+class RunCheckFailed(RuntimeError):
+    """A finished pipeline's output does not hold every input row exactly once: the run is not declared done."""
+
+
+def _fail_check(out_dir: str, expected_inputs: int, manifest: dict, problems: list[str]) -> None:
     from apache_beam.io.filesystems import FileSystems
 
     from unicurate.manifests import manifest as mf
 
-    return FileSystems.exists(mf.join(out_dir, mf.MANIFEST_NAME))
+    report = mf.join(out_dir, CHECK_REPORT)
+    mf.write_json_atomic(report, {"expected_inputs": expected_inputs, "problems": problems,
+                                  "counts": manifest.get("counts"), "pipeline_manifest": manifest})
+    FileSystems.delete([mf.join(out_dir, mf.PENDING_MANIFEST_NAME)])
+    raise RunCheckFailed(
+        f"the run's output does not account for every input row, so it is not declared done (no manifest written; "
+        f"details in {report}):\n  " + "\n  ".join(problems)
+        + "\nThis is a bug in unicurate or the runner; please report it with that file. Rerunning the same command "
+          "rewrites the output.")
+
+
+def _remove_check_report(out_dir: str) -> None:
+    from apache_beam.io.filesystems import FileSystems
+
+    from unicurate.manifests import manifest as mf
+
+    path = mf.join(out_dir, CHECK_REPORT)
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+
+
+def _has_pending_manifest(out_dir: str) -> bool:
+    from apache_beam.io.filesystems import FileSystems
+
+    from unicurate.manifests import manifest as mf
+
+    return FileSystems.exists(mf.join(out_dir, mf.PENDING_MANIFEST_NAME))
 
 
 def stop_local_workers() -> list[int]:

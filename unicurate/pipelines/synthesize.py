@@ -206,8 +206,9 @@ class WriteSynManifestDoFn(beam.DoFn):
             "shards": shards,
             "removed_stale_shards": stale,
         }
-        mf.write_json_atomic(mf.join(out_dir, mf.MANIFEST_NAME), manifest)
-        yield mf.join(out_dir, mf.MANIFEST_NAME)
+        # pending until the driver has checked the run against its own count of the inputs (runner)
+        mf.write_json_atomic(mf.join(out_dir, mf.PENDING_MANIFEST_NAME), manifest)
+        yield mf.join(out_dir, mf.PENDING_MANIFEST_NAME)
 
 
 def shard_count(n_images: int, per_shard: int) -> int:
