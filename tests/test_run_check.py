@@ -55,6 +55,9 @@ def test_a_run_that_loses_a_row_fails_and_publishes_no_manifest(web_input, make_
     assert not (out / mf.MANIFEST_NAME).exists() and not (out / mf.PENDING_MANIFEST_NAME).exists()
     report = json.loads((out / CHECK_REPORT).read_text())
     assert report["expected_inputs"] == n and report["problems"]
+    # where the rows went: every row was fetched and keyed by shard, as the workers counted them
+    elements = report["elements_per_pcollection"]
+    assert elements.get("DownloadDecodeFilter") == n and elements.get("RowsByShard") == n, elements
     assert any("did not finish" in p for p in validate(str(out)).problems)  # marked unfinished
 
     # the cause gone, the same command completes the folder (and the failure report goes)

@@ -386,7 +386,7 @@ def _execute(pipeline, out_dir: str, expected_inputs: int) -> dict:
                              "rerun the same command") from None
     problems = check_run(out_dir, manifest, expected_inputs)
     if problems:
-        _fail_check(out_dir, expected_inputs, manifest, problems)
+        _fail_check(out_dir, expected_inputs, manifest, problems, element_counts(result, pipeline))
     mf.publish_manifest(out_dir, manifest)
     manifest["_elapsed_seconds"] = elapsed
     manifest["_metrics"] = counters(result) if result is not None else {}
@@ -400,14 +400,46 @@ class RunCheckFailed(RuntimeError):
     """A finished pipeline's output does not hold every input row exactly once: the run is not declared done."""
 
 
-def _fail_check(out_dir: str, expected_inputs: int, manifest: dict, problems: list[str]) -> None:
+def element_counts(result, pipeline) -> dict[str, int]:
+    """Elements of each PCollection as the workers counted them, named by the transform that produced it
+    (``ReadRows``, ``DownloadDecodeFilter``, ``RowsByShard``, ...): where rows went missing when a run's check
+    fails. Beam's local runner reports them per PCollection (the public metrics query drops that label);
+    {} where the runner does not."""
+    from apache_beam.metrics import monitoring_infos as mi
+
+    by_stage = getattr(result, "_monitoring_infos_by_stage", None) or {}
+    try:
+        names = {}
+        for t in pipeline.to_runner_api().components.transforms.values():
+            if not t.subtransforms:  # leaves: a composite's outputs are its last leaf's
+                for tag, pid in t.outputs.items():
+                    names[pid] = t.unique_name if tag in ("None", "out") or len(t.outputs) == 1 \
+                        else f"{t.unique_name}[{tag}]"
+    except Exception:  # noqa: BLE001 - diagnostics only
+        return {}
+    out: dict[str, int] = {}
+    for stage, infos in by_stage.items():
+        if not stage:
+            continue  # '' holds the pipeline-wide metrics, not a stage's
+        for info in infos:
+            pid = info.labels.get("PCOLLECTION") if info.urn == mi.ELEMENT_COUNT_URN else None
+            if pid is not None:
+                name = names.get(pid, pid)
+                out[name] = out.get(name, 0) + int(mi.extract_counter_value(info))
+    return dict(sorted(out.items()))
+
+
+def _fail_check(out_dir: str, expected_inputs: int, manifest: dict, problems: list[str],
+                counts_by_pcollection: dict[str, int]) -> None:
     from apache_beam.io.filesystems import FileSystems
 
     from unicurate.manifests import manifest as mf
 
     report = mf.join(out_dir, CHECK_REPORT)
     mf.write_json_atomic(report, {"expected_inputs": expected_inputs, "problems": problems,
-                                  "counts": manifest.get("counts"), "pipeline_manifest": manifest})
+                                  "counts": manifest.get("counts"),
+                                  "elements_per_pcollection": counts_by_pcollection,
+                                  "pipeline_manifest": manifest})
     FileSystems.delete([mf.join(out_dir, mf.PENDING_MANIFEST_NAME)])
     raise RunCheckFailed(
         f"the run's output does not account for every input row, so it is not declared done (no manifest written; "
