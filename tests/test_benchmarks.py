@@ -23,3 +23,12 @@ def test_ingest_benchmark_runs_both_tools_on_the_same_web(tmp_path, monkeypatch)
 def test_table_aligns_columns():
     out = table(["name", "n"], [["a", 1], ["long name", 22]]).splitlines()
     assert out[0] == "name        n" and out[1] == "---------  --" and out[3] == "long name  22"
+
+
+def test_lossless_benchmark_repeats_runs_and_counts_rows(tmp_path, monkeypatch):
+    from benchmarks import lossless
+
+    monkeypatch.setenv("UNICURATE_BENCH_CACHE", str(tmp_path / "cache"))
+    r = lossless.bench(10, processes=1, threads=4, runs=2, workdir=tmp_path)
+    assert r["runs_losing_rows_or_failing"] == 0 and len(r["results"]) == 2
+    assert all(x["ok"] and x["inputs"] == x["rows_out"] == 10 for x in r["results"])
