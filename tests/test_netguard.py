@@ -42,6 +42,9 @@ ENCODED = {
     "/enc/gzip-x3": ("gzip, gzip, gzip", gzip.compress(gzip.compress(gzip.compress(TEXT)))),
     "/enc/gzip-corrupt": ("gzip", gzip.compress(TEXT)[:20] + b"\xff" * 40 + gzip.compress(TEXT)[60:]),
     "/enc/gzip-on-plain": ("gzip", TEXT),
+    # deflate of 400,000 empty stored blocks (2 MB that decode to nothing), then gzip (a few KB on the wire): the
+    # gzip layer inflates past max_bytes while the final output stays empty
+    "/enc/layer-bomb": ("deflate, gzip", gzip.compress(b"\x00\x00\x00\xff\xff" * 400_000 + b"\x03\x00")),
 }
 
 
@@ -80,6 +83,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+        elif self.path == "/redirect-dripping-body":  # a 302 whose body drips for 5 s: never read
+            self.send_response(302)
+            self.send_header("Location", "/ok")
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            try:
+                for _ in range(100):
+                    self.wfile.write(b"r")
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            except OSError:
+                pass
         elif self.path.startswith("/redirect-to/"):  # 302 to the percent-encoded url after the prefix
             self.send_response(302)
             self.send_header("Location", unquote(self.path[len("/redirect-to/"):]))
@@ -483,3 +498,17 @@ def test_metadata_opened_only_by_an_allowed_network_inside_its_range(metadata_dn
     with pytest.raises(ConnectionRefusedError, match="test fence"):
         netguard._guarded_create_connection(policy)(("metadata.test", 80))
     assert fence == [["169.254.169.254", 80]]
+
+
+def test_a_redirect_body_is_not_read(server):
+    """urllib reads a 3xx body whole before following it: that body would escape max_bytes and max_seconds."""
+    start = time.monotonic()
+    data, err = _fetch(server + "/redirect-dripping-body", max_seconds=2)
+    assert err is None and data == b"hello"
+    assert time.monotonic() - start < 2.0
+
+
+def test_every_content_coding_layer_counts_against_max_bytes(server):
+    data, err = _fetch(server + "/enc/layer-bomb", max_bytes=1_000_000)
+    assert data is None and netguard.classify_error(err) is Reason.TOO_LARGE, err
+    assert "gzip layer inflated past it" in err

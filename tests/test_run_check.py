@@ -16,7 +16,7 @@ from unicurate.manifests import manifest as mf
 from unicurate.manifests.validate import check_run, validate
 from unicurate.pipelines import curate
 from unicurate.pipelines import synthesize as syn
-from unicurate.pipelines.runner import CHECK_REPORT, RunCheckFailed, run_curate, run_synthesize
+from unicurate.pipelines.runner import RunCheckFailed, run_curate, run_synthesize
 
 
 def _drop_one_row(monkeypatch, write_dofn, rows_field):
@@ -53,18 +53,19 @@ def test_a_run_that_loses_a_row_fails_and_publishes_no_manifest(web_input, make_
     msg = str(err.value)
     assert f"the input has {n} rows" in msg and f"is {n - 1}" in msg
     assert not (out / mf.MANIFEST_NAME).exists() and not (out / mf.PENDING_MANIFEST_NAME).exists()
-    report = json.loads((out / CHECK_REPORT).read_text())
+    report = json.loads((out / mf.CHECK_REPORT_NAME).read_text())
     assert report["expected_inputs"] == n and report["problems"]
     # where the rows went: every row was fetched and keyed by shard, as the workers counted them
     elements = report["elements_per_pcollection"]
     assert elements.get("DownloadDecodeFilter") == n and elements.get("RowsByShard") == n, elements
-    assert any("did not finish" in p for p in validate(str(out)).problems)  # marked unfinished
+    problems = validate(str(out)).problems  # marked unfinished, and why
+    assert any("did not finish" in p for p in problems) and any(mf.CHECK_REPORT_NAME in p for p in problems)
 
     # the cause gone, the same command completes the folder (and the failure report goes)
     monkeypatch.undo()
     manifest = run_curate(recipe, say=lambda _m: None)
     assert manifest["counts"]["inputs"] == n == manifest["counts"]["kept"] + manifest["counts"]["rejected"]
-    assert not (out / CHECK_REPORT).exists() and not (out / mf.PENDING_MANIFEST_NAME).exists()
+    assert not (out / mf.CHECK_REPORT_NAME).exists() and not (out / mf.PENDING_MANIFEST_NAME).exists()
     assert validate(str(out)).ok
 
 
@@ -112,3 +113,26 @@ def test_check_run_reads_the_shards_not_only_the_manifest(curated):
     missing["shards"]["kept"].append({**shard, "path": "kept/part-09999-of-09999.parquet"})
     assert any("kept/part-09999-of-09999.parquet: cannot read its footer" in p
                for p in check_run(str(out), missing, n))
+
+
+def test_whatif_apply_checks_the_new_folder_before_publishing(scored, tmp_path, monkeypatch):
+    from unicurate.manifests import whatif as wi
+
+    src, manifest, _ = scored
+    real = mf.write_shard
+    dropped = []
+
+    def write_shard(out_dir, rel, rows, schema, rg):
+        if rows and not dropped:
+            dropped.append(rel)
+            rows = rows[:-1]
+        return real(out_dir, rel, rows, schema, rg)
+
+    monkeypatch.setattr(mf, "write_shard", write_shard)
+    new = tmp_path / "applied"
+    with pytest.raises(wi.WhatIfError, match=r"does not hold every row"):
+        wi.apply(str(src), ["clip_score>=-1"], str(new))
+    assert dropped and not (new / mf.MANIFEST_NAME).exists()
+    monkeypatch.undo()
+    applied = wi.apply(str(src), ["clip_score>=-1"], str(new))
+    assert applied["counts"]["inputs"] == manifest["counts"]["inputs"] and validate(str(new)).ok

@@ -26,6 +26,7 @@ MANIFEST_NAME = "manifest.json"
 # what a pipeline's last stage writes; the driver checks the run against its own count of the inputs and only
 # then publishes it as MANIFEST_NAME (runner.check_and_publish): a folder with a manifest is a checked run
 PENDING_MANIFEST_NAME = "manifest.pending.json"
+CHECK_REPORT_NAME = "run-check-failed.json"  # what a run whose check failed leaves instead of a manifest
 SHARD_RE = re.compile(r"^part-(\d{5})-of-(\d{5})\.parquet$")
 # temporary names of atomic writes (write_shard, write_json_atomic): left behind only by an interrupted run
 TMP_RE = re.compile(r"^(\.tmp-[0-9a-f]{32}(-part-.*\.parquet|\.json)|(" + re.escape(MANIFEST_NAME) + "|"
@@ -177,8 +178,7 @@ def write_json_atomic(path: str, obj: Any) -> None:
            else f"{path}.tmp-{uuid.uuid4().hex}")
     with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
         fh.write(json.dumps(obj, indent=2, sort_keys=False, default=str).encode() + b"\n")
-    if FileSystems.exists(path):
-        FileSystems.delete([path])
+    delete_if_exists(path)
     FileSystems.rename([tmp], [path])
 
 
@@ -269,21 +269,20 @@ def remove_stale_shards(out_dir: str, keep: set[str], dirs: Sequence[str] = SHAR
     return stale
 
 
-def remove_manifest(out_dir: str) -> None:
-    """Mark a folder as unfinished before a (re)run writes into it (an earlier run's pending manifest goes too)."""
+def delete_if_exists(path: str) -> None:
     from apache_beam.io.filesystems import FileSystems
 
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+
+
+def remove_manifest(out_dir: str) -> None:
+    """Mark a folder as unfinished before a (re)run writes into it (an earlier run's pending manifest goes too)."""
     for name in (MANIFEST_NAME, PENDING_MANIFEST_NAME):
-        path = join(out_dir, name)
-        if FileSystems.exists(path):
-            FileSystems.delete([path])
+        delete_if_exists(join(out_dir, name))
 
 
 def publish_manifest(out_dir: str, manifest: dict) -> None:
     """The run checked out: its manifest becomes MANIFEST_NAME (atomically) and the pending one goes."""
-    from apache_beam.io.filesystems import FileSystems
-
     write_json_atomic(join(out_dir, MANIFEST_NAME), manifest)
-    pending = join(out_dir, PENDING_MANIFEST_NAME)
-    if FileSystems.exists(pending):
-        FileSystems.delete([pending])
+    delete_if_exists(join(out_dir, PENDING_MANIFEST_NAME))

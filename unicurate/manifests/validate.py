@@ -51,6 +51,7 @@ def validate(out_dir: str, check_rows: bool = True) -> Report:
         manifest = mf.read_manifest(out_dir)
     except FileNotFoundError as exc:
         rep.add(str(exc))
+        rep.problems += _unfinished_details(out_dir)
         return rep
     except ValueError as exc:
         rep.add(f"{mf.join(out_dir, mf.MANIFEST_NAME)} is not valid JSON: {exc}")
@@ -118,6 +119,20 @@ def validate(out_dir: str, check_rows: bool = True) -> Report:
         if counts.get(sub) is not None and counts[sub] != totals[sub]:
             rep.add(f"{mf.MANIFEST_NAME}: counts.{sub} = {counts[sub]} but its {sub} shards hold {totals[sub]} rows")
     return rep
+
+
+def _unfinished_details(out_dir: str) -> list[str]:
+    """What an unfinished folder holds beyond its shards: a pipeline that ended but was not checked, or a check
+    that failed. Rerunning the same command rewrites the folder either way."""
+    from apache_beam.io.filesystems import FileSystems
+
+    out = []
+    if FileSystems.exists(mf.join(out_dir, mf.PENDING_MANIFEST_NAME)):
+        out.append(f"{mf.PENDING_MANIFEST_NAME} is there: the pipeline ended, but the run stopped before it checked "
+                   "its output against the input (rerun the same command)")
+    if FileSystems.exists(mf.join(out_dir, mf.CHECK_REPORT_NAME)):
+        out.append(f"{mf.CHECK_REPORT_NAME} is there: the run's output did not hold every input row once (see that file)")
+    return out
 
 
 def check_run(out_dir: str, manifest: dict, expected_inputs: int) -> list[str]:

@@ -27,6 +27,7 @@ import polars as pl
 from unicurate.filters import dedup as dd
 from unicurate.manifests import manifest as mf
 from unicurate.manifests import stats as st
+from unicurate.manifests.validate import check_run
 from unicurate.schema import (CURATED_SCHEMA, CURATED_SCHEMA_VERSION, KEPT, REASON_STAGE, REJECTED, SCORE_COLUMNS,
                               Reason, Stage)
 
@@ -315,14 +316,19 @@ def _apply(out_dir, manifest, settings, new_recipe, res: pl.DataFrame, new_out: 
         "clip_score_cutoff": (manifest.get("clip_score_cutoff")
                               if clip is not None and clip.keep_top_fraction is not None else None),
         "beam_options": manifest.get("beam_options", {}),
-        "counts": {"inputs": n_kept + n_rej, "kept": n_kept, "rejected": n_rej},
+        "counts": {"inputs": manifest["counts"]["inputs"], "kept": n_kept, "rejected": n_rej},
         "funnel": mf.merge_funnels(funnel_parts),
         "shards": shards,
         "removed_stale_shards": stale,
         "derived_from": {"path": str(out_dir), "recipe_hash": manifest.get("recipe_hash"),
                          "whatif": [s.text() for s in settings], "rows": "copied"},
     }
-    mf.write_json_atomic(mf.join(new_out, mf.MANIFEST_NAME), new_manifest)
+    # the same check a run makes before it publishes: every row of the source run is in exactly one new row
+    problems = check_run(str(new_out), new_manifest, manifest["counts"]["inputs"])
+    if problems:
+        raise WhatIfError(f"{new_out}: the new selection does not hold every row of {out_dir} once, so no manifest "
+                          "was written: " + "; ".join(problems))
+    mf.publish_manifest(str(new_out), new_manifest)
     return new_manifest
 
 

@@ -469,6 +469,8 @@ def _text_records(f: InputFile, cfg: Optional[InputConfig]
 def count_rows(split: Split) -> int:
     """Input rows of a split, as ``read_split`` will yield them: the footer's count for parquet, one streaming
     pass for text files. The driver counts the inputs with it before the pipeline runs (the run's reference)."""
-    if split.rows is not None:
-        return split.rows
+    if split.file.format == "parquet":
+        if split.rows is not None:
+            return split.rows
+        return _parquet(split.file.path).metadata.row_group(split.row_group).num_rows
     return sum(1 for _ in _text_records(split.file, None))

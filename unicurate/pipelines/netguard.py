@@ -323,6 +323,9 @@ class _RedirectHandler(urllib.request.HTTPRedirectHandler):
             if urlsplit(target).scheme.lower() not in ALLOWED_SCHEMES:
                 fp.close()
                 check_url(target, self.policy.allow_private_networks, self.policy.allowed)
+        # urllib reads the redirect's body whole (fp.read()) before it follows: closed, it reads nothing, so an
+        # endless or huge 3xx body cannot get past max_bytes / max_seconds
+        fp.close()
         try:
             return super().http_error_302(req, fp, code, msg, headers)
         except urllib.error.HTTPError as exc:
@@ -460,8 +463,28 @@ class _CappedResponse:
             self._problem = GuardError(Reason.DOWNLOAD_ERROR, f"Content-Encoding applies {len(self.codings)} "
                                        f"codings, more than the {_MAX_CODINGS} decoded")
         else:
+            undone = None
             for coding in reversed(self.codings):  # the last applied is undone first
+                if undone is not None:  # what a layer inflates counts against max_bytes too, not only the end result
+                    self._body = self._capped_layer(self._body, undone)
                 self._body = _Inflate(_CODINGS[coding], self._body).read
+                undone = coding
+
+    def _capped_layer(self, read: Callable[[int], bytes], coding: str) -> Callable[[int], bytes]:
+        """``read`` (an intermediate decoded layer), raising TOO_LARGE once it has produced over max_bytes: a
+        ``gzip, gzip`` body whose inner layer inflates into an outer one that decodes to nothing stops there."""
+        produced = [0]
+
+        def capped(n: int) -> bytes:
+            chunk = read(n)
+            produced[0] += len(chunk)
+            if produced[0] > self.max_bytes:
+                raise GuardError(Reason.TOO_LARGE, f"response body exceeds max_bytes {self.max_bytes} while decoding "
+                                 f"its Content-Encoding {', '.join(self.codings)} (its {coding} layer inflated past it; "
+                                 f"{self.received} bytes received)")
+            return chunk
+
+        return capped
 
     def _read_wire(self, n: int) -> bytes:
         """Up to ``n`` bytes of the body as sent; checks the deadline, the size cap and Content-Length."""

@@ -183,6 +183,7 @@ def sample_web_for(recipe: CurateRecipe, say: Callable[[str], None], dry_run: bo
                 say(f"sample web (dry run): {len(web.cases)} urls; the job reads its url list from {path} "
                     f"(removed after the dry run); a run writes it to {url_list}")
             else:
+                mark_unfinished(recipe.output.path)  # an earlier run's manifest must not describe another list
                 path = web.write_input(url_list)
                 read_from = served
                 say(f"sample web: {len(web.cases)} urls served on {web.base_url}, url list in {path}")
@@ -307,6 +308,8 @@ def run_curate(recipe: CurateRecipe, beam_args: Optional[list[str]] = None,
         recipe = read_from.model_copy(update={"input": recipe.input})  # recorded: the path a run writes
         n_files = len({s.file.path for s in splits})
         n_inputs = None if dry_run else curate.count_inputs(splits)  # the run's reference, checked at the end
+        if not dry_run:
+            mark_unfinished(recipe.output.path)  # inputs are fine: from here on the folder is being rewritten
         say(f"curate: {n_files} input file(s), {len(splits)} split(s)"
             + (f", {n_inputs} rows" if n_inputs is not None else "") + f" -> {recipe.output.path}")
         say(launch.describe())
@@ -330,6 +333,8 @@ def run_synthesize(recipe, beam_args: Optional[list[str]] = None, say: Callable[
     warnings = launch.check(say)
     models = check_models(recipe, say, remote=launch.remote, probe=not dry_run)
     cur, paths, keys = syn.prepare(recipe)  # input problems stop the run here too
+    if not dry_run:
+        mark_unfinished(recipe.output.path)
     n_inputs = len(keys) if keys is not None else sum(
         s["rows"] for s in cur["shards"][KEPT] if s.get("rows"))
     say(f"synthesize: {n_inputs} kept image(s) in {len(paths)} shard(s) of {recipe.input.path} -> "
@@ -351,13 +356,10 @@ def _execute(pipeline, out_dir: str, expected_inputs: int) -> dict:
     The pipeline's last stage writes a pending manifest; the run counts as done only once the driver has compared
     its own count of the input rows (``expected_inputs``, made before the pipeline) with that manifest and with
     the rows the written shards hold. A difference raises :class:`RunCheckFailed`: no manifest is published, so
-    the folder reads as unfinished, and the numbers go to ``OUT/run-check-failed.json``.
+    the folder reads as unfinished, and the numbers go to ``OUT/run-check-failed.json`` (``manifest.CHECK_REPORT_NAME``).
     """
     from unicurate.manifests import manifest as mf
     from unicurate.manifests.validate import check_run
-
-    mf.remove_manifest(out_dir)  # a run that does not finish leaves no manifest: marked unfinished
-    _remove_check_report(out_dir)
     from unicurate.pipelines.perworker import LOCAL_DRIVER_ENV
 
     start = time.monotonic()
@@ -391,9 +393,6 @@ def _execute(pipeline, out_dir: str, expected_inputs: int) -> dict:
     manifest["_elapsed_seconds"] = elapsed
     manifest["_metrics"] = counters(result) if result is not None else {}
     return manifest
-
-
-CHECK_REPORT = "run-check-failed.json"
 
 
 class RunCheckFailed(RuntimeError):
@@ -431,16 +430,14 @@ def element_counts(result, pipeline) -> dict[str, int]:
 
 def _fail_check(out_dir: str, expected_inputs: int, manifest: dict, problems: list[str],
                 counts_by_pcollection: dict[str, int]) -> None:
-    from apache_beam.io.filesystems import FileSystems
-
     from unicurate.manifests import manifest as mf
 
-    report = mf.join(out_dir, CHECK_REPORT)
+    report = mf.join(out_dir, mf.CHECK_REPORT_NAME)
     mf.write_json_atomic(report, {"expected_inputs": expected_inputs, "problems": problems,
                                   "counts": manifest.get("counts"),
                                   "elements_per_pcollection": counts_by_pcollection,
                                   "pipeline_manifest": manifest})
-    FileSystems.delete([mf.join(out_dir, mf.PENDING_MANIFEST_NAME)])
+    mf.delete_if_exists(mf.join(out_dir, mf.PENDING_MANIFEST_NAME))
     raise RunCheckFailed(
         f"the run's output does not account for every input row, so it is not declared done (no manifest written; "
         f"details in {report}):\n  " + "\n  ".join(problems)
@@ -448,14 +445,13 @@ def _fail_check(out_dir: str, expected_inputs: int, manifest: dict, problems: li
           "rewrites the output.")
 
 
-def _remove_check_report(out_dir: str) -> None:
-    from apache_beam.io.filesystems import FileSystems
-
+def mark_unfinished(out_dir: str) -> None:
+    """Before a run writes anything into ``out_dir``: no manifest (published or pending) and no check report of
+    an earlier run stays, so a run that does not finish leaves a folder that reads as unfinished."""
     from unicurate.manifests import manifest as mf
 
-    path = mf.join(out_dir, CHECK_REPORT)
-    if FileSystems.exists(path):
-        FileSystems.delete([path])
+    mf.remove_manifest(out_dir)
+    mf.delete_if_exists(mf.join(out_dir, mf.CHECK_REPORT_NAME))
 
 
 def _has_pending_manifest(out_dir: str) -> bool:

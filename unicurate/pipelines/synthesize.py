@@ -221,10 +221,15 @@ def build(p: beam.Pipeline, recipe: SynthesizeRecipe, paths: list[str], keys: Op
     m = recipe.models
     n_shards = shard_count(n_inputs, recipe.output.images_per_shard)
     wanted = frozenset(keys) if keys is not None else None
-    results = (
+    rows = (
         p
         | "KeptShards" >> beam.Create(paths, reshuffle=True)
         | "ReadKeptRows" >> beam.FlatMap(read_kept_shard, wanted)
+    )
+    # what the pipeline read, recorded as counts.inputs: the driver checks it against its own count (n_inputs)
+    n_read = rows | "CountInputs" >> beam.combiners.Count.Globally()
+    results = (
+        rows
         | "SpreadImages" >> beam.Reshuffle()
         | "BatchImages" >> beam.BatchElements(min_batch_size=m.batch_bounds[0], max_batch_size=m.batch_bounds[1])
         | "Synthesize" >> with_model_hints(beam.ParDo(SynthesizeDoFn(recipe, perworker.cpu_threads_per_process(beam_options))), recipe).with_outputs(
@@ -246,6 +251,6 @@ def build(p: beam.Pipeline, recipe: SynthesizeRecipe, paths: list[str], keys: Op
     return (
         written
         | "CollectShards" >> beam.combiners.ToList()
-        | "WriteManifest" >> beam.ParDo(WriteSynManifestDoFn(recipe, beam_options, source), n_inputs,
-                                        beam.pvalue.AsSingleton(records))
+        | "WriteManifest" >> beam.ParDo(WriteSynManifestDoFn(recipe, beam_options, source),
+                                        beam.pvalue.AsSingleton(n_read), beam.pvalue.AsSingleton(records))
     )
