@@ -29,6 +29,6 @@ def test_lossless_benchmark_repeats_runs_and_counts_rows(tmp_path, monkeypatch):
     from benchmarks import lossless
 
     monkeypatch.setenv("UNICURATE_BENCH_CACHE", str(tmp_path / "cache"))
-    r = lossless.bench(10, processes=1, threads=4, runs=2, workdir=tmp_path)
+    r = lossless.bench(10, processes=2, threads=4, runs=2, workdir=tmp_path)  # the multi-process path
     assert r["runs_losing_rows_or_failing"] == 0 and len(r["results"]) == 2
     assert all(x["ok"] and x["inputs"] == x["rows_out"] == 10 for x in r["results"])
