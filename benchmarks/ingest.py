@@ -99,17 +99,22 @@ def run_unicurate(urls: Path, out: Path, processes: int, threads: int, shard_row
             "pipeline_seconds": parse_run_log(log)[0], "funnel": manifest["funnel"], **mem.summary()}
 
 
+def write_url_list(folder: Path, base: str, path: Path) -> int:
+    """The url list of the corpus in ``folder`` served at ``base``: parquet, url and caption columns; its rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = sorted(p.name for p in folder.glob("*.jpg"))
+    pq.write_table(pa.table({"url": [f"{base}/{n}" for n in names],
+                             "caption": [f"a generated test photo number {i}" for i in range(len(names))]}), path)
+    return len(names)
+
+
 def bench(images: int, processes: int, threads: int, workdir: Path, shard_rows: int = 1000) -> dict:
     folder = corpus(images, seed=0, dest=cache_dir() / f"jpegs-{images}-s0")
     urls = workdir / "urls.parquet"
     with serve(folder) as base:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        names = sorted(p.name for p in folder.glob("*.jpg"))
-        pq.write_table(pa.table({"url": [f"{base}/{n}" for n in names],
-                                 "caption": [f"a generated test photo number {i}" for i in range(len(names))]}),
-                       urls)
+        write_url_list(folder, base, urls)
         i2d = run_img2dataset(urls, workdir / "img2dataset", processes, threads, shard_rows)
         uni = run_unicurate(urls, workdir / "unicurate", processes, threads, shard_rows)
     if i2d["images_ok"] != uni["images_ok"]:

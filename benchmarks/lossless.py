@@ -21,19 +21,13 @@ from benchmarks.common import cache_dir, corpus, run_and_report, serve, table
 
 
 def bench(images: int, processes: int, threads: int, runs: int, workdir: Path) -> dict:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from benchmarks.ingest import run_unicurate
+    from benchmarks.ingest import run_unicurate, write_url_list
 
     folder = corpus(images, seed=0, dest=cache_dir() / f"jpegs-{images}-s0")
     urls = workdir / "urls.parquet"
     results = []
     with serve(folder) as base:
-        names = sorted(p.name for p in folder.glob("*.jpg"))
-        pq.write_table(pa.table({"url": [f"{base}/{n}" for n in names],
-                                 "caption": [f"a generated test photo number {i}" for i in range(len(names))]}),
-                       urls)
+        n_rows = write_url_list(folder, base, urls)
         for i in range(runs):
             start = time.monotonic()
             try:
@@ -43,7 +37,7 @@ def bench(images: int, processes: int, threads: int, runs: int, workdir: Path) -
                                 "kept": r["images_ok"], "seconds": r["seconds"],
                                 "peak_rss_mb": r["peak_rss_mb"]})
             except RuntimeError as exc:  # the run failed (its own check) or validate failed: both are findings
-                results.append({"run": i + 1, "ok": False, "inputs": len(names), "rows_out": None,
+                results.append({"run": i + 1, "ok": False, "inputs": n_rows, "rows_out": None,
                                 "seconds": round(time.monotonic() - start, 1), "error": str(exc)[-2000:]})
             last = results[-1]
             print(f"[lossless] run {i + 1}/{runs}: {'ok' if last['ok'] else 'FAILED'}, "
