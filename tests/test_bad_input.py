@@ -180,3 +180,55 @@ def test_readme_documents_every_reason_code():
     documented = {code for line in table.splitlines() if line.startswith("| `")
                   for code in re.findall(r"`([a-z_]+)`", line.split("|")[1])}
     assert documented == set(REASON_CODES)
+
+
+SHAPES = {"1x1": (1, 1), "4x2000": (4, 2000), "2000x4": (2000, 4), "16000x16": (16000, 16), "normal": (640, 480)}
+MODEL_FILTERS = {"clip_score": {}, "aesthetic": {}, "nsfw": {}, "watermark": {}, "text_coverage": {}}
+
+
+def test_degenerate_shapes_get_every_models_score_through_the_pipeline(tmp_path, make_recipe):
+    """A 2000x4 sliver got score_error from RapidOCR (ResizeImgError) on top of its rule reasons. Through a whole
+    run with every model filter and the rejected images kept (so rule-rejected rows are scored too): each shape
+    gets only its rule reasons, and a value in every score column."""
+    import http.server
+    import threading
+    from functools import partial
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    site = tmp_path / "site"
+    site.mkdir()
+    rng = np.random.default_rng(0)
+    for name, (w, h) in SHAPES.items():
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(site / f"{name}.png")
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), partial(http.server.SimpleHTTPRequestHandler, directory=str(site)))
+    server.RequestHandlerClass.log_message = lambda *a: None
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        urls = tmp_path / "urls.parquet"
+        pq.write_table(pa.table({"url": [f"{base}/{n}.png" for n in SHAPES],
+                                 "caption": [f"a picture shaped {n}" for n in SHAPES]}), urls)
+        from unicurate.pipelines.runner import run_curate
+
+        out = tmp_path / "out"
+        run_curate(make_recipe(urls, out, filters=MODEL_FILTERS, output={"keep_rejected_images": True},
+                               download={"timeout": 10, "max_seconds": 60}),  # a 16000x16 PNG takes a while
+                   say=lambda _m: None)
+    finally:
+        server.shutdown()
+        server.server_close()
+    got = {r["url"].rsplit("/", 1)[1][:-4]: r for r in output_frame(out).iter_rows(named=True)}
+    assert set(got) == set(SHAPES)
+    for name, row in got.items():
+        assert Reason.SCORE_ERROR.value not in row["reject_reasons"], (name, row["error"])
+        # downloaded and decoded: only rule and model-filter reasons
+        assert {REASON_STAGE[Reason(r)] for r in row["reject_reasons"]} <= {Stage.FILTER, Stage.SCORE}, \
+            (name, row["reject_reasons"])
+        for col in ("clip_score", "aesthetic_score", "nsfw_score", "watermark_score", "text_coverage"):
+            assert row[col] is not None and np.isfinite(row[col]), (name, col)
+        assert 0.0 <= row["text_coverage"] <= 1.0
+    assert {"too_small", "aspect_ratio"} <= set(got["2000x4"]["reject_reasons"])
+    assert not {"too_small", "aspect_ratio"} & set(got["normal"]["reject_reasons"])
