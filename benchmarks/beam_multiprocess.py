@@ -11,7 +11,7 @@ loses elements shows between which stages they went missing. Exits 1 if any run 
 
 Issue 16: the curate pipeline lost rows in multi-process runs while the run exited 0. Here, on 2 vCPUs with
 the 10k ingest benchmark running beside it, this pure-Beam pipeline also lost elements once (9,880 of
-10,000 reached the end; 1 run of 14), so the loss is in the runner, not in unicurate's DoFns. Runs now check
+10,000 reached the end; once in 27 runs), so the loss is in the runner, not in unicurate's DoFns. Runs now check
 themselves (runner._execute) and fail with the numbers instead of exiting 0.
 """
 
