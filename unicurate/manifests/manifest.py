@@ -3,7 +3,8 @@
 Everything goes through Beam's ``FileSystems`` so the same code writes local
 folders and ``gs://`` buckets. A shard is written to a temporary name and
 renamed into place, so a reader never sees half a file; ``manifest.json`` is
-written last, so a folder without one is an unfinished run.
+written last (the pipeline writes a pending one; the driver publishes it once the run checked out), so a folder
+without one is an unfinished run.
 """
 
 from __future__ import annotations

@@ -373,7 +373,7 @@ def _execute(pipeline, out_dir: str, expected_inputs: int) -> dict:
     except WorkerDied:
         if not _has_pending_manifest(out_dir):
             raise
-        # the manifest is written by the last stage: every stage had finished, a worker died while stopping
+        # the pending manifest is written by the last stage: every stage had finished, a worker died while stopping
         log.warning("a local worker process ended badly after the run had finished; checking the output")
     finally:
         if before is None:
