@@ -3,7 +3,8 @@
 Every command runs in-process (``cli.main``) with its inputs hashed before and after: the URL list, the
 recipes (the shipped ones in configs/ too) and, for the commands that read a curated folder, every file
 under that folder. Any changed, removed or new file fails the test with its path. One small curate run
-(a few URLs of the session's sample web on 127.0.0.1) is shared by the read-only commands.
+(a few URLs of the session's sample web on 127.0.0.1) is shared by the read-only commands. The one documented
+exception: ``report DIR`` without ``--out`` adds ``DIR/report.html`` (and nothing else) to the folder it reads.
 """
 
 from __future__ import annotations
@@ -200,3 +201,10 @@ def test_commands_on_a_curated_folder_leave_it_untouched(ctx, name):
     code, diff = run_cli([ctx.inputs, CONFIGS, ctx.curated], *argv)
     assert code == 0, argv
     assert diff == [], f"{name} touched its inputs: {diff}"
+
+
+def test_report_without_out_adds_only_its_report_html(ctx, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(ctx.curated, folder)
+    code, diff = run_cli([ctx.inputs, CONFIGS, folder], "report", folder)
+    assert code == 0 and diff == [f"new: {folder / 'report.html'}"], diff
