@@ -12,12 +12,14 @@ that loses rows must now fail by itself (the driver's check); this script fails 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 from pathlib import Path
 
 from benchmarks.common import cache_dir, corpus, run_and_report, serve, table
+from unicurate.manifests.manifest import CHECK_REPORT_NAME
 
 
 def bench(images: int, processes: int, threads: int, runs: int, workdir: Path) -> dict:
@@ -37,8 +39,13 @@ def bench(images: int, processes: int, threads: int, runs: int, workdir: Path) -
                                 "kept": r["images_ok"], "seconds": r["seconds"],
                                 "peak_rss_mb": r["peak_rss_mb"]})
             except RuntimeError as exc:  # the run failed (its own check) or validate failed: both are findings
-                results.append({"run": i + 1, "ok": False, "inputs": n_rows, "rows_out": None,
-                                "seconds": round(time.monotonic() - start, 1), "error": str(exc)[-2000:]})
+                report = workdir / "unicurate" / CHECK_REPORT_NAME  # the next run starts by removing the folder
+                check = json.loads(report.read_text()) if report.exists() else {}
+                results.append({"run": i + 1, "ok": False, "inputs": n_rows,
+                                "rows_out": ((check.get("counts") or {}).get("kept", 0)
+                                             + (check.get("counts") or {}).get("rejected", 0)) if check else None,
+                                "seconds": round(time.monotonic() - start, 1), "error": str(exc)[-2000:],
+                                "elements_per_pcollection": check.get("elements_per_pcollection")})
             last = results[-1]
             print(f"[lossless] run {i + 1}/{runs}: {'ok' if last['ok'] else 'FAILED'}, "
                   f"{last.get('rows_out')} of {last['inputs']} rows, {last['seconds']:.0f} s",
