@@ -165,8 +165,13 @@ def shard_files(out, subs=SHARD_TABLES) -> list[Path]:
 
 
 def first_shard(out, sub: str) -> Path:
-    """The first shard (by name) of ``out/sub``."""
-    return shard_files(out, (sub,))[0]
+    """The first shard (by name) of ``out/sub`` that holds rows: a run writes a fixed number of shards, and one of
+    them may be empty when few rows are spread over them."""
+    import pyarrow.parquet as pq
+
+    files = shard_files(out, (sub,))
+    assert files, f"no shards under {sub}/"
+    return next((f for f in files if pq.ParquetFile(f).metadata.num_rows), files[0])
 
 
 def output_frame(out, subs=SHARD_TABLES):
