@@ -166,7 +166,7 @@ def test_validate_detects_tampering(curated, tmp_path):
 def test_input_problems_stop_before_touching_output(curated, tmp_path, make_recipe):
     import shutil
 
-    from unicurate.pipelines.ingest import InputError
+    from unicurate.download.ingest import InputError
 
     src, _ = curated
     out = tmp_path / "again"

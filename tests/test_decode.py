@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from unicurate.config import ResizeConfig
-from unicurate.pipelines.fetch import Decoder, Fetched
+from unicurate.download.fetch import Decoder, Fetched
 
 
 def _noise(w, h, mode="RGB", seed=0):
@@ -108,7 +108,7 @@ def test_img2dataset_parts_load_without_its_cli():
 
     code = ("import sys\n"
             "from unicurate.config import ResizeConfig\n"
-            "from unicurate.pipelines import fetch\n"
+            "from unicurate.download import fetch\n"
             "r = fetch.make_resizer(ResizeConfig()); d = fetch.img2dataset_part('downloader')\n"
             "assert 'torch' not in sys.modules and 'img2dataset' not in sys.modules, sorted(sys.modules)\n"
             "import img2dataset\n"

@@ -21,7 +21,7 @@ from unicurate.filters.nsfw import on_image
 from unicurate.filters.scoring import ModelScorer
 from unicurate.filters.text_coverage import TextCoverageFilter
 from unicurate.models import loaders
-from unicurate.pipelines.fetch import Decoder, Fetched
+from unicurate.download.fetch import Decoder, Fetched
 
 NORMAL = (320, 240)
 SHAPES = [(1, 1), (4, 2000), (2000, 4), (16000, 16)]  # width x height of the downloaded originals

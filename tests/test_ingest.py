@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from unicurate.config import InputConfig
-from unicurate.pipelines import ingest
+from unicurate.download import ingest
 
 
 def _read_all(cfg: InputConfig) -> list[dict]:
@@ -149,7 +149,7 @@ def test_image_col_needs_parquet_and_the_column(tmp_path):
 def test_unreadable_json_lines_become_invalid_input_rows(tmp_path):
     """A line nested too deep for the parser, or with a number too long to convert, is one rejected row."""
     from unicurate.config import InputConfig
-    from unicurate.pipelines import ingest
+    from unicurate.download import ingest
 
     path = tmp_path / "hostile.jsonl"
     path.write_text('{"url": "http://a/x.jpg"}\n' + "[" * 100_000 + "\n"

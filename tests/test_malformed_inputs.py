@@ -17,7 +17,8 @@ import pytest
 from conftest import output_frame, unicurate
 from unicurate.config import InputConfig
 from unicurate.manifests.validate import validate
-from unicurate.pipelines import ingest, runner
+from unicurate.download import ingest
+from unicurate.pipelines import runner
 from unicurate.pipelines.runner import run_curate
 
 GOOD = [{"url": "http://127.0.0.1:9/a.jpg", "caption": "a red square"},

@@ -16,8 +16,8 @@ import pytest
 
 import hostileweb
 from unicurate.config import DownloadConfig
-from unicurate.pipelines import netguard
-from unicurate.pipelines.fetch import download
+from unicurate.download import netguard
+from unicurate.download.fetch import download
 from unicurate.schema import Reason
 
 

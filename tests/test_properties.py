@@ -4,7 +4,7 @@ Every test is bounded (``max_examples``) and writes no example database into the
 derandomized so CI runs are reproducible; set ``UNICURATE_HYPOTHESIS_EXPLORE=1`` to draw new examples on each
 run (a failure prints the minimal example and a ``@reproduce_failure`` blob).
 
-What the readers normalise (unicurate.pipelines.ingest), and so what the reading properties expect:
+What the readers normalise (unicurate.download.ingest), and so what the reading properties expect:
 
 * the url is ``str.strip()``-ed (Unicode whitespace); a url that is empty after that becomes a row with
   ``url`` None and ``reject_reasons == ["invalid_input"]`` (the row is still there: nothing is lost);
@@ -69,7 +69,7 @@ def _write(folder: Path, fmt: str, rows: list[tuple[str, str | None]], row_group
 def read_all(path: Path) -> list[dict]:
     """Read a file the way the curate pipeline does: expand, preflight, plan splits, read each split. The
     driver's count of the input rows (the run's reference) must equal what the reader yields."""
-    from unicurate.pipelines import ingest
+    from unicurate.download import ingest
 
     cfg = InputConfig(path=str(path))
     files = ingest.expand_inputs(cfg)
@@ -114,7 +114,7 @@ def test_arbitrary_bytes_never_make_the_reader_raise(lines, fmt, final_newline):
     """Each non-blank line of a jsonl file is a row (a record or an ``invalid_input`` row); a csv file (after
     its header) gives at most one row per line. A whole-file problem is the preflight's InputError; the
     reader itself never raises."""
-    from unicurate.pipelines import ingest
+    from unicurate.download import ingest
 
     body = b"\n".join(lines) + (b"\n" if final_newline else b"")
     data = (b"url,caption\n" if fmt == "csv" else b"") + body
@@ -151,7 +151,7 @@ def test_arbitrary_bytes_never_make_the_reader_raise(lines, fmt, final_newline):
 @settings(BOUNDED, max_examples=50)
 @given(items=st.lists(st.tuples(TEXT, URL, st.integers(0, 5)), min_size=1, max_size=40, unique=True))
 def test_row_keys_are_stable_distinct_hex_file_names(items):
-    from unicurate.pipelines.ingest import row_key
+    from unicurate.download.ingest import row_key
 
     keys = [row_key(source, url, occ) for source, url, occ in items]
     assert keys == [row_key(source, url, occ) for source, url, occ in items]  # deterministic
@@ -201,7 +201,7 @@ def encode(img: Image.Image, fmt: str, orientation: int = 1) -> bytes:
 
 def decode(data: bytes, cfg: ResizeConfig):
     """Fetcher._decode_safely, the curate pipeline's decode step (no download: the bytes are given)."""
-    from unicurate.pipelines.fetch import Fetched, Fetcher
+    from unicurate.download.fetch import Fetched, Fetcher
 
     fetcher = Fetcher(DownloadConfig(thread_count=1), cfg)
     try:

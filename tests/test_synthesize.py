@@ -178,7 +178,7 @@ def test_synthesize_pipeline_on_a_curate_run(curated, tmp_path):
 
 
 def test_synthesize_refuses_a_folder_that_is_not_a_curate_run(tmp_path):
-    from unicurate.pipelines.ingest import InputError
+    from unicurate.download.ingest import InputError
     from unicurate.pipelines.runner import run_synthesize
 
     with pytest.raises(InputError, match="not found"):

@@ -112,7 +112,7 @@ def _run(recipe, beam_args: list[str], dry_run: bool = False,
     """
     from unicurate.config import RecipeError
     from unicurate.models.resolver import ModelUnavailable
-    from unicurate.pipelines.ingest import InputError
+    from unicurate.download.ingest import InputError
     from unicurate.pipelines.runner import RunCheckFailed, run_curate, run_synthesize
 
     try:

@@ -27,7 +27,8 @@ from unicurate.filters import dedup as dd
 from unicurate.filters import rules
 from unicurate.manifests import manifest as mf
 from unicurate.models import zoo
-from unicurate.pipelines import ingest, perworker
+from unicurate.download import ingest
+from unicurate.pipelines import perworker
 from unicurate.pipelines import score as sc
 from unicurate.schema import CURATED_COLUMNS, CURATED_SCHEMA, CURATED_SCHEMA_VERSION, KEPT, REJECTED, Reason, shard_name
 
@@ -99,7 +100,7 @@ class FetchDoFn(beam.DoFn):
         self.span = perworker.StageSpan("fetch")
 
     def setup(self):
-        from unicurate.pipelines.fetch import Fetcher
+        from unicurate.download.fetch import Fetcher
 
         r = self.recipe
         filters = rules.rule_filters(r.filters)

@@ -25,7 +25,7 @@ from unicurate.manifests import manifest as mf
 from unicurate.models import zoo
 from unicurate.pipelines import perworker
 from unicurate.pipelines.curate import shard_of
-from unicurate.pipelines.ingest import InputError
+from unicurate.download.ingest import InputError
 from unicurate.pipelines.score import with_model_hints
 from unicurate.schema import (CURATED_SCHEMA_VERSION, EDIT_TYPES, KEPT, SYNTHESIS_DIRS, SYNTHESIS_SCHEMA_VERSION,
                               SYNTHESIS_SCHEMAS, shard_name)

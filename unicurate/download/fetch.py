@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 from PIL import Image, ImageFile, ImageOps  # noqa: E402
 
 from unicurate.config import DownloadConfig, ResizeConfig  # noqa: E402
-from unicurate.pipelines import netguard  # noqa: E402
+from unicurate.download import netguard  # noqa: E402
 from unicurate.schema import Reason  # noqa: E402
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
