@@ -12,7 +12,7 @@ loses elements shows between which stages they went missing. Exits 1 if any run 
 Issue 16: the curate pipeline lost rows in multi-process runs while the run exited 0. Here, on 2 vCPUs with
 the 10k ingest benchmark running beside it, this pure-Beam pipeline also lost elements once (9,880 of
 10,000 reached the end; once in 27 runs), so the loss is in the runner, not in unicurate's DoFns. Runs now check
-themselves (runner._execute) and fail with the numbers instead of exiting 0.
+themselves (run.check) and fail with the numbers instead of exiting 0.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def run_once(n: int, size: int, sleep: float) -> tuple[int, dict]:
     from apache_beam.metrics.metric import MetricsFilter
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from unicurate.pipelines.runner import element_counts
+    from unicurate.run.check import element_counts
 
     class Reached(beam.DoFn):  # the total runs in a worker process: it reports through a Beam counter
         def __init__(self):

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from unicurate.pipelines.procs import children, cmdline
+from unicurate.run.watchdog import children, cmdline
 
 
 # ------------------------------------------------------------------ /proc sampling

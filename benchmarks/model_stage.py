@@ -92,7 +92,7 @@ def raw(weights: str, shard: str, images: int, batch: int, device: str) -> dict:
     import torch
     from PIL import Image
 
-    from unicurate.models.loaders import select_device
+    from unicurate.models.runtime import select_device
 
     dev, precision = select_device(device)
     dtype = torch.float16 if precision == "fp16" else torch.bfloat16 if precision == "bf16" else torch.float32

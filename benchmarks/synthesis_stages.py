@@ -60,24 +60,32 @@ def main(argv=None) -> int:
     import torch
 
     from unicurate.config import parse_recipe
-    from unicurate.models.loaders import select_device
+    from unicurate.models.runtime import Runtime, select_device
     from unicurate.models.zoo import ModelSpec
     from unicurate.synthesis import edits as ed
+    from unicurate.synthesis.edit_types.add import add
+    from unicurate.synthesis.edit_types.background import background
+    from unicurate.synthesis.edit_types.move import move
+    from unicurate.synthesis.edit_types.recolor import recolor
+    from unicurate.synthesis.edit_types.remove import remove
+    from unicurate.synthesis.edit_types.replace import replace
+    from unicurate.synthesis.edit_types.resize import resize
     from unicurate.synthesis import subject as sj
-    from unicurate.synthesis.grounding import GroundingDinoDetector, SamSegmenter, tiny_bert_dir
+    from unicurate.synthesis.grounding import GroundingDinoDetector, SamSegmenter
     from unicurate.synthesis.synthesizer import encode_image, encode_mask
 
     device, precision = select_device(args.device)
+    runtime = Runtime(device, precision)
     t0 = time.perf_counter()
-    bert = tiny_bert_dir(ModelSpec("text_encoder", "BERT-base-sized, random", "transformers", "tiny://bench",
-                                   options={"layers": 12, "hidden": 768, "seed": 0}))
+    bert = ModelSpec("text_encoder", "BERT-base-sized, random", "transformers", "tiny://bench",
+                     options={"layers": 12, "hidden": 768, "seed": 0})
     det = GroundingDinoDetector(
         ModelSpec("grounding_dino", "GroundingDINO SwinT-OGC, random", "groundingdino", "tiny://bench",
                   arch="SwinT-OGC", options={"config": "GroundingDINO_SwinT_OGC.py", "image_size": 800,
                                              "full_size": True}),
-        None, bert, device, precision, box_threshold=0.0, max_objects=4)
+        None, runtime, parts={"text_encoder": (bert, None)}, box_threshold=0.0, max_objects=4)
     seg = SamSegmenter(ModelSpec("sam", f"SAM {args.sam_arch}, random", "segment_anything", "tiny://bench",
-                                 arch=args.sam_arch, options={"full_size": True}), None, device, precision)
+                                 arch=args.sam_arch, options={"full_size": True}), None, runtime)
     build_s = time.perf_counter() - t0
     fwd: dict = defaultdict(float)
     _timed(det.model, "detect_forward", fwd)
@@ -117,11 +125,10 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     for img, m, box in zip(images, masks, boxes):
         other, om = images[-1], masks[-1]
-        removed = ed.remove(img, m, box, "square", tel)
-        res = [removed, ed.add(removed, box, "square"), ed.recolor(img, m, "blue", "square"),
-               ed.move(img, m, box, w // 8, 0, "square", tel), ed.resize(img, m, box, 0.6, "square", tel),
-               ed.background(img, m, other, "square", "p"),
-               ed.replace(img, m, box, "square", other, om, "square", "p", tel)]
+        removed = remove(img, m, box, "square", tel)
+        res = [removed, add(removed, box, "square"), recolor(img, m, "blue", "square"),
+               move(img, m, box, w // 8, 0, "square", tel), resize(img, m, box, 0.6, "square", tel),
+               background(img, m, other, "square", "p"), replace(img, m, box, "square", other, om, "square", "p", tel)]
         outputs.append((res, sj.reference_image(img, m, box)))
     stage["edit"] = time.perf_counter() - t
     t = time.perf_counter()

@@ -87,7 +87,7 @@ def web_input(web, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def curated(web, web_input, tmp_path_factory):
     """One curate run over the sample web, shared by the read-only tests."""
-    from unicurate.pipelines.runner import run_curate
+    from unicurate.run.execute import run_curate
 
     out = tmp_path_factory.mktemp("curated")
     recipe = parse_recipe(base_recipe(web_input, out))
@@ -102,7 +102,7 @@ SCORED_FILTERS = {"clip_score": {"keep_top_fraction": 0.9}, "aesthetic": {"min_s
 @pytest.fixture(scope="session")
 def scored(web, web_input, tmp_path_factory):
     """A curate run with tiny model filters whose shards keep rejected images (stats, whatif, report, export)."""
-    from unicurate.pipelines.runner import run_curate
+    from unicurate.run.execute import run_curate
 
     out = tmp_path_factory.mktemp("scored")
     data = base_recipe(web_input, out, filters=SCORED_FILTERS, output={"keep_rejected_images": True})
@@ -113,7 +113,7 @@ def scored(web, web_input, tmp_path_factory):
 @pytest.fixture(scope="session")
 def synthesized(scored, tmp_path_factory):
     """A tiny synthesis run over the scored run's first kept images."""
-    from unicurate.pipelines.runner import run_synthesize
+    from unicurate.run.execute import run_synthesize
 
     out = tmp_path_factory.mktemp("synthesized")
     recipe = parse_recipe(syn_base_recipe(

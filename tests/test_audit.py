@@ -91,7 +91,7 @@ def _median(out, col, kept_only=False):
 
 def test_whatif_equals_a_fresh_run_with_those_thresholds(scored, tmp_path):
     """Recorded scores + what-if == rerunning every model with the new recipe: same kept keys, same funnel."""
-    from unicurate.pipelines.runner import run_curate
+    from unicurate.run.execute import run_curate
 
     out, manifest, data = scored
     clip_t, aes_t = _median(out, "clip_score"), _median(out, "aesthetic_score", kept_only=True)

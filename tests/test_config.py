@@ -38,6 +38,96 @@ def test_recipe_hash_changes_with_content(tmp_path):
     assert b.resize.image_size == 256
 
 
+def _curate(input_path, **sections) -> dict:
+    data = {"pipeline": "curate", "input": {"path": str(input_path)}, "output": {"path": "out"},
+            "filters": {"clip_score": {"min_score": 0.2}}, "models": {"profile": "tiny"}}
+    for name, section in sections.items():
+        data[name] = {**data.get(name, {}), **section} if isinstance(section, dict) else section
+    return data
+
+
+def test_recipe_hash_is_the_data_not_the_execution(tmp_path):
+    """recipe_hash: the same data from another folder, with other workers, batches or device, hashes the same;
+    another threshold, model, resize or input file does not. execution_hash tells the runs apart."""
+    here, there = tmp_path / "here", tmp_path / "there"
+    for folder in (here, there):
+        folder.mkdir()
+        (folder / "urls.parquet").write_bytes(b"x" * 100)
+    base = parse_recipe(_curate(here / "urls.parquet"))
+    assert base.input_files() == [{"name": "urls.parquet", "bytes": 100}]
+    same_data = [
+        _curate(there / "urls.parquet", output={"path": str(tmp_path / "elsewhere"), "rows_per_shard": 7}),
+        _curate(here / "urls.parquet", runner={"direct_num_workers": 8, "direct_running_mode": "multi_processing"}),
+        _curate(here / "urls.parquet", models={"batch_size": 4, "preprocess_threads": 1, "device": "cpu",
+                                               "cache_dir": str(tmp_path / "cache"), "mirror": "gs://b/m"}),
+        _curate(here / "*.parquet", download={"thread_count": 2}, name="renamed"),
+    ]
+    for data in same_data:
+        r = parse_recipe(data)
+        assert r.recipe_hash() == base.recipe_hash(), data
+        assert r.execution_hash() != base.execution_hash(), data
+    other_data = [
+        _curate(here / "urls.parquet", filters={"clip_score": {"min_score": 0.3}}),
+        _curate(here / "urls.parquet", models={"profile": "default"}),
+        _curate(here / "urls.parquet", models={"overrides": {"clip": {"uri": "hf://org/repo/other.safetensors"}}}),
+        _curate(here / "urls.parquet", resize={"image_size": 256}),
+        _curate(here / "urls.parquet", input={"caption_col": "text"}),
+        _curate(here / "urls.parquet", download={"timeout": 3}),
+    ]
+    hashes = {parse_recipe(data).recipe_hash() for data in other_data}
+    assert len(hashes) == len(other_data) and base.recipe_hash() not in hashes
+    # the input's identity: its files' base names and sizes
+    (there / "urls.parquet").write_bytes(b"x" * 101)
+    assert parse_recipe(_curate(there / "urls.parquet")).recipe_hash() != base.recipe_hash()
+    (there / "more.parquet").write_bytes(b"x" * 100)
+    assert parse_recipe(_curate(here / "*.parquet")).recipe_hash() != parse_recipe(
+        _curate(there / "*.parquet")).recipe_hash()
+
+
+def test_synthesize_recipe_hash_reads_the_kept_shards(tmp_path):
+    data = {"pipeline": "synthesize", "input": {"path": str(tmp_path / "curated")}, "output": {"path": "syn"}}
+    missing = parse_recipe(data)
+    assert missing.input_files() == [{"name": "part-*.parquet", "bytes": None}]
+    before = missing.recipe_hash()
+    (tmp_path / "curated" / "kept").mkdir(parents=True)
+    (tmp_path / "curated" / "kept" / "part-00000-of-00001.parquet").write_bytes(b"p" * 10)
+    r = parse_recipe({**data, "runner": {"direct_num_workers": 3}, "models": {"batch_size": 2}})
+    assert r.input_files() == [{"name": "part-00000-of-00001.parquet", "bytes": 10}]
+    assert r.recipe_hash() != before
+    assert r.recipe_hash() == parse_recipe({**data, "output": {"path": "other", "images_per_shard": 9}}).recipe_hash()
+    assert r.recipe_hash() != parse_recipe({**data, "seed": 1}).recipe_hash()
+
+
+@pytest.mark.parametrize("kind", ["curate", "synthesize"])
+def test_execution_fields_name_recipe_fields(kind):
+    """Every declared execution setting is a field of its recipe (a renamed field cannot silently join the data)."""
+    from pydantic import BaseModel
+
+    from unicurate.config import RECIPES, _unwrap_model
+
+    model = RECIPES[kind]
+    for dotted in model.EXECUTION_FIELDS:
+        owner: type[BaseModel] = model
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            owner = _unwrap_model(owner.model_fields[part].annotation)
+        assert leaf in owner.model_fields, dotted
+
+
+def test_manifest_records_the_data_and_the_execution(tmp_path):
+    from unicurate.manifests.manifest import manifest_header
+
+    (tmp_path / "urls.parquet").write_bytes(b"x" * 5)
+    recipe = parse_recipe(_curate(tmp_path / "urls.parquet"))
+    head = manifest_header("curated", "1", recipe)
+    assert head["recipe_hash"] == recipe.recipe_hash() and head["execution_hash"] == recipe.execution_hash()
+    assert head["inputs"] == [{"name": "urls.parquet", "bytes": 5}] and head["recipe"] == recipe.resolved()
+    # an output derived from a run's rows keeps that run's inputs, wherever they are now
+    derived = manifest_header("curated", "1", recipe, inputs=head["inputs"])
+    (tmp_path / "urls.parquet").unlink()
+    assert derived["recipe_hash"] == head["recipe_hash"] != manifest_header("curated", "1", recipe)["recipe_hash"]
+
+
 def test_unknown_key_names_field_suggests_and_lists_allowed(tmp_path):
     p = _write(tmp_path, GOOD + "resize: {imge_size: 256}\n")
     with pytest.raises(RecipeError) as exc:
@@ -90,6 +180,6 @@ def test_shipped_quickstart_recipe_is_valid():
 
     r = load_recipe(default_recipe("quickstart.yaml"))
     assert r.sample_web is not None and r.sample_web.images >= 60
-    # the guard stays on: a run lets only the sample web's own 127.0.0.1 server through (runner.sample_web_for),
+    # the guard stays on: a run lets only the sample web's own 127.0.0.1 server through (run.demoweb.sample_web_for),
     # so the same recipe pointed at a user's urls with --input keeps refusing private addresses
     assert r.download.allow_private_networks is False and r.download.allowed_networks == []

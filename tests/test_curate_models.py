@@ -9,7 +9,8 @@ import pytest
 
 from unicurate.config import parse_recipe
 from unicurate.manifests.validate import validate
-from unicurate.pipelines.runner import format_funnel, run_curate
+from unicurate.run.execute import run_curate
+from unicurate.run.funnel import format_funnel
 from unicurate.schema import REASON_STAGE, Reason, Stage
 
 from conftest import base_recipe

@@ -18,7 +18,7 @@ from PIL import Image
 from conftest import first_shard, output_frame
 from unicurate.manifests import manifest as mf
 from unicurate.manifests.validate import validate
-from unicurate.pipelines.runner import run_curate
+from unicurate.run.execute import run_curate
 from unicurate.schema import CURATED_SCHEMA, REASON_CODES
 
 

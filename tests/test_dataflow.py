@@ -13,7 +13,8 @@ import pytest
 from unicurate.config import RecipeError, parse_recipe
 from unicurate.models import zoo
 from unicurate.models.resolver import ModelUnavailable
-from unicurate.pipelines import runner as rn
+from unicurate.run import options as rn
+from unicurate.run.execute import run_curate, run_synthesize
 
 from conftest import SCORED_FILTERS, base_recipe
 
@@ -109,7 +110,7 @@ def test_curate_dry_run_on_dataflow_writes_the_job_offline(web_input, tmp_path, 
     data = base_recipe(web_input, "gs://my-bucket/curated", filters=SCORED_FILTERS,
                        runner={"profile": "dataflow", "dataflow": {**DATAFLOW, "gpu": {"type": "nvidia-l4"}}})
     job_file = tmp_path / "job" / "curate.job.json"
-    desc = rn.run_curate(parse_recipe(data), say=lambda _m: None, dry_run=True, job_file=str(job_file))
+    desc = run_curate(parse_recipe(data), say=lambda _m: None, dry_run=True, job_file=str(job_file))
     assert no_network == []  # nothing tried to reach Google Cloud (or anything else)
     written = json.loads(job_file.read_text())
     assert written["runner"] == "DataflowRunner" and written["dry_run"] is True
@@ -145,7 +146,7 @@ def test_synthesize_dry_run_right_fits_the_model_stage(scored, tmp_path, no_netw
         "pipeline": "synthesize", "input": {"path": str(out)}, "output": {"path": "gs://my-bucket/syn"},
         "models": {"profile": "tiny", "batch_size": 4}, "runner": {"profile": "dataflow", "dataflow": df}})
     job_file = tmp_path / "syn.job.json"
-    rn.run_synthesize(recipe, say=lambda _m: None, dry_run=True, job_file=str(job_file))
+    run_synthesize(recipe, say=lambda _m: None, dry_run=True, job_file=str(job_file))
     assert no_network == []
     desc = json.loads(job_file.read_text())
     t4 = "type:nvidia-tesla-t4;count:1;install-nvidia-driver"
@@ -187,7 +188,7 @@ def test_cli_dry_run_with_beam_flags_only(web_input, tmp_path):
 
 def test_local_dry_run_writes_the_graph_without_running(web_input, tmp_path):
     data = base_recipe(web_input, tmp_path / "out", filters={"clip_score": {}})
-    desc = rn.run_curate(parse_recipe(data), say=lambda _m: None, dry_run=True)
+    desc = run_curate(parse_recipe(data), say=lambda _m: None, dry_run=True)
     assert desc["runner"] == "DirectRunner" and desc["warnings"] == []
     assert [t["name"] for t in desc["model_stages"]] == ["ScoreWithModels/ParDo(ScoreDoFn)"]
     assert Path(desc["_path"]) == tmp_path / "out.job.json" and not (tmp_path / "out").exists()
@@ -197,15 +198,15 @@ def test_local_dry_run_writes_the_graph_without_running(web_input, tmp_path):
 def test_dataflow_run_refuses_what_workers_cannot_reach(web_input, tmp_path, no_network):
     data = base_recipe(web_input, tmp_path / "out", runner={"profile": "dataflow", "dataflow": DATAFLOW})
     with pytest.raises(RecipeError) as exc:
-        rn.run_curate(parse_recipe(data), say=lambda _m: None)
+        run_curate(parse_recipe(data), say=lambda _m: None)
     msg = str(exc.value)
     assert "cannot run on Dataflow" in msg and f"input.path {web_input}" in msg and "output.path" in msg
     missing = {k: v for k, v in DATAFLOW.items() if k != "sdk_container_image"}
     data = base_recipe("gs://b/in.parquet", "gs://b/out", runner={"profile": "dataflow", "dataflow": missing})
     with pytest.raises(RecipeError, match="runner.dataflow.sdk_container_image.*docker/Dockerfile"):
-        rn.run_curate(parse_recipe(data), say=lambda _m: None, dry_run=True)
+        run_curate(parse_recipe(data), say=lambda _m: None, dry_run=True)
     with pytest.raises(RecipeError, match="--temp_location /tmp/t: Dataflow needs a gs:// folder"):
-        rn.run_curate(parse_recipe(base_recipe("gs://b/in.parquet", "gs://b/out")), ["--runner=DataflowRunner",
+        run_curate(parse_recipe(base_recipe("gs://b/in.parquet", "gs://b/out")), ["--runner=DataflowRunner",
                       "--project=my-project", "--region=us-central1", f"--sdk_container_image={IMAGE}",
                       "--temp_location=/tmp/t"], say=lambda _m: None, dry_run=True)
     assert no_network == []
@@ -315,19 +316,21 @@ def test_worker_processes_share_the_cores(monkeypatch):
                                     "experiments": ["use_runner_v2", "no_use_multiple_sdk_containers"]}) is None
 
 
-def test_capped_threads_reach_the_onnx_sessions(monkeypatch):
+def test_capped_threads_reach_the_onnx_sessions():
+    """A model DoFn's cpu_threads reach the runtime its build() loads with: torch and the ONNX sessions."""
     import torch
 
-    from unicurate.models import loaders
+    from unicurate.config import ModelsConfig
+    from unicurate.models.handlers import load_models
+    from unicurate.pipelines.perworker import ModelDoFn
 
+    runtime = ModelDoFn("threads", cpu_threads=1).runtime(ModelsConfig(profile="tiny"))
+    spec = zoo.profile_specs("tiny")["nudenet"]
     before = torch.get_num_threads()
     try:
-        loaders.set_cpu_threads(1)
+        nudenet = load_models([(spec, zoo.package_path(spec.uri))], runtime)["nudenet"]
         assert torch.get_num_threads() == 1
-        nudenet = loaders.NudeNetModel(zoo.profile_specs("tiny")["nudenet"],
-                                       zoo.package_path(zoo.profile_specs("tiny")["nudenet"].uri), "cpu", "fp32")
         opts = nudenet.detector.onnx_session.get_session_options()
         assert opts.intra_op_num_threads == 1 and opts.inter_op_num_threads == 1
     finally:
-        monkeypatch.setattr(loaders, "_CPU_THREADS", None)
         torch.set_num_threads(before)

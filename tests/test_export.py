@@ -309,3 +309,67 @@ def test_export_does_not_follow_links_out_of_dest(scored, tmp_path):
             export(str(scored[0]), fmt, str(dest), kept_only=True)
         assert sorted(p.name for p in outside.iterdir()) == ["precious.txt"]
         assert (outside / "precious.txt").read_text() == "keep me"
+
+
+# ------------------------------------------------------------------ the format registry: columns come from the schemas
+def _tables_of_every_kind():
+    from unicurate.manifests.export._base import tables
+
+    return tables({"kind": "curated"}, kept_only=False) + tables({"kind": "synthesis"}, kept_only=False)
+
+
+def test_every_format_is_a_module_named_as_its_cli_choice():
+    from unicurate.cli import build_parser
+    from unicurate.manifests import export as ex
+    from unicurate.manifests.export import FORMATS
+
+    modules = sorted(p.stem for p in Path(ex.__file__).parent.glob("*.py") if not p.stem.startswith("_"))
+    assert sorted(FORMATS) == modules == ["hf", "mds", "webdataset"]
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    fmt = next(a for a in sub.choices["export"]._actions if a.dest == "format")
+    assert fmt.choices == list(FORMATS)
+
+
+def test_format_columns_are_the_schema_columns():
+    from unicurate.manifests.export import hf, mds
+    from unicurate.schema import CURATED_SCHEMA, SYNTHESIS_SCHEMAS
+
+    shard_schema = {"train": CURATED_SCHEMA, "rejected": CURATED_SCHEMA, "edit": SYNTHESIS_SCHEMAS["edit"],
+                    "subject": SYNTHESIS_SCHEMAS["subject"]}
+    for table in _tables_of_every_kind():
+        names = shard_schema[table.name].names
+        assert list(mds.columns(table)) == names and list(hf.features(table)) == names
+
+
+def test_a_column_added_to_a_schema_is_exported_with_its_type():
+    """A new filter's columns (here a string and a float32) reach every format without touching it."""
+    import datasets
+    import pyarrow as pa
+
+    from unicurate.manifests.export import hf, mds, webdataset
+    from unicurate.manifests.export._base import Table
+
+    table = _tables_of_every_kind()[0]
+    wider = Table(table.name, table.kind, table.folders,
+                  table.schema.append(pa.field("language", pa.string())).append(
+                      pa.field("language_score", pa.float32())))
+    assert (mds.columns(wider)["language"].name, mds.columns(wider)["language_score"].name) == ("str", "float64")
+    feats = hf.features(wider)
+    assert (feats["language"], feats["language_score"]) == (datasets.Value("string"), datasets.Value("float32"))
+    row = {"key": "k1", "language": "en", "language_score": None}
+    assert mds.sample(wider, row)["language"] == "en" and math.isnan(mds.sample(wider, row)["language_score"])
+    assert json.loads(webdataset.sample(wider, row)["json"])["language"] == "en"
+    odd = Table(table.name, table.kind, table.folders, table.schema.append(pa.field("seen_on", pa.date32())))
+    for columns in (mds.columns, hf.features):
+        with pytest.raises(TypeError, match=r"train\.seen_on \(date32"):
+            columns(odd)
+
+
+def test_a_missing_format_library_is_reported_before_anything_is_written(scored, tmp_path, monkeypatch):
+    from unicurate.manifests import export as ex
+
+    monkeypatch.setitem(ex.FORMATS, "mds", ex.ExportFormat("mds", "MDS", "no_such_module_xyz", "mosaicml-streaming",
+                                                          ex.FORMATS["mds"].write))
+    with pytest.raises(ExportError, match=r"mosaicml-streaming is not installed .*unicurate\[export\]"):
+        export(str(scored[0]), "mds", str(tmp_path / "dest"))
+    assert not (tmp_path / "dest").exists()

@@ -22,7 +22,7 @@ from unicurate.filters.scoring import ModelScorer
 from unicurate.filters.watermark import WatermarkFilter
 from unicurate.manifests import manifest as mf
 from unicurate.manifests.validate import validate
-from unicurate.pipelines.runner import run_curate
+from unicurate.run.execute import run_curate
 
 
 # ------------------------------------------------------------------ a. a model that fails on one element
@@ -174,7 +174,7 @@ def _alive(pid: int) -> bool:
 
 
 def _workers_of(pid: int) -> list[int]:
-    from unicurate.pipelines.procs import children, cmdline
+    from unicurate.run.watchdog import children, cmdline
 
     return [w for shell in children(pid) if "sdk_worker_main" in cmdline(shell) for w in children(shell)]
 

@@ -125,7 +125,7 @@ def test_sample_web_needs_a_local_output(ctx, capsys):
 
 
 def test_sample_web_on_dataflow_is_refused(ctx, capsys):
-    from unicurate.pipelines.runner import _has_dataflow
+    from unicurate.run.options import _has_dataflow
 
     if not _has_dataflow():
         pytest.skip("needs apache-beam[gcp]")

@@ -18,8 +18,8 @@ from conftest import output_frame, unicurate
 from unicurate.config import InputConfig
 from unicurate.manifests.validate import validate
 from unicurate.download import ingest
-from unicurate.pipelines import runner
-from unicurate.pipelines.runner import run_curate
+from unicurate.run import execute
+from unicurate.run.execute import run_curate
 
 GOOD = [{"url": "http://127.0.0.1:9/a.jpg", "caption": "a red square"},
         {"url": "http://127.0.0.1:9/b.jpg", "caption": "a blue circle"}]
@@ -159,7 +159,7 @@ def test_file_problem_stops_before_any_work(case, tmp_path, make_recipe, monkeyp
     (out / "manifest.json").write_text('{"earlier": true}')
     before = _snapshot(out)
     started = []
-    monkeypatch.setattr(runner, "_execute", lambda *a, **k: started.append(a))
+    monkeypatch.setattr(execute, "execute", lambda *a, **k: started.append(a))
     import apache_beam as beam
 
     monkeypatch.setattr(beam.Pipeline, "run", lambda *a, **k: started.append(a))

@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw, ImageFont
 from unicurate.config import FiltersConfig, ModelsConfig
 from unicurate.filters.scoring import ModelScorer, decide_rows
 from unicurate.models import loaders
+from unicurate.models.runtime import Runtime, select_device
 from unicurate.pipelines.score import cutoff_from_quantiles
 
 ALL = {"clip_score": {}, "aesthetic": {}, "nsfw": {"backend": "nudenet"}, "watermark": {},
@@ -169,7 +170,6 @@ def test_keep_top_fraction_cutoff(scored):
 
 def test_clip_nsfw_head_backend_and_embedding_shared(rows):
     cfg = FiltersConfig(aesthetic={}, nsfw={"backend": "clip_head"})
-    before = dict(loaders.LOAD_COUNTS)
     s = ModelScorer(cfg, ModelsConfig(profile="tiny"))
     try:
         out = s.score_rows([rows[0], rows[2]])
@@ -178,7 +178,7 @@ def test_clip_nsfw_head_backend_and_embedding_shared(rows):
         for res in out:
             assert "clip_score" not in res and 0.0 <= res["nsfw_score"] <= 1.0
         assert out[0]["nsfw_score"] != out[1]["nsfw_score"]
-        assert loaders.LOAD_COUNTS["clip"] == before.get("clip", 0) + 1  # one CLIP for both heads
+        assert s.runtime.loads["clip"] == 1  # one CLIP for both heads
         rec = {r["name"]: r for r in s.model_records()}
         assert set(rec) == {"clip", "aesthetic", "nsfw_clip_head"} and s.uncalibrated
         assert all(len(r["sha256"]) == 64 and r["calibrated"] is False for r in rec.values())
@@ -187,9 +187,9 @@ def test_clip_nsfw_head_backend_and_embedding_shared(rows):
 
 
 def test_tiny_weights_are_seeded(scorer):
-    again = loaders.ClipModel(scorer.models["clip"].spec, None, "cpu", "fp32")
+    again = loaders.ClipModel(scorer.models["clip"].spec, None, Runtime())
     assert again.sha256 == scorer.models["clip"].sha256
-    wm = loaders.WatermarkModel(scorer.models["watermark"].spec, None, "cpu", "fp32")
+    wm = loaders.WatermarkModel(scorer.models["watermark"].spec, None, Runtime())
     assert wm.sha256 == scorer.models["watermark"].sha256
 
 
@@ -199,8 +199,8 @@ def test_tiny_watermark_depends_on_the_image(scored):
 
 
 def test_device_selection_on_cpu():
-    assert loaders.select_device("auto", "auto") in (("cpu", "fp32"), ("cuda", "fp16"))
-    assert loaders.select_device("cpu", "auto") == ("cpu", "fp32")
+    assert select_device("auto", "auto") in (("cpu", "fp32"), ("cuda", "fp16"))
+    assert select_device("cpu", "auto") == ("cpu", "fp32")
 
 
 def test_weight_files_load_through_the_resolver(scorer, rows, scored, tmp_path):

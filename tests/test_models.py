@@ -138,6 +138,45 @@ def test_profiles_have_the_same_models_and_tiny_is_uncalibrated():
         zoo.profile_specs("huge")
 
 
+def test_every_zoo_model_has_a_handler():
+    from unicurate.models import handlers
+
+    registered = handlers.handlers()
+    parts = {p for h in registered.values() for p in h.parts}
+    assert set(zoo.profile_specs("default")) <= set(registered) | parts
+    assert registered["ocr_det"].key == "ocr" and set(registered["ocr_det"].parts) == {"ocr_cls", "ocr_rec"}
+
+
+def test_a_module_registers_the_handler_of_its_model(monkeypatch):
+    """What a new model's module does: register a handler; load_models then loads it with its options and the
+    runtime, counts the load and records it. Unhandled models and orphaned parts are errors."""
+    from unicurate.models import handlers
+    from unicurate.models.runtime import Runtime
+
+    monkeypatch.setattr(handlers, "_HANDLERS", dict(handlers._HANDLERS))
+    spec = zoo.ModelSpec("echo", "a test model", "none", "tiny://test/echo", calibrated=False)
+
+    @handlers.register_handler("echo")
+    class Echo(handlers.Loaded):
+        def __init__(self, spec, path, runtime, *, factor=1):
+            self.spec, self.sha256, self.device, self.factor = spec, None, runtime.device, factor
+            runtime.loaded(spec.name)
+
+    runtime = Runtime()
+    models = handlers.load_models([(spec, None)], runtime, {"echo": {"factor": 3}})
+    assert models["echo"].factor == 3 and runtime.loads == {"echo": 1}
+    assert handlers.model_records(models) == [{
+        "name": "echo", "title": "a test model", "library": "none", "uri": "tiny://test/echo", "arch": None,
+        "sha256": None, "calibrated": False, "device": "cpu", "precision": "fp32"}]
+    with pytest.raises(ValueError, match="already has a handler"):
+        handlers.register_handler("echo", lambda *a, **k: None)
+    with pytest.raises(LookupError, match="no handler loads model 'other'"):
+        handlers.load_models([(zoo.ModelSpec("other", "x", "none", "tiny://x"), None)], runtime)
+    ocr_cls = zoo.profile_specs("tiny")["ocr_cls"]
+    with pytest.raises(LookupError, match="only together with 'ocr_det'"):
+        handlers.load_models([(ocr_cls, zoo.locate(ocr_cls))], runtime)
+
+
 def test_needed_models_follow_the_filters():
     f = FiltersConfig(aesthetic={}, nsfw={"backend": "clip_head"})
     assert zoo.needed_models(f) == ["clip", "aesthetic", "nsfw_clip_head"]

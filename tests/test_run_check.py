@@ -16,7 +16,8 @@ from unicurate.manifests import manifest as mf
 from unicurate.manifests.validate import check_run, validate
 from unicurate.pipelines import curate
 from unicurate.pipelines import synthesize as syn
-from unicurate.pipelines.runner import RunCheckFailed, run_curate, run_synthesize
+from unicurate.run.check import RunCheckFailed
+from unicurate.run.execute import run_curate, run_synthesize
 
 
 def _drop_one_row(monkeypatch, write_dofn, rows_field):
@@ -27,15 +28,9 @@ def _drop_one_row(monkeypatch, write_dofn, rows_field):
 
     def process(self, item, n_shards):
         index, grouped = item
-        if not dropped:
-            if isinstance(grouped, dict) and list(grouped[rows_field]):
-                grouped = dict(grouped, **{rows_field: list(grouped[rows_field])[:-1]})
-                dropped.append(index)
-            elif not isinstance(grouped, dict):
-                grouped = [g for g in grouped if g is not None]
-                if grouped:
-                    grouped = grouped[:-1]
-                    dropped.append(index)
+        if not dropped and list(grouped[rows_field]):
+            grouped = dict(grouped, **{rows_field: list(grouped[rows_field])[:-1]})
+            dropped.append(index)
         yield from real(self, (index, grouped), n_shards)
 
     monkeypatch.setattr(write_dofn, "process", process)
@@ -85,7 +80,7 @@ def test_a_synthesis_run_that_loses_an_image_row_fails(scored, tmp_path, monkeyp
     src, _, _ = scored
     out = tmp_path / "syn-lossy"
     recipe = parse_recipe(syn_base_recipe(src, out, input={"max_images": 6}))
-    dropped = _drop_one_row(monkeypatch, syn.WriteSynShardsDoFn, None)
+    dropped = _drop_one_row(monkeypatch, syn.WriteSynShardsDoFn, "rows")
     with pytest.raises(RunCheckFailed, match=r"images/ shards is 5, but the input has 6 rows"):
         run_synthesize(recipe, say=lambda _m: None)
     assert dropped and not (out / mf.MANIFEST_NAME).exists()

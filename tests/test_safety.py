@@ -118,10 +118,9 @@ def syn_recipe(models: dict, **sections):
 
 def bert_folder(tmp_path: Path, weights: Path) -> Path:
     """A BERT folder (the tiny profile's config and vocab) whose only weights file is ``weights``."""
-    from unicurate.models import zoo
-    from unicurate.synthesis.grounding import tiny_bert_dir
+    from unicurate.models import tiny, zoo
 
-    tiny = tiny_bert_dir(zoo.profile_specs("tiny")["text_encoder"])
+    tiny = tiny.bert_dir(zoo.profile_specs("tiny")["text_encoder"])
     folder = tmp_path / "bert"
     folder.mkdir()
     for name in ("config.json", "vocab.txt"):
@@ -218,14 +217,16 @@ def test_a_plain_bert_state_dict_still_loads(tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from unicurate.models import zoo
-    from unicurate.synthesis.grounding import GroundingDinoDetector, tiny_bert_dir
+    from unicurate.models import tiny, zoo
+    from unicurate.models.runtime import Runtime
+    from unicurate.synthesis.grounding import GroundingDinoDetector
 
     specs = zoo.profile_specs("tiny")
-    state = load_file(str(tiny_bert_dir(specs["text_encoder"]) / "model.safetensors"))
+    state = load_file(str(tiny.bert_dir(specs["text_encoder"]) / "model.safetensors"))
     torch.save(state, tmp_path / "state.bin")
     folder = bert_folder(tmp_path, tmp_path / "state.bin")
-    det = GroundingDinoDetector(specs["grounding_dino"], None, folder, "cpu", "fp32")
+    det = GroundingDinoDetector(specs["grounding_dino"], None, Runtime(),
+                                parts={"text_encoder": (specs["text_encoder"], folder)})
     bert = det.model.bert.state_dict()
     key = next(k for k in state if k.endswith("word_embeddings.weight"))
     assert torch.equal(bert[key.removeprefix("bert.")], state[key])

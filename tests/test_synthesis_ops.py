@@ -10,6 +10,14 @@ from unicurate.schema import SynReason
 from unicurate.synthesis import checks as ck
 from unicurate.synthesis import edits as ed
 from unicurate.synthesis import quality, subject, templates
+from unicurate.synthesis.edit_types import REGISTRY
+from unicurate.synthesis.edit_types.add import add
+from unicurate.synthesis.edit_types.background import background
+from unicurate.synthesis.edit_types.move import move
+from unicurate.synthesis.edit_types.recolor import recolor
+from unicurate.synthesis.edit_types.remove import remove
+from unicurate.synthesis.edit_types.replace import replace
+from unicurate.synthesis.edit_types.resize import resize
 from unicurate.synthesis.grounding import Detection
 
 RED = (230, 20, 20)
@@ -36,7 +44,7 @@ def hue_of(rgb_pixels: np.ndarray) -> np.ndarray:
 
 def test_remove_changes_only_pixels_inside_the_dilated_mask():
     img, mask, box = scene()
-    res = ed.remove(img, mask, box, "red square", ed.TeleaInpainter(5), dilation=0.04, min_dilation_px=3)
+    res = remove(img, mask, box, "red square", ed.TeleaInpainter(5), dilation=0.04, min_dilation_px=3)
     changed = np.any(res.target != res.source, axis=-1)
     assert changed.any()
     assert not changed[~res.region].any(), "remove touched pixels outside the dilated mask"
@@ -59,8 +67,8 @@ def test_dilation_scales_with_object_size():
 
 def test_add_is_the_exact_reverse_of_remove():
     img, mask, box = scene(box=(10, 70, 60, 120))
-    removed = ed.remove(img, mask, box, "red square", ed.TeleaInpainter(5))
-    added = ed.add(removed, box, "red square")
+    removed = remove(img, mask, box, "red square", ed.TeleaInpainter(5))
+    added = add(removed, box, "red square")
     assert added.edit_type == "add"
     assert np.array_equal(added.source, removed.target)
     assert np.array_equal(added.target, removed.source)
@@ -72,7 +80,7 @@ def test_add_is_the_exact_reverse_of_remove():
 def test_recolor_lands_on_the_named_hue(color):
     img, mask, box = scene()
     img[mask] = (120, 120, 200)  # a bluish-grey square, so red is a change too
-    res = ed.recolor(img, mask, color, "square")
+    res = recolor(img, mask, color, "square")
     hues = hue_of(res.target[mask])
     want = templates.COLOR_HUES[color]
     dist = np.minimum(np.abs(hues - want), 180 - np.abs(hues - want))
@@ -84,7 +92,7 @@ def test_recolor_lands_on_the_named_hue(color):
 def test_move_leaves_the_object_at_the_new_offset():
     img, mask, box = scene()
     dx, dy = 100, 50
-    res = ed.move(img, mask, box, dx, dy, "red square", ed.TeleaInpainter(5))
+    res = move(img, mask, box, dx, dy, "red square", ed.TeleaInpainter(5))
     moved = np.zeros_like(mask)
     moved[60 + dy:130 + dy, 40 + dx:110 + dx] = True
     assert np.array_equal(res.target[moved], img[mask]), "the object's pixels are not at the new offset"
@@ -97,7 +105,7 @@ def test_move_leaves_the_object_at_the_new_offset():
 
 def test_resize_scales_the_object_about_its_centre():
     img, mask, box = scene()
-    res = ed.resize(img, mask, box, 1.4, "red square", ed.TeleaInpainter(5))
+    res = resize(img, mask, box, 1.4, "red square", ed.TeleaInpainter(5))
     red = np.all(res.target == RED, axis=-1)
     b = ed.mask_box(red)
     assert b is not None
@@ -110,7 +118,7 @@ def test_resize_scales_the_object_about_its_centre():
 def test_background_keeps_the_subject_and_swaps_the_rest():
     img, mask, box = scene()
     other = np.full((100, 150, 3), (10, 200, 10), np.uint8)
-    res = ed.background(img, mask, other, "red square", "partner-key")
+    res = background(img, mask, other, "red square", "partner-key")
     assert np.array_equal(res.target[mask], img[mask])
     assert np.all(res.target[~mask] == (10, 200, 10))
     assert res.partner_key == "partner-key"
@@ -120,7 +128,7 @@ def test_replace_pastes_the_partner_subject_inside_the_box():
     img, mask, box = scene()
     other, omask, _ = scene(h=120, w=120, box=(20, 30, 60, 110))
     other[omask] = (20, 20, 230)
-    res = ed.replace(img, mask, box, "red square", other, omask, "blue bar", "p", ed.TeleaInpainter(5))
+    res = replace(img, mask, box, "red square", other, omask, "blue bar", "p", ed.TeleaInpainter(5))
     blue = np.all(res.target == (20, 20, 230), axis=-1)
     b = ed.mask_box(blue)
     assert b is not None and b[0] >= 40 - 1 and b[2] <= 110 + 1 and b[1] >= 60 - 1 and b[3] <= 130 + 1
@@ -190,7 +198,7 @@ class StubDetector:
 
 def test_redetection_rejects_a_remove_whose_object_is_still_detected():
     img, mask, box = scene()
-    removed = ed.remove(img, mask, box, "red square", ed.TeleaInpainter(5))
+    removed = remove(img, mask, box, "red square", ed.TeleaInpainter(5))
     cfg = ChecksConfig(min_clip_similarity=None, max_clip_similarity=None)
     still = StubDetector([Detection(box + 2, 0.9, "red square")])
     v = ck.check_edits([removed], ["red square"], cfg, detector=still, box_threshold=0.35)[0]
@@ -199,7 +207,7 @@ def test_redetection_rejects_a_remove_whose_object_is_still_detected():
     elsewhere = StubDetector([Detection(np.array([200, 0, 290, 50], np.float32), 0.9, "red square")])
     v = ck.check_edits([removed], ["red square"], cfg, detector=elsewhere, box_threshold=0.35)[0]
     assert v["reasons"] == [] and v["redetect_score"] == 0.0
-    added = ed.add(removed, box, "red square")
+    added = add(removed, box, "red square")
     v = ck.check_edits([added], ["red square"], cfg, detector=elsewhere, box_threshold=0.35)[0]
     assert v["reasons"] == [SynReason.NOT_DETECTED.value]
     v = ck.check_edits([added], ["red square"], cfg, detector=still, box_threshold=0.35)[0]
@@ -208,7 +216,7 @@ def test_redetection_rejects_a_remove_whose_object_is_still_detected():
 
 def test_change_outside_and_clip_bounds_reject():
     img, mask, box = scene()
-    res = ed.recolor(img, mask, "green", "square")
+    res = recolor(img, mask, "green", "square")
     tampered = ed.EditResult(res.edit_type, res.source, res.target.copy(), res.region, res.instruction,
                              res.template_id)
     tampered.target[0:50, 200:300] = 0  # outside the mask
@@ -229,6 +237,6 @@ def test_spatial_and_direction_phrases():
     assert templates.where_phrase([0.4, 0.4, 0.6, 0.6]) == "in the center"
     assert templates.direction_phrase(-30, 0) == "to the left"
     assert templates.direction_phrase(0, -30) == "up"
-    tid, text = templates.render("recolor", "k", phrase="cup", color="red")
+    tid, text = REGISTRY["recolor"].instruction("k", phrase="cup", color="red")
     assert tid.startswith("recolor/") and "cup" in text and "red" in text
-    assert templates.render("recolor", "k", phrase="cup", color="red") == (tid, text)
+    assert REGISTRY["recolor"].instruction("k", phrase="cup", color="red") == (tid, text)

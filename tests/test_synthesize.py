@@ -121,8 +121,6 @@ def tiny_synth():
 
 
 def test_tiny_grounding_dino_and_sam_shapes(tiny_synth):
-    from unicurate.models.loaders import LOAD_COUNTS
-
     g = tiny_synth.grounder
     imgs = [scene(seed=k)[0] for k in range(2)] + [scene(h=120, w=90)[0]]
     objs = g.ground(imgs, ["a red square on a gradient", "a red square", ""])
@@ -139,9 +137,10 @@ def test_tiny_grounding_dino_and_sam_shapes(tiny_synth):
     names = {r["name"]: r for r in tiny_synth.records}
     assert {"grounding_dino", "text_encoder", "sam", "clip", "inpainter"} <= set(names)
     assert all(not names[n]["calibrated"] for n in ("grounding_dino", "text_encoder", "sam", "clip"))
-    loads = dict(LOAD_COUNTS)
+    loads = dict(tiny_synth.runtime.loads)
+    assert loads == {"grounding_dino": 1, "sam": 1, "clip": 1}
     tiny_synth.process(rows(2))
-    assert dict(LOAD_COUNTS) == loads  # batches reuse the loaded models
+    assert dict(tiny_synth.runtime.loads) == loads  # batches reuse the loaded models
 
 
 def test_tiny_clip_similarity_is_recorded(tiny_synth):
@@ -153,7 +152,7 @@ def test_tiny_clip_similarity_is_recorded(tiny_synth):
 
 # ------------------------------------------------------------------ pipeline
 def test_synthesize_pipeline_on_a_curate_run(curated, tmp_path):
-    from unicurate.pipelines.runner import run_synthesize
+    from unicurate.run.execute import run_synthesize
 
     cur_out, cur_manifest = curated
     out = tmp_path / "syn"
@@ -179,7 +178,7 @@ def test_synthesize_pipeline_on_a_curate_run(curated, tmp_path):
 
 def test_synthesize_refuses_a_folder_that_is_not_a_curate_run(tmp_path):
     from unicurate.download.ingest import InputError
-    from unicurate.pipelines.runner import run_synthesize
+    from unicurate.run.execute import run_synthesize
 
     with pytest.raises(InputError, match="not found"):
         run_synthesize(syn_recipe(input={"path": str(tmp_path / "nowhere")},

@@ -40,12 +40,15 @@ def _err(msg: str) -> None:
 
 
 def default_recipe(name: str) -> Path:
-    """A recipe shipped in configs/ (repo checkout) or packaged with unicurate."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "configs" / name, Path(str(resources.files("unicurate") / "configs" / name))):
-        if candidate.exists():
-            return candidate
-    raise FileNotFoundError(f"recipe {name} not found next to the package")
+    """A recipe bundled with the package, in ``unicurate/recipes/`` (``configs/`` in a checkout links there).
+
+    Found through importlib.resources, so ``unicurate demo`` works the same from a checkout, an editable install
+    and an installed wheel, whatever the working directory.
+    """
+    recipe = resources.files("unicurate") / "recipes" / name
+    if not recipe.is_file():
+        raise FileNotFoundError(f"recipe {name} is not bundled with unicurate (unicurate/recipes/)")
+    return Path(str(recipe))
 
 
 def cmd_run(args, beam_args: list[str]) -> int:
@@ -99,9 +102,10 @@ def _parse_overrides(items: list[str]) -> dict:
 
 
 def _funnel(manifest: dict) -> str:
-    from unicurate.pipelines.runner import format_funnel, format_synthesis_funnel
+    """What a finished run prints: its pipeline's summary of the manifest."""
+    from unicurate.run.execute import PIPELINES
 
-    return format_synthesis_funnel(manifest) if manifest.get("kind") == "synthesis" else format_funnel(manifest)
+    return PIPELINES[manifest["recipe"]["pipeline"]].summarize(manifest)
 
 
 def _run(recipe, beam_args: list[str], dry_run: bool = False,
@@ -113,12 +117,11 @@ def _run(recipe, beam_args: list[str], dry_run: bool = False,
     from unicurate.config import RecipeError
     from unicurate.models.resolver import ModelUnavailable
     from unicurate.download.ingest import InputError
-    from unicurate.pipelines.runner import RunCheckFailed, run_curate, run_synthesize
+    from unicurate.run.check import RunCheckFailed
+    from unicurate.run.execute import run
 
     try:
-        if recipe.pipeline == "synthesize":
-            return run_synthesize(recipe, beam_args, say=_say, dry_run=dry_run, job_file=job_file), EXIT_OK
-        return run_curate(recipe, beam_args, say=_say, dry_run=dry_run, job_file=job_file), EXIT_OK
+        return run(recipe, beam_args, say=_say, dry_run=dry_run, job_file=job_file), EXIT_OK
     except (RecipeError, InputError) as exc:
         _err(str(exc))
         return None, EXIT_USAGE
@@ -278,7 +281,6 @@ def cmd_models(args) -> int:
 
 def cmd_demo(args, beam_args: list[str]) -> int:
     from unicurate.config import load_recipe
-    from unicurate.pipelines.runner import format_funnel, format_synthesis_funnel
 
     out = Path(args.output)
     # the sample web's url list goes to OUTPUT/input/urls.parquet (config.SampleWebConfig.url_list)
@@ -288,7 +290,7 @@ def cmd_demo(args, beam_args: list[str]) -> int:
     if manifest is None:
         return code
     _say("")
-    _say(format_funnel(manifest))
+    _say(_funnel(manifest))
     _say("")
     _say(_expected_check(manifest["recipe"]["output"]["path"]))
     if args.no_synthesis:
@@ -303,7 +305,7 @@ def cmd_demo(args, beam_args: list[str]) -> int:
     if syn_manifest is None:
         return code
     _say("")
-    _say(format_synthesis_funnel(syn_manifest))
+    _say(_funnel(syn_manifest))
     _say(f"\nnext: unicurate validate {out} && unicurate validate {syn_out}")
     _say(f"      unicurate stats {out}            (funnel, reasons, score quantiles; --json)")
     _say(f"      unicurate report {out}           (HTML report; also for {syn_out})")
@@ -346,6 +348,7 @@ def _expected_check(out_dir: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from unicurate import __version__
+    from unicurate.filters.registry import thresholds_by_column
 
     parser = argparse.ArgumentParser(
         prog="unicurate",
@@ -381,8 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("whatif", help="recompute the selection under new thresholds from recorded scores")
     p.add_argument("dir", help="curated output folder")
     p.add_argument("--set", action="append", metavar="SCORE>=VALUE",
-                   help="e.g. clip_score>=0.3, aesthetic_score>=5.5, nsfw_score<=0.4, text_coverage<=0.1, "
-                        "watermark_score=off (repeatable)")
+                   help="a new bound on a recorded score: " + ", ".join(  # each filter declares its bounds
+                       score + " or ".join(f"{b.op}VALUE" for b in bounds)
+                       for score, (_, bounds) in thresholds_by_column().items())
+                   + "; SCORE=off removes them (repeatable)")
     p.add_argument("--apply", metavar="NEW_OUT", help="write the new selection as an output folder (rows copied)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -390,9 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="curated or synthesis output folder")
     p.add_argument("--out", help="HTML file to write (default: DIR/report.html)")
 
-    p = sub.add_parser("export", help="export to WebDataset, MosaicML Streaming (MDS) or Hugging Face datasets")
+    from unicurate.manifests.export import FORMATS
+
+    titles = [f.title for f in FORMATS.values()]
+    p = sub.add_parser("export", help=f"export to {', '.join(titles[:-1])} or {titles[-1]}")
     p.add_argument("dir", help="curated or synthesis output folder")
-    p.add_argument("--format", required=True, choices=["webdataset", "mds", "hf"])
+    p.add_argument("--format", required=True, choices=list(FORMATS))
     p.add_argument("--to", required=True, help="destination folder (new, empty, or an earlier export)")
     p.add_argument("--kept-only", action="store_true", help="curated runs: only kept rows (default: kept + rejected)")
     p.add_argument("--max-count", type=int, default=10_000, help="samples per WebDataset tar (default 10000)")

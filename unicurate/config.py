@@ -12,18 +12,18 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, ClassVar, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
+
+from unicurate.filters import registry as filter_registry
+from unicurate.sections import Section as _Section
+from unicurate.synthesis.edit_types import NAMES as EDIT_TYPE_NAMES
 
 
 class RecipeError(ValueError):
     """A recipe could not be read or is invalid. The message is for the user."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 InputFormat = Literal["auto", "parquet", "csv", "tsv", "jsonl", "txt"]
@@ -147,68 +147,9 @@ class DedupConfig(_Section):
     max_distance: int = Field(4, ge=0, le=16, description="max pHash Hamming distance for near dups")
 
 
-class ClipScoreFilterConfig(_Section):
-    """CLIP image-caption cosine similarity (open_clip). Set one threshold mode, or none to only record."""
+class _FiltersBase(_Section):
+    """The rule filters' options, flat as recipes write them (filters/rules.py reads them), and dedup."""
 
-    min_score: float | None = Field(
-        None, ge=-1.0, le=1.0,
-        description="absolute threshold on the cosine (LAION-5B kept ViT-B/32 >= 0.28)",
-    )
-    keep_top_fraction: float | None = Field(
-        None, gt=0.0, le=1.0,
-        description="keep this top fraction of the run by clip_score, DataComp style (global quantile)",
-    )
-
-    @model_validator(mode="after")
-    def _one_mode(self):
-        if self.min_score is not None and self.keep_top_fraction is not None:
-            raise ValueError("set either min_score (absolute) or keep_top_fraction (DataComp), not both")
-        return self
-
-
-class AestheticFilterConfig(_Section):
-    """LAION improved aesthetic predictor on the CLIP image embedding (1-10 scale)."""
-
-    min_score: float | None = Field(None, description="LAION-Aesthetics used 5, 6 and 6.5")
-
-
-class NsfwFilterConfig(_Section):
-    """NSFW probability in [0, 1]."""
-
-    backend: Literal["nudenet", "clip_head"] = Field(
-        "nudenet", description="nudenet = NudeNet ONNX detector (ships in its package); "
-                               "clip_head = LAION CLIP-based NSFW head on the CLIP image embedding",
-    )
-    max_score: float | None = Field(None, ge=0.0, le=1.0, description="reject rows above this nsfw_score")
-
-
-class WatermarkFilterConfig(_Section):
-    """LAION-5B watermark detector (timm EfficientNet), probability in [0, 1]."""
-
-    max_score: float | None = Field(None, ge=0.0, le=1.0, description="reject rows above this watermark_score")
-
-
-class TextCoverageFilterConfig(_Section):
-    """RapidOCR text detection: share of the image area covered by text boxes."""
-
-    max_coverage: float | None = Field(None, ge=0.0, le=1.0, description="reject images with more text")
-    min_coverage: float | None = Field(
-        None, ge=0.0, le=1.0, description="reject images with less text (text-rendering data sets)"
-    )
-    recognize: bool = Field(False, description="also run OCR recognition and store the text in `ocr_text`")
-    max_side: int = Field(960, ge=64, le=4096, description="longest image side fed to the text detector")
-
-    @model_validator(mode="after")
-    def _bounds(self):
-        if self.max_coverage is not None and self.min_coverage is not None and self.min_coverage > self.max_coverage:
-            raise ValueError("min_coverage must be <= max_coverage")
-        return self
-
-
-MODEL_FILTERS = ("clip_score", "aesthetic", "nsfw", "watermark", "text_coverage")
-
-
-class FiltersConfig(_Section):
     min_width: int = Field(0, ge=0, description="minimum original width, px")
     min_height: int = Field(0, ge=0, description="minimum original height, px")
     max_aspect_ratio: float = Field(math.inf, ge=1.0, description="max of w/h and h/w")
@@ -218,12 +159,6 @@ class FiltersConfig(_Section):
         True, description="reject captions with undecodable bytes (U+FFFD) or control characters (invalid_caption)"
     )
     dedup: DedupConfig = Field(default_factory=DedupConfig)
-    # model filters: absent/null = not run; present = scores recorded, thresholds applied when set
-    clip_score: ClipScoreFilterConfig | None = None
-    aesthetic: AestheticFilterConfig | None = None
-    nsfw: NsfwFilterConfig | None = None
-    watermark: WatermarkFilterConfig | None = None
-    text_coverage: TextCoverageFilterConfig | None = None
 
     @model_validator(mode="after")
     def _word_bounds(self):
@@ -232,8 +167,18 @@ class FiltersConfig(_Section):
         return self
 
     def model_filters(self) -> list[str]:
-        """Names of the model filters this recipe runs, in a fixed order."""
-        return [name for name in MODEL_FILTERS if getattr(self, name) is not None]
+        """Names of the model filters this recipe runs, in scoring order."""
+        return [spec.name for spec in filter_registry.specs("score") if getattr(self, spec.name) is not None]
+
+
+FiltersConfig = create_model(
+    "FiltersConfig", __base__=_FiltersBase, __module__=__name__,
+    __doc__="The recipe's ``filters``: the rule filters' flat options, dedup, and one optional section per filter "
+            "that declares one (unicurate/filters/), named as the filter: absent or null, the filter does not run; "
+            "present, its columns are recorded and its thresholds applied when set.",
+    **{spec.name: (Optional[spec.config], Field(None, description=(spec.config.__doc__ or "").strip()))
+       for spec in filter_registry.specs() if spec.config is not None},
+)
 
 
 class ModelOverride(_Section):
@@ -380,16 +325,103 @@ class SampleWebConfig(_Section):
         return f"{output_path.rstrip('/')}/input/urls.parquet"
 
 
+# execution settings of the model stages: where weights are cached, which hardware, how fast (see _Recipe)
+_MODEL_EXECUTION = tuple(f"models.{name}" for name in (
+    "cache_dir", "mirror", "offline", "device", "precision", "compile", "batch_size", "min_batch_size",
+    "preprocess_threads"))
+
+
+def _digest(obj: Any) -> str:
+    """sha256 of the canonical JSON of ``obj`` (sorted keys, no spaces)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 class _Recipe(_Section):
-    """What every recipe kind has: its resolved form and its hash (recorded in manifests)."""
+    """What every recipe kind has: its resolved form, split into the data recipe and the execution settings.
+
+    * The **data recipe** decides which rows a run writes and what they hold: the pipeline kind, the inputs'
+      identity and how they are read (format, the columns read and carried), the download policy, resize, the
+      filters and dedup, the models (profile, overrides: the weights), the synthesis parameters and seed, whether
+      rejected rows keep their images. :meth:`recipe_hash` is its hash, recorded as ``recipe_hash`` in manifests:
+      the same data recipe hashes the same from any folder, on any machine, with any number of workers. It is what
+      a rerun compares to tell whether earlier results still hold.
+    * The **execution settings** (``EXECUTION_FIELDS``, dotted paths) decide where and how a run goes, not what it
+      writes: paths as written (``input.path``, ``output.path``, ``models.cache_dir``, ``models.mirror``), the
+      recipe's name, the shard layout, the runner and worker counts, batch sizes, threads, device, precision and
+      compilation. :meth:`execution_hash` is their hash. Device and precision move model scores only in their last
+      digits (the same weights on other hardware), so a GPU run counts as the same data as a CPU run.
+
+    A setting that is not listed in ``EXECUTION_FIELDS`` is part of the data recipe: a new option changes the hash
+    until it is declared an execution setting, so earlier results are never taken for a recipe they do not match.
+
+    **The inputs' identity** (:meth:`input_files`) is each input file's base name and size in bytes, in reading
+    order, taken by listing the input (one call per pattern, local or gs://; no file is opened). The same files
+    reached from another folder or bucket give the same hash; a file added, removed, renamed, grown or truncated
+    gives another. A file rewritten in place with the same size is the one change it does not see: checksums
+    would mean reading every input before any work.
+    """
+
+    EXECUTION_FIELDS: ClassVar[tuple[str, ...]] = ()
 
     def resolved(self) -> dict[str, Any]:
         """The recipe with every default filled in, JSON-safe."""
         return json.loads(self.model_dump_json())
 
-    def recipe_hash(self) -> str:
-        canon = json.dumps(self.resolved(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canon.encode()).hexdigest()
+    def _split(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(data recipe, execution settings): the resolved recipe with each of ``EXECUTION_FIELDS`` moved out."""
+        data, execution = self.resolved(), {}
+        for dotted in self.EXECUTION_FIELDS:
+            *parents, leaf = dotted.split(".")
+            section = data
+            for part in parents:
+                section = section.get(part) or {}  # an optional section that is absent (sample_web: null)
+            if leaf in section:
+                _set_dotted(execution, dotted, section.pop(leaf))
+        return data, execution
+
+    def data_recipe(self) -> dict[str, Any]:
+        """The settings that decide the output rows (the inputs' identity aside: :meth:`input_files`)."""
+        return self._split()[0]
+
+    def execution_settings(self) -> dict[str, Any]:
+        """The settings that decide only where and how the run goes (``EXECUTION_FIELDS``)."""
+        return self._split()[1]
+
+    def _input_patterns(self) -> list[str]:
+        """The files or globs the pipeline reads."""
+        raise NotImplementedError
+
+    def input_files(self) -> list[dict[str, Any]]:
+        """The inputs' identity: ``{"name": base name, "bytes": size}`` of each file read, in reading order.
+
+        A pattern that matches nothing, or cannot be listed here (gs:// without the gcp extra or the network), is
+        recorded by its base name with ``"bytes": None``. A run stops on such an input before any work, so only a
+        hash taken without running (a test, a notebook) ever holds one.
+        """
+        from apache_beam.io.filesystems import FileSystems
+
+        files: list[dict[str, Any]] = []
+        for pattern in self._input_patterns():
+            try:
+                metas = sorted((m for r in FileSystems.match([pattern]) for m in r.metadata_list),
+                               key=lambda m: m.path)
+            except Exception:  # noqa: BLE001 - BeamIOError, ValueError (no filesystem for the scheme) and friends
+                metas = []
+            files += [{"name": m.path.rsplit("/", 1)[-1], "bytes": m.size_in_bytes} for m in metas] or [
+                {"name": pattern.rstrip("/").rsplit("/", 1)[-1], "bytes": None}]
+        return files
+
+    def recipe_hash(self, inputs: list[dict[str, Any]] | None = None) -> str:
+        """The data recipe's hash: :meth:`data_recipe` and the inputs' identity.
+
+        ``inputs``: an identity taken earlier (an output derived from a run's rows keeps that run's); default: the
+        inputs as :meth:`input_files` lists them now.
+        """
+        return _digest({"recipe": self.data_recipe(), "inputs": self.input_files() if inputs is None else inputs})
+
+    def execution_hash(self) -> str:
+        """The hash of :meth:`execution_settings`: two runs of one data recipe differ here, if anywhere."""
+        return _digest(self.execution_settings())
 
 
 class CurateRecipe(_Recipe):
@@ -407,6 +439,13 @@ class CurateRecipe(_Recipe):
                           "is written to OUTPUT/input/urls.parquet (leave input.path out: it is filled in with "
                           "that path); `run --input FILE` curates FILE instead and no sample web is started")
 
+    EXECUTION_FIELDS: ClassVar[tuple[str, ...]] = (
+        "name", "input.path", "output.path", "output.rows_per_shard", "output.row_group_rows",
+        "download.thread_count", *_MODEL_EXECUTION, "runner", "sample_web.port")
+
+    def _input_patterns(self) -> list[str]:
+        return self.input.paths
+
     @model_validator(mode="before")
     @classmethod
     def _sample_web_input(cls, data: Any) -> Any:
@@ -423,8 +462,7 @@ class CurateRecipe(_Recipe):
 
 
 # ---------------------------------------------------------------- synthesize
-EditType = Literal["remove", "add", "recolor", "move", "resize", "background", "replace"]
-ALL_EDIT_TYPES = ["remove", "add", "recolor", "move", "resize", "background", "replace"]
+EditType = Literal[EDIT_TYPE_NAMES]  # the registered edit types (unicurate/synthesis/edit_types/)
 
 
 class SynInputConfig(_Section):
@@ -493,7 +531,8 @@ class SubjectConfig(_Section):
 
 
 class EditsConfig(_Section):
-    types: list[EditType] = Field(default_factory=lambda: list(ALL_EDIT_TYPES))
+    types: list[EditType] = Field(default_factory=lambda: list(EDIT_TYPE_NAMES),
+                                  description="edit types tried, in this rotation order (default: all)")
     inpainter: Literal["telea", "lama"] = Field("telea", description="telea = OpenCV (offline default); "
                                                                      "lama = big-lama through the resolver")
     inpaint_radius: int = Field(5, ge=1, le=50)
@@ -560,6 +599,16 @@ class SynthesizeRecipe(_Recipe):
     models: ModelsConfig = Field(default_factory=lambda: ModelsConfig(batch_size=4))
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
     seed: int = Field(0, description="seeds template choice, colours, offsets and augmentations per object")
+
+    EXECUTION_FIELDS: ClassVar[tuple[str, ...]] = (
+        "name", "input.path", "output.path", "output.images_per_shard", "output.row_group_rows", *_MODEL_EXECUTION,
+        "runner")
+
+    def _input_patterns(self) -> list[str]:
+        """The kept shards of the curate run in input.path: what synthesis reads."""
+        from unicurate.schema import KEPT
+
+        return [f"{self.input.path.rstrip('/')}/{KEPT}/part-*.parquet"]
 
 
 RECIPES: dict[str, type[BaseModel]] = {"curate": CurateRecipe, "synthesize": SynthesizeRecipe}

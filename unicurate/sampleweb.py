@@ -233,7 +233,7 @@ class SampleWeb:
     """Generated image-text cases served on 127.0.0.1 by a threaded HTTP server."""
 
     HOST = "127.0.0.1"
-    NETWORK = f"{HOST}/32"  # what a run serving it adds to download.allowed_networks (runner.sample_web_for)
+    NETWORK = f"{HOST}/32"  # what a run serving it adds to download.allowed_networks (run.demoweb.sample_web_for)
 
     def __init__(self, n_images: int = 60, seed: int = 0, slow_seconds: float = 5.0):
         if n_images < 2:

@@ -11,6 +11,9 @@ from enum import Enum
 
 import pyarrow as pa
 
+from unicurate.filters import registry as filter_registry
+from unicurate.synthesis.edit_types import NAMES as _EDIT_TYPE_NAMES
+
 CURATED_SCHEMA_VERSION = "curated/2"  # 2: model score columns
 
 KEPT = "kept"
@@ -29,89 +32,69 @@ class Stage(str, Enum):
     DEDUP = "dedup"
 
 
-class Reason(str, Enum):
-    """Every reason a row can be rejected for. Closed: nothing else is written.
+_CORE_REASONS: tuple[tuple[Stage, str, str], ...] = (
+    # (stage, code, what it means); the filters declare theirs in their modules (unicurate/filters/)
+    (Stage.INPUT, "invalid_input", "row unusable: missing/empty url, malformed line"),
+    (Stage.INPUT, "duplicate_url", "same url (and source) seen earlier in the input"),
+    (Stage.DOWNLOAD, "invalid_url", "url cannot be parsed or has no host"),
+    (Stage.DOWNLOAD, "unsupported_scheme", "not http(s): file://, ftp://, data: ..."),
+    (Stage.DOWNLOAD, "blocked_address", "SSRF guard: loopback/private/link-local/..."),
+    (Stage.DOWNLOAD, "http_error", "4xx / 5xx answer"),
+    (Stage.DOWNLOAD, "too_many_redirects", "a redirect loop, or a chain of more than 10 redirects"),
+    (Stage.DOWNLOAD, "timeout", "connect/read timeout or overall download deadline"),
+    (Stage.DOWNLOAD, "connection_error", "refused, reset, DNS failure, TLS error"),
+    (Stage.DOWNLOAD, "too_large", "body larger than download.max_bytes"),
+    (Stage.DOWNLOAD, "robots_disallowed", "X-Robots-Tag noai / noimageai opt-out"),
+    (Stage.DOWNLOAD, "empty_response", "2xx with an empty body"),
+    (Stage.DOWNLOAD, "download_error", "any other download failure (message in `error`)"),
+    (Stage.DECODE, "not_an_image", "bytes are not an image format we can identify"),
+    (Stage.DECODE, "decode_error", "identified but undecodable (truncated, corrupt)"),
+    (Stage.DECODE, "decompression_bomb", "more pixels than resize.max_image_pixels"),
+    # model filters record their scores for every row that reached the model stage
+    (Stage.SCORE, "score_error", "the stored image could not be prepared for the models (message in `error`)"),
+    (Stage.DEDUP, "duplicate", "same image bytes (sha256) as an earlier row"),
+    (Stage.DEDUP, "near_duplicate", "perceptual hash within the distance of an earlier row"),
+)
 
-    The README section "What happens to bad input" documents each code.
-    """
 
-    # input
-    INVALID_INPUT = "invalid_input"  # row unusable: missing/empty url, malformed line
-    DUPLICATE_URL = "duplicate_url"  # same url (and source) seen earlier in the input
-    # download
-    INVALID_URL = "invalid_url"  # url cannot be parsed or has no host
-    UNSUPPORTED_SCHEME = "unsupported_scheme"  # not http(s): file://, ftp://, data: ...
-    BLOCKED_ADDRESS = "blocked_address"  # SSRF guard: loopback/private/link-local/...
-    HTTP_ERROR = "http_error"  # 4xx / 5xx answer
-    TOO_MANY_REDIRECTS = "too_many_redirects"  # a redirect loop, or a chain of more than 10 redirects
-    TIMEOUT = "timeout"  # connect/read timeout or overall download deadline
-    CONNECTION_ERROR = "connection_error"  # refused, reset, DNS failure, TLS error
-    TOO_LARGE = "too_large"  # body larger than download.max_bytes
-    ROBOTS_DISALLOWED = "robots_disallowed"  # X-Robots-Tag noai / noimageai opt-out
-    EMPTY_RESPONSE = "empty_response"  # 2xx with an empty body
-    DOWNLOAD_ERROR = "download_error"  # any other download failure (message in `error`)
-    # decode
-    NOT_AN_IMAGE = "not_an_image"  # bytes are not an image format we can identify
-    DECODE_ERROR = "decode_error"  # identified but undecodable (truncated, corrupt)
-    DECOMPRESSION_BOMB = "decompression_bomb"  # more pixels than resize.max_image_pixels
-    # rule filters
-    TOO_SMALL = "too_small"  # below filters.min_width / min_height
-    ASPECT_RATIO = "aspect_ratio"  # above filters.max_aspect_ratio
-    CAPTION_TOO_SHORT = "caption_too_short"  # fewer words than filters.caption_min_words
-    CAPTION_TOO_LONG = "caption_too_long"  # more words than filters.caption_max_words
-    INVALID_CAPTION = "invalid_caption"  # undecodable bytes (stored as U+FFFD) or control characters in the caption
-    # model filters (scores are recorded for every row that reached the model stage)
-    SCORE_ERROR = "score_error"  # the stored image could not be prepared for the models (message in `error`)
-    LOW_CLIP_SCORE = "low_clip_score"  # image-caption CLIP cosine below the threshold / outside the top fraction
-    LOW_AESTHETIC = "low_aesthetic"  # LAION aesthetic score below filters.aesthetic.min_score
-    NSFW = "nsfw"  # nsfw_score above filters.nsfw.max_score
-    WATERMARK = "watermark"  # watermark_score above filters.watermark.max_score
-    TOO_MUCH_TEXT = "too_much_text"  # text_coverage above filters.text_coverage.max_coverage
-    TOO_LITTLE_TEXT = "too_little_text"  # text_coverage below filters.text_coverage.min_coverage
-    # dedup
-    DUPLICATE = "duplicate"  # same image bytes (sha256) as an earlier row
-    NEAR_DUPLICATE = "near_duplicate"  # perceptual hash within the distance of an earlier row
+def _declared_reasons() -> list[tuple[Stage, str, str]]:
+    """The core reasons and every filter's, in funnel order: by stage, the core ones first within a stage, then
+    the filters' in their registered order."""
+    declared = list(_CORE_REASONS) + [(Stage(spec.stage), r.code, r.doc)
+                                      for spec in filter_registry.specs() for r in spec.reasons]
+    codes = [code for _, code, _ in declared]
+    clash = sorted({c for c in codes if codes.count(c) > 1})
+    if clash:
+        raise ValueError(f"reason code(s) {clash} declared twice (by a filter and the core reasons)")
+    stages = list(Stage)
+    return sorted(declared, key=lambda d: stages.index(d[0]))
+
+
+class _ReasonCode(str, Enum):
+    """The base of :data:`Reason`: what each code knows about itself."""
 
     @property
     def stage(self) -> Stage:
         return REASON_STAGE[self]
 
+    @property
+    def doc(self) -> str:
+        """What the code means, for people (the reason table of the docs is generated from it)."""
+        return REASON_DOCS[self]
 
-REASON_STAGE: dict[Reason, Stage] = {
-    Reason.INVALID_INPUT: Stage.INPUT,
-    Reason.DUPLICATE_URL: Stage.INPUT,
-    Reason.INVALID_URL: Stage.DOWNLOAD,
-    Reason.UNSUPPORTED_SCHEME: Stage.DOWNLOAD,
-    Reason.BLOCKED_ADDRESS: Stage.DOWNLOAD,
-    Reason.HTTP_ERROR: Stage.DOWNLOAD,
-    Reason.TOO_MANY_REDIRECTS: Stage.DOWNLOAD,
-    Reason.TIMEOUT: Stage.DOWNLOAD,
-    Reason.CONNECTION_ERROR: Stage.DOWNLOAD,
-    Reason.TOO_LARGE: Stage.DOWNLOAD,
-    Reason.ROBOTS_DISALLOWED: Stage.DOWNLOAD,
-    Reason.EMPTY_RESPONSE: Stage.DOWNLOAD,
-    Reason.DOWNLOAD_ERROR: Stage.DOWNLOAD,
-    Reason.NOT_AN_IMAGE: Stage.DECODE,
-    Reason.DECODE_ERROR: Stage.DECODE,
-    Reason.DECOMPRESSION_BOMB: Stage.DECODE,
-    Reason.TOO_SMALL: Stage.FILTER,
-    Reason.ASPECT_RATIO: Stage.FILTER,
-    Reason.CAPTION_TOO_SHORT: Stage.FILTER,
-    Reason.CAPTION_TOO_LONG: Stage.FILTER,
-    Reason.INVALID_CAPTION: Stage.FILTER,
-    Reason.SCORE_ERROR: Stage.SCORE,
-    Reason.LOW_CLIP_SCORE: Stage.SCORE,
-    Reason.LOW_AESTHETIC: Stage.SCORE,
-    Reason.NSFW: Stage.SCORE,
-    Reason.WATERMARK: Stage.SCORE,
-    Reason.TOO_MUCH_TEXT: Stage.SCORE,
-    Reason.TOO_LITTLE_TEXT: Stage.SCORE,
-    Reason.DUPLICATE: Stage.DEDUP,
-    Reason.NEAR_DUPLICATE: Stage.DEDUP,
-}
-assert set(REASON_STAGE) == set(Reason), "every reason needs a stage"
 
+_DECLARED = _declared_reasons()
+Reason = _ReasonCode("Reason", [(code.upper(), code) for _, code, _ in _DECLARED], module=__name__, qualname="Reason")
+Reason.__doc__ = """Every reason a row can be rejected for (``Reason.TOO_SMALL`` ...). Closed: nothing else is written.
+
+Built from the core reasons above and the reasons each registered filter declares, so a filter's codes exist
+exactly when the filter does."""
+
+REASON_STAGE: dict[Reason, Stage] = {Reason(code): stage for stage, code, _ in _DECLARED}
+REASON_DOCS: dict[Reason, str] = {Reason(code): doc for _, code, doc in _DECLARED}
 REASON_CODES = tuple(r.value for r in Reason)
+FILTER_REASONS: dict[str, tuple[str, ...]] = {  # filter name -> the reason codes it gives
+    spec.name: tuple(r.code for r in spec.reasons) for spec in filter_registry.specs()}
 
 
 def reason(code: str) -> Reason:
@@ -142,14 +125,9 @@ CURATED_FIELDS: list[pa.Field] = [
     pa.field("sha256", pa.string()),
     pa.field("phash", pa.string()),
     pa.field("caption_words", pa.int32()),
-    # model scores: null when the filter is not in the recipe or the row never reached the model stage
-    pa.field("clip_score", pa.float32()),  # cosine(image, caption) of the recipe's CLIP model
-    pa.field("aesthetic_score", pa.float32()),  # LAION improved aesthetic predictor, ~1-10
-    pa.field("nsfw_score", pa.float32()),  # [0, 1]
-    pa.field("watermark_score", pa.float32()),  # [0, 1], LAION-5B watermark detector
-    pa.field("text_coverage", pa.float32()),  # [0, 1], share of the image covered by OCR text boxes
-    pa.field("text_boxes", pa.int32()),  # number of OCR text boxes
-    pa.field("ocr_text", pa.string()),  # recognised text (filters.text_coverage.recognize)
+    # each filter's columns, in funnel order (unicurate/filters/): null when the filter is not in the recipe or
+    # the row never reached it
+    *(pa.field(c.name, c.type) for spec in filter_registry.specs() for c in spec.columns),
     pa.field("input_file", pa.string()),
     pa.field("input_row", pa.int64()),
     pa.field("metadata", pa.string()),  # JSON object of the input's extra columns
@@ -163,15 +141,14 @@ CURATED_SCHEMA = pa.schema(
 CURATED_COLUMNS = tuple(f.name for f in CURATED_FIELDS)
 
 # the columns the model filters write (unicurate/filters/scoring.py)
-SCORE_COLUMNS = ("clip_score", "aesthetic_score", "nsfw_score", "watermark_score", "text_coverage", "text_boxes",
-                 "ocr_text")
+SCORE_COLUMNS = tuple(c.name for spec in filter_registry.specs("score") for c in spec.columns)
 
 # --------------------------------------------------------------------------
 # synthesis outputs (SYN_OUT/subject, SYN_OUT/edit, SYN_OUT/rejected, SYN_OUT/images)
 # --------------------------------------------------------------------------
 SYNTHESIS_SCHEMA_VERSION = "synthesis/1"
 
-EDIT_TYPES = ("remove", "add", "recolor", "move", "resize", "background", "replace")
+EDIT_TYPES = _EDIT_TYPE_NAMES  # one module per type in unicurate/synthesis/edit_types/
 
 
 class SynReason(str, Enum):

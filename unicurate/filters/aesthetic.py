@@ -5,15 +5,33 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
+import pyarrow as pa
+from pydantic import Field
 
 from unicurate.filters._thresholds import below, merge
-from unicurate.schema import Reason
+from unicurate.filters.base import Filter
+from unicurate.filters.registry import Column, FilterSpec, RejectReason, Threshold, register
+from unicurate.sections import Section
 
 
-class AestheticFilter:
-    name = "aesthetic"
-    columns = ("aesthetic_score",)
-    reasons = (Reason.LOW_AESTHETIC.value,)
+class AestheticFilterConfig(Section):
+    """LAION improved aesthetic predictor on the CLIP image embedding (1-10 scale)."""
+
+    min_score: float | None = Field(None, description="LAION-Aesthetics used 5, 6 and 6.5")
+
+
+LOW_AESTHETIC = RejectReason("low_aesthetic", "LAION aesthetic score below filters.aesthetic.min_score")
+
+
+class AestheticFilter(Filter):
+    spec = register(FilterSpec(
+        name="aesthetic", stage="score", order=20, config=AestheticFilterConfig,
+        build=lambda cfg, models, threads: AestheticFilter(models.get("aesthetic"), cfg.min_score),
+        models=lambda cfg: ("aesthetic",),  # and CLIP, through the clip_embedding it needs
+        columns=(Column("aesthetic_score", pa.float32(), "LAION improved aesthetic predictor, ~1-10"),),
+        reasons=(LOW_AESTHETIC,),
+        thresholds=(Threshold("aesthetic_score", ">=", "min_score"),),
+    ))
     needs = ("clip_embedding",)
 
     def __init__(self, model, min_score: Optional[float] = None):
@@ -28,4 +46,4 @@ class AestheticFilter:
 
     def decide(self, columns, thresholds=None) -> list[list[str]]:
         t = merge(self.thresholds, thresholds)
-        return [[Reason.LOW_AESTHETIC.value] if below(v, t["min_score"]) else [] for v in columns["aesthetic_score"]]
+        return [[LOW_AESTHETIC.code] if below(v, t["min_score"]) else [] for v in columns["aesthetic_score"]]

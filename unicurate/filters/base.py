@@ -8,22 +8,58 @@ the recorded columns, thresholds can be changed later without re-scoring.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, NamedTuple, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from unicurate.filters.registry import FilterSpec
 
 Columns = dict[str, list[Any]]
 
 
-class Filter(Protocol):
-    name: str
-    columns: tuple[str, ...]
+class Filter:
+    """What the scorer, the decider and the rule stage rely on, with the defaults most filters keep.
+
+    A filter class sets ``spec`` to the :class:`~unicurate.filters.registry.FilterSpec` its module registers;
+    its name, recorded columns and reason codes are read from there, never repeated. ``thresholds`` (the bounds
+    ``decide`` applies unless told others) is set by the constructor.
+    """
+
+    spec: ClassVar[FilterSpec]
+    input_key: Optional[str] = None
+    """Key of this filter's prepared image in a scored item; None: it reads no image (only ``needs`` and the
+    caption), and no image is decoded for it."""
+    needs: tuple[str, ...] = ()
+    """Transient columns another filter ``provides`` that ``score`` reads (CLIP's ``clip_embedding``)."""
+    keep_top_fraction: Optional[float] = None
+    """Set when the lower bound is a run-wide quantile the pipeline computes and passes to ``decide``."""
+    thresholds: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The columns it records in curated rows."""
+        return tuple(c.name for c in self.spec.columns)
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        return tuple(r.code for r in self.spec.reasons)
+
+    def prepare(self, pil_image) -> Any:
+        """CPU preprocessing of one decoded RGB image into what ``score`` reads under ``input_key``."""
+        raise NotImplementedError(f"filter {self.name!r} has an input_key but no prepare")
 
     def score(self, batch: Sequence[Mapping[str, Any]]) -> Columns:
         """Compute this filter's columns for a batch of rows (dicts)."""
+        raise NotImplementedError
 
     def decide(self, columns: Mapping[str, Sequence[Any]], thresholds: Optional[Mapping[str, Any]] = None) -> list[list[str]]:
         """Reject reasons per row (empty list = passes). ``thresholds`` override the configured ones."""
+        raise NotImplementedError
 
 
 def bgr_array(pil_image) -> np.ndarray:

@@ -11,23 +11,45 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Literal, Mapping, Optional, Sequence
 
 import numpy as np
+import pyarrow as pa
+from pydantic import Field
 
 from unicurate.filters._thresholds import above, merge
-from unicurate.filters.base import BgrInput, bgr_input
-from unicurate.schema import Reason
+from unicurate.filters.base import BgrInput, Filter, bgr_input
+from unicurate.filters.registry import Column, FilterSpec, RejectReason, Threshold, register
+from unicurate.sections import Section
 
 
-class NsfwFilter:
-    name = "nsfw"
-    columns = ("nsfw_score",)
-    reasons = (Reason.NSFW.value,)
+class NsfwFilterConfig(Section):
+    """NSFW probability in [0, 1]."""
+
+    backend: Literal["nudenet", "clip_head"] = Field(
+        "nudenet", description="nudenet = NudeNet ONNX detector (ships in its package); "
+                               "clip_head = LAION CLIP-based NSFW head on the CLIP image embedding",
+    )
+    max_score: float | None = Field(None, ge=0.0, le=1.0, description="reject rows above this nsfw_score")
+
+
+NSFW = RejectReason("nsfw", "nsfw_score above filters.nsfw.max_score")
+MODEL = {"nudenet": "nudenet", "clip_head": "nsfw_clip_head"}  # backend -> zoo model
+
+
+class NsfwFilter(Filter):
+    spec = register(FilterSpec(
+        name="nsfw", stage="score", order=30, config=NsfwFilterConfig,
+        build=lambda cfg, models, threads: NsfwFilter(models.get(MODEL[cfg.backend]), cfg.backend, cfg.max_score),
+        models=lambda cfg: (MODEL[cfg.backend],),
+        columns=(Column("nsfw_score", pa.float32(), "[0, 1]"),),
+        reasons=(NSFW,),
+        thresholds=(Threshold("nsfw_score", "<=", "max_score"),),
+    ))
 
     def __init__(self, model, backend: str = "nudenet", max_score: Optional[float] = None):
-        if backend not in ("nudenet", "clip_head"):
-            raise ValueError(f"unknown nsfw backend {backend!r}; backends: nudenet, clip_head")
+        if backend not in MODEL:
+            raise ValueError(f"unknown nsfw backend {backend!r}; backends: {', '.join(MODEL)}")
         self.model = model
         self.backend = backend
         self.thresholds = {"max_score": max_score}
@@ -48,7 +70,7 @@ class NsfwFilter:
 
     def decide(self, columns, thresholds=None) -> list[list[str]]:
         t = merge(self.thresholds, thresholds)
-        return [[Reason.NSFW.value] if above(v, t["max_score"]) else [] for v in columns["nsfw_score"]]
+        return [[NSFW.code] if above(v, t["max_score"]) else [] for v in columns["nsfw_score"]]
 
 
 def on_image(detections: list[dict], prepared: BgrInput) -> list[dict]:

@@ -1,15 +1,22 @@
-"""Cheap rule filters on image size, aspect ratio and caption length."""
+"""Cheap rule filters on image size, aspect ratio and caption length.
+
+They run on every decoded row, before any model; their options are the flat fields of the recipe's ``filters``
+(``min_width``, ``caption_min_words`` ...), so each spec selects from FiltersConfig instead of owning a section.
+"""
 
 from __future__ import annotations
 
 import math
 import re
-from typing import Any, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
-from unicurate.config import FiltersConfig
+from unicurate.filters import registry
 from unicurate.filters._thresholds import merge as _merge
-from unicurate.filters.base import Columns
-from unicurate.schema import Reason
+from unicurate.filters.base import Columns, Filter
+from unicurate.filters.registry import FilterSpec, RejectReason, register
+
+if TYPE_CHECKING:
+    from unicurate.config import FiltersConfig
 
 
 def count_words(caption: Optional[str]) -> int:
@@ -36,54 +43,74 @@ def caption_problem(caption: Optional[str]) -> Optional[str]:
     return "caption has " + " and ".join(problems) if problems else None
 
 
-class SizeFilter:
+TOO_SMALL = RejectReason("too_small", "below filters.min_width / min_height")
+ASPECT_RATIO = RejectReason("aspect_ratio", "above filters.max_aspect_ratio")
+CAPTION_TOO_SHORT = RejectReason("caption_too_short", "fewer words than filters.caption_min_words")
+CAPTION_TOO_LONG = RejectReason("caption_too_long", "more words than filters.caption_max_words")
+INVALID_CAPTION = RejectReason("invalid_caption",
+                               "undecodable bytes (stored as U+FFFD) or control characters in the caption")
+SIZE_COLUMNS = ("original_width", "original_height")  # what the size and aspect rules read
+
+
+class SizeFilter(Filter):
     """Rejects images smaller than ``min_width`` x ``min_height`` (original, EXIF-oriented size)."""
 
-    name = "size"
-    columns = ("original_width", "original_height")
+    spec = register(FilterSpec(
+        name="size", stage="filter", order=10, reasons=(TOO_SMALL,),
+        select=lambda f: f if f.min_width or f.min_height else None,
+        build=lambda f, models, threads: SizeFilter(f.min_width, f.min_height),
+    ))
 
     def __init__(self, min_width: int = 0, min_height: int = 0):
         self.thresholds = {"min_width": min_width, "min_height": min_height}
 
     def score(self, batch: Sequence[Mapping[str, Any]]) -> Columns:
-        return {c: [row.get(c) for row in batch] for c in self.columns}
+        return {c: [row.get(c) for row in batch] for c in SIZE_COLUMNS}
 
     def decide(self, columns, thresholds=None) -> list[list[str]]:
         t = _merge(self.thresholds, thresholds)
         out = []
         for w, h in zip(columns["original_width"], columns["original_height"]):
             small = w is not None and h is not None and (w < t["min_width"] or h < t["min_height"])
-            out.append([Reason.TOO_SMALL.value] if small else [])
+            out.append([TOO_SMALL.code] if small else [])
         return out
 
 
-class AspectRatioFilter:
+class AspectRatioFilter(Filter):
     """Rejects images whose long side / short side exceeds ``max_aspect_ratio``."""
 
-    name = "aspect_ratio"
-    columns = ("original_width", "original_height")
+    spec = register(FilterSpec(
+        name="aspect_ratio", stage="filter", order=20, reasons=(ASPECT_RATIO,),
+        select=lambda f: f if math.isfinite(f.max_aspect_ratio) else None,
+        build=lambda f, models, threads: AspectRatioFilter(f.max_aspect_ratio),
+    ))
 
     def __init__(self, max_aspect_ratio: float = math.inf):
         self.thresholds = {"max_aspect_ratio": max_aspect_ratio}
 
     def score(self, batch):
-        return {c: [row.get(c) for row in batch] for c in self.columns}
+        return {c: [row.get(c) for row in batch] for c in SIZE_COLUMNS}
 
     def decide(self, columns, thresholds=None):
         t = _merge(self.thresholds, thresholds)
         out = []
         for w, h in zip(columns["original_width"], columns["original_height"]):
             bad = bool(w and h) and max(w, h) / min(w, h) > t["max_aspect_ratio"]
-            out.append([Reason.ASPECT_RATIO.value] if bad else [])
+            out.append([ASPECT_RATIO.code] if bad else [])
         return out
 
 
-class CaptionFilter:
+class CaptionFilter(Filter):
     """Rejects captions with fewer than ``min_words`` or more than ``max_words`` words, and (``reject_invalid``)
-    captions that are not clean text: undecodable bytes or control characters."""
+    captions that are not clean text: undecodable bytes or control characters. Always runs: it records
+    ``caption_words``."""
 
-    name = "caption"
-    columns = ("caption_words",)
+    spec = register(FilterSpec(
+        name="caption", stage="filter", order=30, reasons=(CAPTION_TOO_SHORT, CAPTION_TOO_LONG, INVALID_CAPTION),
+        select=lambda f: f,
+        build=lambda f, models, threads: CaptionFilter(f.caption_min_words, f.caption_max_words,
+                                                       f.caption_reject_invalid),
+    ))
 
     def __init__(self, min_words: int = 0, max_words: Optional[int] = None, reject_invalid: bool = True):
         self.thresholds = {"min_words": min_words, "max_words": max_words}
@@ -100,25 +127,18 @@ class CaptionFilter:
         out = []
         problems = columns.get("caption_problem") or [None] * len(columns["caption_words"])
         for n, problem in zip(columns["caption_words"], problems):
-            reasons = [Reason.INVALID_CAPTION.value] if problem else []
+            reasons = [INVALID_CAPTION.code] if problem else []
             if n < t["min_words"]:
-                reasons.append(Reason.CAPTION_TOO_SHORT.value)
+                reasons.append(CAPTION_TOO_SHORT.code)
             if t["max_words"] is not None and n > t["max_words"]:
-                reasons.append(Reason.CAPTION_TOO_LONG.value)
+                reasons.append(CAPTION_TOO_LONG.code)
             out.append(reasons)
         return out
 
 
-def rule_filters(cfg: FiltersConfig) -> list:
+def rule_filters(cfg: FiltersConfig) -> list[Filter]:
     """The rule filters a recipe enables (a filter with neutral thresholds is left out)."""
-    filters: list = []
-    if cfg.min_width or cfg.min_height:
-        filters.append(SizeFilter(cfg.min_width, cfg.min_height))
-    if math.isfinite(cfg.max_aspect_ratio):
-        filters.append(AspectRatioFilter(cfg.max_aspect_ratio))
-    filters.append(CaptionFilter(cfg.caption_min_words, cfg.caption_max_words,  # always records caption_words
-                                 cfg.caption_reject_invalid))
-    return filters
+    return [spec.build(section, {}, 1) for spec, section in registry.active(cfg, "filter")]
 
 
 def apply(filters: Sequence, batch: Sequence[Mapping[str, Any]]) -> tuple[Columns, list[list[str]]]:

@@ -5,8 +5,9 @@ resolver and loaders), then for each batch:
 
 1. decodes the stored images and runs each filter's CPU preprocessing on a
    thread pool (one decode per image, shared by all filters);
-2. runs each model once per batch: CLIP first (its normalised image embedding
-   feeds the aesthetic and CLIP-NSFW heads), then the others;
+2. runs each model once per batch, in the filters' registered order: CLIP first
+   (its normalised image embedding feeds the aesthetic and CLIP-NSFW heads),
+   then the others;
 3. returns the score columns per row. A row whose image cannot be prepared, or
    that makes a model fail on its own, gets ``score_error`` and a message; the
    rest of the batch is scored normally.
@@ -22,41 +23,17 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Mapping, Optional, Sequence
 
-from unicurate.filters.aesthetic import AestheticFilter
-from unicurate.filters.clip_score import ClipScoreFilter
-from unicurate.filters.nsfw import NsfwFilter
-from unicurate.filters.text_coverage import TextCoverageFilter
-from unicurate.filters.watermark import WatermarkFilter
+from unicurate.filters import registry
+from unicurate.filters.base import Filter
 from unicurate.models.resolver import ModelUnavailable
-from unicurate.schema import SCORE_COLUMNS
 
 log = logging.getLogger("unicurate")
 
-FILTER_CLASSES = (ClipScoreFilter, AestheticFilter, NsfwFilter, WatermarkFilter, TextCoverageFilter)
-FILTER_REASONS = {cls.name: cls.reasons for cls in FILTER_CLASSES}  # filter name -> the reasons it gives
 
-
-def build_filters(filters_cfg, models: Optional[Mapping[str, Any]] = None, threads: int = 2) -> list:
-    """The recipe's model filters in scoring order. ``models`` None builds them for deciding only."""
-    m = models or {}
-    out: list = []
-    c = filters_cfg.clip_score
-    if c is not None:
-        out.append(ClipScoreFilter(m.get("clip"), c.min_score, c.keep_top_fraction, with_text=True))
-    elif "clip" in m:  # CLIP only for the heads' image embedding
-        out.append(ClipScoreFilter(m["clip"], with_text=False))
-    if filters_cfg.aesthetic is not None:
-        out.append(AestheticFilter(m.get("aesthetic"), filters_cfg.aesthetic.min_score))
-    n = filters_cfg.nsfw
-    if n is not None:
-        model = m.get("nsfw_clip_head" if n.backend == "clip_head" else "nudenet")
-        out.append(NsfwFilter(model, n.backend, n.max_score))
-    if filters_cfg.watermark is not None:
-        out.append(WatermarkFilter(m.get("watermark"), filters_cfg.watermark.max_score))
-    t = filters_cfg.text_coverage
-    if t is not None:
-        out.append(TextCoverageFilter(m.get("ocr"), t.max_coverage, t.min_coverage, threads=threads))
-    return out
+def build_filters(filters_cfg, models: Optional[Mapping[str, Any]] = None, threads: int = 2) -> list[Filter]:
+    """The recipe's model filters in scoring order (see :func:`registry.active`). ``models`` None builds them for
+    deciding only."""
+    return [spec.build(section, models or {}, threads) for spec, section in registry.active(filters_cfg)]
 
 
 class ModelDecider:
@@ -76,7 +53,7 @@ class ModelDecider:
         for f in self.filters:
             cols = {c: [r.get(c) for r in rows] for c in f.columns}
             th = dict((overrides or {}).get(f.name, {}))
-            if getattr(f, "keep_top_fraction", None) is not None and "min_score" not in th:
+            if f.keep_top_fraction is not None and "min_score" not in th:
                 th["min_score"] = clip_min_score
             for i, rs in enumerate(f.decide(cols, th or None)):
                 out[i].extend(rs)
@@ -92,38 +69,25 @@ def decide_rows(filters_cfg, rows: Sequence[Mapping[str, Any]], clip_min_score: 
 class ModelScorer:
     """Loads the recipe's models once and scores batches of rows (dicts with ``image`` bytes, ``caption``)."""
 
-    def __init__(self, filters_cfg, models_cfg, located=None):
-        from unicurate.models import loaders, zoo
+    def __init__(self, filters_cfg, models_cfg, located=None, runtime=None):
+        from unicurate.models import handlers, zoo
+        from unicurate.models.runtime import Runtime
 
         self.filters_cfg = filters_cfg
         self.models_cfg = models_cfg
         located = located if located is not None else zoo.preflight(filters_cfg, models_cfg)
-        self.device, self.precision = loaders.select_device(models_cfg.device, models_cfg.precision)
-        loaders.set_compile(models_cfg.compile)
-        by_name = {spec.name: (spec, path) for spec, path in located}
-        models: dict[str, Any] = {}
-        ctor = {"clip": loaders.ClipModel, "aesthetic": loaders.AestheticModel,
-                "nsfw_clip_head": loaders.ClipNsfwHead, "watermark": loaders.WatermarkModel,
-                "nudenet": loaders.NudeNetModel}
-        for name, (spec, path) in by_name.items():
-            if name in ctor:
-                models[name] = ctor[name](spec, path, self.device, self.precision)
-        if "ocr_det" in by_name:
-            tc = filters_cfg.text_coverage
-            models["ocr"] = loaders.OcrModel({n: s for n, (s, _) in by_name.items() if n.startswith("ocr_")},
-                                             {n: p for n, (_, p) in by_name.items() if n.startswith("ocr_")},
-                                             self.device, max_side=tc.max_side)
-        self.models = models
+        self.runtime = runtime or Runtime.for_models(models_cfg)  # how the models run (tests read its loads)
+        options = registry.model_options(filters_cfg)  # e.g. the OCR detector's input size
+        self.models = models = handlers.load_models(located, self.runtime, options)
         self.filters = build_filters(filters_cfg, models, threads=min(4, models_cfg.preprocess_threads))
         self._pool = ThreadPoolExecutor(models_cfg.preprocess_threads, thread_name_prefix="unicurate-prep")
         self.batches = 0
 
     # -------------------------------------------------------------- what the manifest records
     def model_records(self) -> list[dict]:
-        out = []
-        for m in self.models.values():
-            out.extend(m.records() if hasattr(m, "records") else [m.record()])
-        return out
+        from unicurate.models.handlers import model_records
+
+        return model_records(self.models)
 
     @property
     def uncalibrated(self) -> bool:
@@ -133,21 +97,22 @@ class ModelScorer:
     def _prepare(self, row: Mapping[str, Any]) -> dict:
         from PIL import Image
 
+        item = {"caption": row.get("caption")}
+        readers = [f for f in self.filters if f.input_key]
+        if not readers:  # the recipe's filters read only the caption: no image is decoded
+            return item
         data = row.get("image")
         if not data:
             raise ValueError("the row has no stored image")
         with Image.open(io.BytesIO(data)) as im:
             im.load()
             pil = im.convert("RGB")
-        item = {"caption": row.get("caption")}
         done: dict = {}  # filters sharing a preprocessing function (BGR arrays) compute it once
-        for f in self.filters:
-            key = getattr(f, "input_key", None)
-            if key:
-                fn = getattr(f.prepare, "__func__", f.prepare)
-                if fn not in done:
-                    done[fn] = f.prepare(pil)
-                item[key] = done[fn]
+        for f in readers:
+            fn = getattr(f.prepare, "__func__", f.prepare)
+            if fn not in done:
+                done[fn] = f.prepare(pil)
+            item[f.input_key] = done[fn]
         return item
 
     def _run(self, f, items: list[dict], errors: dict[int, str], idx: list[int]) -> dict[str, list]:
@@ -213,9 +178,10 @@ class ModelScorer:
                 for c, vals in cols.items():
                     for k, v in zip(live, vals):
                         items[k][c] = v
+        columns = [c for f in self.filters for c in f.columns]
         for k, i in enumerate(idx):
             item = items[k]
-            for c in SCORE_COLUMNS:
+            for c in columns:
                 if c in item:
                     results[i][c] = item[c]
             if i in errors:

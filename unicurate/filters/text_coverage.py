@@ -15,16 +15,50 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
+import pyarrow as pa
+from pydantic import Field, model_validator
 
 from unicurate.filters._thresholds import above, below, merge
-from unicurate.filters.base import BgrInput, Region, bgr_input
-from unicurate.schema import Reason
+from unicurate.filters.base import BgrInput, Filter, Region, bgr_input
+from unicurate.filters.registry import Column, FilterSpec, RejectReason, Threshold, register
+from unicurate.sections import Section
 
 
-class TextCoverageFilter:
-    name = "text_coverage"
-    columns = ("text_coverage", "text_boxes", "ocr_text")
-    reasons = (Reason.TOO_MUCH_TEXT.value, Reason.TOO_LITTLE_TEXT.value)
+class TextCoverageFilterConfig(Section):
+    """RapidOCR text detection: share of the image area covered by text boxes."""
+
+    max_coverage: float | None = Field(None, ge=0.0, le=1.0, description="reject images with more text")
+    min_coverage: float | None = Field(
+        None, ge=0.0, le=1.0, description="reject images with less text (text-rendering data sets)"
+    )
+    recognize: bool = Field(False, description="also run OCR recognition and store the text in `ocr_text`")
+    max_side: int = Field(960, ge=64, le=4096, description="longest image side fed to the text detector")
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if self.max_coverage is not None and self.min_coverage is not None and self.min_coverage > self.max_coverage:
+            raise ValueError("min_coverage must be <= max_coverage")
+        return self
+
+
+TOO_MUCH_TEXT = RejectReason("too_much_text", "text_coverage above filters.text_coverage.max_coverage")
+TOO_LITTLE_TEXT = RejectReason("too_little_text", "text_coverage below filters.text_coverage.min_coverage")
+
+
+class TextCoverageFilter(Filter):
+    spec = register(FilterSpec(
+        name="text_coverage", stage="score", order=50, config=TextCoverageFilterConfig,
+        build=lambda cfg, models, threads: TextCoverageFilter(models.get("ocr"), cfg.max_coverage, cfg.min_coverage,
+                                                              threads=threads),
+        # the loaders combine the ocr_* files into one RapidOCR model, "ocr"
+        models=lambda cfg: ("ocr_det", "ocr_cls", "ocr_rec") if cfg.recognize else ("ocr_det",),
+        model_options=lambda cfg: {"ocr": {"max_side": cfg.max_side}},
+        columns=(Column("text_coverage", pa.float32(), "[0, 1], share of the image covered by OCR text boxes"),
+                 Column("text_boxes", pa.int32(), "number of OCR text boxes"),
+                 Column("ocr_text", pa.string(), "recognised text (filters.text_coverage.recognize)")),
+        reasons=(TOO_MUCH_TEXT, TOO_LITTLE_TEXT),
+        thresholds=(Threshold("text_coverage", "<=", "max_coverage"), Threshold("text_coverage", ">=", "min_coverage")),
+    ))
     input_key = "ocr_input"
 
     def __init__(self, model, max_coverage: Optional[float] = None, min_coverage: Optional[float] = None,
@@ -62,9 +96,9 @@ class TextCoverageFilter:
         for v in columns["text_coverage"]:
             reasons = []
             if above(v, t["max_coverage"]):
-                reasons.append(Reason.TOO_MUCH_TEXT.value)
+                reasons.append(TOO_MUCH_TEXT.code)
             if below(v, t["min_coverage"]):
-                reasons.append(Reason.TOO_LITTLE_TEXT.value)
+                reasons.append(TOO_LITTLE_TEXT.code)
             out.append(reasons)
         return out
 

@@ -4,15 +4,33 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence
 
+import pyarrow as pa
+from pydantic import Field
+
 from unicurate.filters._thresholds import above, merge
-from unicurate.filters.base import model_image
-from unicurate.schema import Reason
+from unicurate.filters.base import Filter, model_image
+from unicurate.filters.registry import Column, FilterSpec, RejectReason, Threshold, register
+from unicurate.sections import Section
 
 
-class WatermarkFilter:
-    name = "watermark"
-    columns = ("watermark_score",)
-    reasons = (Reason.WATERMARK.value,)
+class WatermarkFilterConfig(Section):
+    """LAION-5B watermark detector (timm EfficientNet), probability in [0, 1]."""
+
+    max_score: float | None = Field(None, ge=0.0, le=1.0, description="reject rows above this watermark_score")
+
+
+WATERMARK = RejectReason("watermark", "watermark_score above filters.watermark.max_score")
+
+
+class WatermarkFilter(Filter):
+    spec = register(FilterSpec(
+        name="watermark", stage="score", order=40, config=WatermarkFilterConfig,
+        build=lambda cfg, models, threads: WatermarkFilter(models.get("watermark"), cfg.max_score),
+        models=lambda cfg: ("watermark",),
+        columns=(Column("watermark_score", pa.float32(), "[0, 1], LAION-5B watermark detector"),),
+        reasons=(WATERMARK,),
+        thresholds=(Threshold("watermark_score", "<=", "max_score"),),
+    ))
     input_key = "watermark_input"
 
     def __init__(self, model, max_score: Optional[float] = None):
@@ -29,4 +47,4 @@ class WatermarkFilter:
 
     def decide(self, columns, thresholds=None) -> list[list[str]]:
         t = merge(self.thresholds, thresholds)
-        return [[Reason.WATERMARK.value] if above(v, t["max_score"]) else [] for v in columns["watermark_score"]]
+        return [[WATERMARK.code] if above(v, t["max_score"]) else [] for v in columns["watermark_score"]]

@@ -25,7 +25,7 @@ from unicurate.schema import KEPT, REASON_STAGE, REJECTED, Reason, Stage
 
 MANIFEST_NAME = "manifest.json"
 # what a pipeline's last stage writes; the driver checks the run against its own count of the inputs and only
-# then publishes it as MANIFEST_NAME (runner.check_and_publish): a folder with a manifest is a checked run
+# then publishes it as MANIFEST_NAME (run.check.check_and_publish): a folder with a manifest is a checked run
 PENDING_MANIFEST_NAME = "manifest.pending.json"
 CHECK_REPORT_NAME = "run-check-failed.json"  # what a run whose check failed leaves instead of a manifest
 SHARD_RE = re.compile(r"^part-(\d{5})-of-(\d{5})\.parquet$")
@@ -183,18 +183,27 @@ def write_json_atomic(path: str, obj: Any) -> None:
     FileSystems.rename([tmp], [path])
 
 
-def manifest_header(kind: str, schema_version: str, recipe) -> dict:
-    """The fields every manifest starts with; ``recipe`` is a validated recipe (config._Recipe)."""
+def manifest_header(kind: str, schema_version: str, recipe, inputs: Optional[list[dict]] = None) -> dict:
+    """The fields every manifest starts with; ``recipe`` is a validated recipe (config._Recipe).
+
+    ``recipe_hash`` identifies the data (the data recipe and the inputs' identity, recorded as ``inputs``),
+    ``execution_hash`` how this run went (paths, workers, batch sizes, device: see config._Recipe); ``recipe`` holds
+    both in full. ``inputs``: the inputs' identity when it was taken earlier (an output derived from a run's rows
+    records that run's); default: the inputs as they are listed now.
+    """
     import datetime as _dt
 
     from unicurate import __version__
 
+    inputs = recipe.input_files() if inputs is None else inputs
     return {
         "kind": kind,
         "schema_version": schema_version,
         "unicurate_version": __version__,
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "recipe_hash": recipe.recipe_hash(),
+        "recipe_hash": recipe.recipe_hash(inputs),
+        "execution_hash": recipe.execution_hash(),
+        "inputs": inputs,
         "recipe": recipe.resolved(),
     }
 

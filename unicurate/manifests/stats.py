@@ -12,17 +12,21 @@ import math
 from typing import Any, Optional, Sequence
 
 import polars as pl
+import pyarrow as pa
 
+from unicurate.filters.registry import thresholds_by_column
 from unicurate.manifests import manifest as mf
 from unicurate.manifests.manifest import FUNNEL_STAGES, STAGE_LABELS
-from unicurate.schema import (EDIT_TYPES, IMAGE_STATUSES, KEPT, REASON_STAGE, REJECTED, SCORE_COLUMNS, SYNTHESIS_DIRS,
-                              Reason, SynReason)
+from unicurate.schema import (CURATED_SCHEMA, EDIT_TYPES, IMAGE_STATUSES, KEPT, REASON_STAGE, REJECTED, SCORE_COLUMNS,
+                              SYNTHESIS_DIRS, Reason, SynReason)
 
 STATS_VERSION = 1
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 QUANTILE_NAMES = tuple(f"p{round(q * 100)}" for q in QUANTILES)
-CURATED_SCORES = tuple(c for c in SCORE_COLUMNS if c != "ocr_text")  # the numeric score columns
-MODEL_SCORES = tuple(c for c in CURATED_SCORES if c != "text_boxes")  # one float per model filter
+_SCORE_TYPES = {c: CURATED_SCHEMA.field(c).type for c in SCORE_COLUMNS}
+# the numeric score columns (quantiles; not text such as ocr_text), and of those the float scores (histograms)
+CURATED_SCORES = tuple(c for c, t in _SCORE_TYPES.items() if pa.types.is_integer(t) or pa.types.is_floating(t))
+MODEL_SCORES = tuple(c for c, t in _SCORE_TYPES.items() if pa.types.is_floating(t))
 SYNTHESIS_SCORES = ("detection_score", "pred_iou", "stability_score", "mask_area", "clip_similarity",
                     "change_outside", "redetect_score")
 EDIT_SCORES = tuple(c for c in SYNTHESIS_SCORES if c != "mask_area")  # edit rows carry no mask_area
@@ -169,19 +173,13 @@ def thresholds(recipe: dict, manifest: dict) -> dict[str, dict]:
     f = recipe.get("filters", {}) or {}
     out: dict[str, dict] = {}
     c = f.get("clip_score")
-    if c:
-        if c.get("min_score") is not None:
-            out["clip_score"] = {"min": c["min_score"]}
-        elif c.get("keep_top_fraction") is not None and manifest.get("clip_score_cutoff") is not None:
-            out["clip_score"] = {"min": manifest["clip_score_cutoff"], "keep_top_fraction": c["keep_top_fraction"]}
-    for name, col, key, side in (("aesthetic", "aesthetic_score", "min_score", "min"),
-                                 ("nsfw", "nsfw_score", "max_score", "max"),
-                                 ("watermark", "watermark_score", "max_score", "max"),
-                                 ("text_coverage", "text_coverage", "max_coverage", "max"),
-                                 ("text_coverage", "text_coverage", "min_coverage", "min")):
+    if c and c.get("keep_top_fraction") is not None and manifest.get("clip_score_cutoff") is not None:
+        out["clip_score"] = {"min": manifest["clip_score_cutoff"], "keep_top_fraction": c["keep_top_fraction"]}
+    for column, (name, bounds) in thresholds_by_column().items():
         sec = f.get(name)
-        if sec and sec.get(key) is not None:
-            out.setdefault(col, {})[side] = sec[key]
+        for bound in bounds:
+            if sec and sec.get(bound.field) is not None:
+                out.setdefault(column, {})[bound.side] = sec[bound.field]
     return out
 
 

@@ -25,20 +25,16 @@ from typing import Callable, Optional, Sequence
 import polars as pl
 
 from unicurate.filters import dedup as dd
+from unicurate.filters.registry import Threshold, thresholds_by_column
 from unicurate.manifests import manifest as mf
 from unicurate.manifests import stats as st
 from unicurate.manifests.validate import check_run
 from unicurate.schema import (CURATED_SCHEMA, CURATED_SCHEMA_VERSION, KEPT, REASON_STAGE, REJECTED, SCORE_COLUMNS,
                               Reason, Stage)
 
-# --set SCORE OP VALUE -> the recipe field it changes. OP is the direction a row must satisfy to be kept.
-SETTABLE = {
-    "clip_score": (">=", "clip_score", "min_score"),
-    "aesthetic_score": (">=", "aesthetic", "min_score"),
-    "nsfw_score": ("<=", "nsfw", "max_score"),
-    "watermark_score": ("<=", "watermark", "max_score"),
-    "text_coverage": (None, "text_coverage", None),  # <= max_coverage, >= min_coverage
-}
+# --set SCORE OP VALUE -> (the filter's section, its bounds on SCORE). OP is the direction a row must satisfy to be
+# kept; each filter declares its bounds (unicurate/filters/registry.py)
+SETTABLE = thresholds_by_column()
 _SET_RE = re.compile(r"^\s*([a-z_]+)\s*(>=|<=|=)\s*(\S+)\s*$")
 # reasons a what-if decides again; every other reason a row has stays
 MODEL_REASONS = frozenset(r.value for r in Reason if REASON_STAGE[r] == Stage.SCORE and r != Reason.SCORE_ERROR)
@@ -54,9 +50,9 @@ class WhatIfError(ValueError):
 class Setting:
     score: str
     op: str
-    value: Optional[float]  # None: the bound is removed ("off")
+    value: Optional[float]  # None: the bounds are removed ("off")
     section: str
-    field: str
+    bounds: tuple[Threshold, ...]  # the bounds it sets (all of them for "off")
 
     def text(self) -> str:
         return f"{self.score}=off" if self.value is None else f"{self.score}{self.op}{self.value:g}"
@@ -74,25 +70,23 @@ def parse_setting(expr: str) -> Setting:
     score, op, raw = m.groups()
     if score not in SETTABLE:
         raise WhatIfError(f"--set {expr!r}: unknown score {score!r}; scores with thresholds: {', '.join(SETTABLE)}")
-    want_op, section, field = SETTABLE[score]
+    section, bounds = SETTABLE[score]
     if op == "=":
         if raw.lower() not in ("off", "none", "null"):
-            raise WhatIfError(f"--set {expr!r}: use {score}{want_op or '<='}{raw} for a bound, or {score}=off "
+            raise WhatIfError(f"--set {expr!r}: use {score}{bounds[0].op}{raw} for a bound, or {score}=off "
                               "to remove it")
-        if score == "text_coverage":
-            return Setting(score, "=", None, section, "*")
-        return Setting(score, "=", None, section, field)
+        return Setting(score, "=", None, section, bounds)
     try:
         value = float(raw)
     except ValueError:
         raise WhatIfError(f"--set {expr!r}: {raw!r} is not a number") from None
-    if score == "text_coverage":
-        return Setting(score, op, value, section, "max_coverage" if op == "<=" else "min_coverage")
-    if op != want_op:
-        kind = "minimum" if want_op == ">=" else "maximum"
-        raise WhatIfError(f"--set {expr!r}: {score} is a {kind} (rows are kept when {score} {want_op} the bound); "
-                          f"use {score}{want_op}{raw}")
-    return Setting(score, op, value, section, field)
+    chosen = tuple(t for t in bounds if t.op == op)
+    if not chosen:
+        want = bounds[0].op
+        kind = "minimum" if want == ">=" else "maximum"
+        raise WhatIfError(f"--set {expr!r}: {score} is a {kind} (rows are kept when {score} {want} the bound); "
+                          f"use {score}{want}{raw}")
+    return Setting(score, op, value, section, chosen)
 
 
 def changed_recipe(recipe: dict, settings: Sequence[Setting]):
@@ -106,12 +100,10 @@ def changed_recipe(recipe: dict, settings: Sequence[Setting]):
         if sec is None:
             raise WhatIfError(f"--set {s.text()}: the run did not use the {s.section} filter, so no {s.score} was "
                               "recorded; add the filter to the recipe and rerun")
-        if s.field == "*":
-            sec["max_coverage"] = sec["min_coverage"] = None
-        else:
-            sec[s.field] = s.value
-        if s.section == "clip_score":
-            sec["keep_top_fraction"] = None  # an absolute bound replaces the run-wide top fraction
+        for bound in s.bounds:
+            sec[bound.field] = s.value
+            for replaced in bound.replaces:  # e.g. an absolute clip_score bound replaces the run-wide top fraction
+                sec[replaced] = None
     try:
         return parse_recipe(data, source="what-if recipe")
     except RecipeError as exc:
@@ -309,7 +301,8 @@ def _apply(out_dir, manifest, settings, new_recipe, res: pl.DataFrame, new_out: 
     n_rej = sum(s["rows"] for s in shards[REJECTED])
     clip = recipe.filters.clip_score
     new_manifest = {
-        **mf.manifest_header("curated", CURATED_SCHEMA_VERSION, recipe),
+        # the rows are the source run's, so are its inputs (which may be out of reach from here)
+        **mf.manifest_header("curated", CURATED_SCHEMA_VERSION, recipe, inputs=manifest.get("inputs")),
         "models": manifest.get("models", []),
         "uncalibrated": manifest.get("uncalibrated", False),
         "model_filters": manifest.get("model_filters", []),

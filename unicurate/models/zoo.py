@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
+from unicurate.filters import registry as filter_registry
 from unicurate.models.resolver import ModelUnavailable, is_cached, parse_uri, resolve
 
 PROFILES = ("default", "tiny")
@@ -104,13 +105,7 @@ SAM_URIS = {
 }
 
 # ---------------------------------------------------------------- tiny: same classes, small shapes, random
-TINY_CLIP_ARCH = "unicurate-tiny-clip"  # registered with open_clip by the loader
-TINY_CLIP_CONFIG = {
-    "embed_dim": 64,
-    "quick_gelu": True,
-    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
+TINY_CLIP_ARCH = "unicurate-tiny-clip"  # registered with open_clip by the CLIP loader (shape: tiny.CLIP_CONFIG)
 _TINY = dict(_DEFAULT)
 _TINY.update({
     "clip": ModelSpec("clip", "tiny CLIP (open_clip CLIP class: 2-layer ViT 64px + 2-layer text transformer)",
@@ -146,29 +141,9 @@ def profile_specs(profile: str) -> dict[str, ModelSpec]:
 
 
 def needed_models(filters_cfg) -> list[str]:
-    """Model names the recipe's filters need, in load order."""
-    names: list[str] = []
-
-    def add(n: str) -> None:
-        if n not in names:
-            names.append(n)
-
-    nsfw = filters_cfg.nsfw
-    if filters_cfg.clip_score is not None or filters_cfg.aesthetic is not None or (
-            nsfw is not None and nsfw.backend == "clip_head"):
-        add("clip")
-    if filters_cfg.aesthetic is not None:
-        add("aesthetic")
-    if nsfw is not None:
-        add("nsfw_clip_head" if nsfw.backend == "clip_head" else "nudenet")
-    if filters_cfg.watermark is not None:
-        add("watermark")
-    if filters_cfg.text_coverage is not None:
-        add("ocr_det")
-        if filters_cfg.text_coverage.recognize:
-            add("ocr_cls")
-            add("ocr_rec")
-    return names
+    """Model names the recipe's filters need (each filter's spec says which), in load order: scoring order."""
+    active = filter_registry.active(filters_cfg)
+    return list(dict.fromkeys(name for spec, section in active for name in spec.models(section)))
 
 
 def synthesis_models(recipe) -> list[str]:

@@ -4,7 +4,7 @@
         ─ batch ─ model scores (CLIP, aesthetic, NSFW, watermark, OCR) ─ model decisions (pipelines/score.py)
         ─┬─ (sha256 groups) ─ exact-duplicate decisions ─┐
          ├─ (pHash bands)   ─ near-duplicate decisions ──┤  CoGroupByKey by shard ─ write kept/rejected shards
-         └─ rows ─────────────────────────────────────────┘                          ─ manifest.json (last)
+         └─ rows ─────────────────────────────────────────┘  (common)                ─ manifest.json (last)
 
 Images travel through exactly one shuffle (the shard grouping, which is what
 makes shard contents deterministic); duplicate decisions are small records
@@ -14,8 +14,6 @@ joined to their rows by shard, not broadcast as side inputs.
 from __future__ import annotations
 
 import logging
-import math
-import zlib
 from typing import Iterator, Optional
 
 import apache_beam as beam
@@ -28,20 +26,14 @@ from unicurate.filters import rules
 from unicurate.manifests import manifest as mf
 from unicurate.models import zoo
 from unicurate.download import ingest
-from unicurate.pipelines import perworker
+from unicurate.pipelines import common, perworker
 from unicurate.pipelines import score as sc
+from unicurate.pipelines.common import Plan, by_shard, shard_count
+from unicurate.run.funnel import format_funnel
 from unicurate.schema import CURATED_COLUMNS, CURATED_SCHEMA, CURATED_SCHEMA_VERSION, KEPT, REJECTED, Reason, shard_name
 
 log = logging.getLogger("unicurate")
 _NS = "unicurate"
-
-
-def shard_count(n_rows: int, rows_per_shard: int) -> int:
-    return max(1, math.ceil(n_rows / rows_per_shard))
-
-
-def shard_of(key: str, n_shards: int) -> int:
-    return zlib.crc32(key.encode()) % n_shards
 
 
 # ------------------------------------------------------------------ progress
@@ -121,7 +113,7 @@ class FetchDoFn(beam.DoFn):
             return Fetcher(r.download, r.resize, prefilter=prefilter,
                            keep_rejected_images=r.output.keep_rejected_images, compute_phash=True)
 
-        self._holder, _ = perworker.acquire(self._shared, build, tag=f"fetcher-{r.recipe_hash()}")
+        self._holder, _ = perworker.acquire(self._shared, build, tag="fetcher")
         self.fetcher = self._holder.value
 
     def process(self, batch: list[dict]) -> Iterator[dict]:
@@ -204,56 +196,33 @@ class WriteShardsDoFn(beam.DoFn):
         out_dir = self.recipe.output.path
         name = shard_name(index, n_shards)
         rg = self.recipe.output.row_group_rows
-        for sub, rows_ in ((KEPT, kept), (REJECTED, rejected)):
-            info = mf.write_shard(out_dir, f"{sub}/{name}", rows_, CURATED_SCHEMA, rg)
-            yield {"dir": sub, "shard": info.to_json(),
-                   "funnel": mf.funnel_counts(r["reject_reasons"] for r in rows_)}
+        shards = {sub: mf.write_shard(out_dir, f"{sub}/{name}", rows_, CURATED_SCHEMA, rg).to_json()
+                  for sub, rows_ in ((KEPT, kept), (REJECTED, rejected))}
+        yield {"shards": shards, "funnel": mf.funnel_counts(r["reject_reasons"] for r in kept + rejected)}
         self.span.mark()
 
 
-class WriteManifestDoFn(beam.DoFn):
-    def __init__(self, recipe: CurateRecipe, beam_options: dict):
-        self.recipe = recipe
-        self.beam_options = beam_options
+class WriteManifestDoFn(common.WriteManifestDoFn):
+    KIND, SCHEMA_VERSION, DIRS = "curated", CURATED_SCHEMA_VERSION, (KEPT, REJECTED)
 
-    def process(self, shard_results: list[dict], n_inputs: int, model_records: list[str],
-                clip_cutoff: Optional[float]) -> Iterator[str]:
-        out_dir = self.recipe.output.path
-        shards = {KEPT: [], REJECTED: []}
-        for res in sorted(shard_results, key=lambda r: (r["dir"], r["shard"]["path"])):
-            shards[res["dir"]].append(res["shard"])
-        funnel = mf.merge_funnels(r["funnel"] for r in shard_results)
-        kept = sum(s["rows"] for s in shards[KEPT])
-        rejected = sum(s["rows"] for s in shards[REJECTED])
-        keep = {s["path"] for s in shards[KEPT] + shards[REJECTED]}
-        stale = mf.remove_stale_shards(out_dir, keep)
-        models = (sc.merge_model_records(model_records) if model_records
-                  else zoo.unloaded_records(zoo.specs_for_recipe(self.recipe),
-                                                  "not loaded: no row reached the model stage"))
-        manifest = {
-            **mf.manifest_header("curated", CURATED_SCHEMA_VERSION, self.recipe),
-            "models": models,
-            "uncalibrated": any(not m["calibrated"] for m in models),
-            "model_filters": self.recipe.filters.model_filters(),
-            "clip_score_cutoff": clip_cutoff,
-            "beam_options": self.beam_options,
-            "counts": {"inputs": n_inputs, "kept": kept, "rejected": rejected},
-            "funnel": funnel,
-            "shards": shards,
-            "removed_stale_shards": stale,
-        }
-        # pending until the driver has checked the run against its own count of the inputs (runner)
-        mf.write_json_atomic(mf.join(out_dir, mf.PENDING_MANIFEST_NAME), manifest)
-        yield mf.join(out_dir, mf.PENDING_MANIFEST_NAME)
+    def merge_funnel(self, parts) -> dict:
+        return mf.merge_funnels(parts)
+
+    def unloaded_models(self) -> list[dict]:
+        return zoo.unloaded_records(zoo.specs_for_recipe(self.recipe), "not loaded: no row reached the model stage")
+
+    def fields(self, clip_cutoff: Optional[float]) -> dict:
+        return {"model_filters": self.recipe.filters.model_filters(), "clip_score_cutoff": clip_cutoff}
 
 
-def build(p: beam.Pipeline, recipe: CurateRecipe, splits: list[ingest.Split], beam_options: dict):
-    """Add the curate pipeline to ``p``; returns the PCollection holding the manifest path."""
+def build(p: beam.Pipeline, recipe: CurateRecipe, plan: Plan, beam_options: dict):
+    """Add the curate pipeline to ``p`` (``plan.inputs``: the input splits); returns the PCollection holding the
+    manifest path."""
     cfg = recipe
     in_cfg = cfg.input
     rows = (
         p
-        | "Splits" >> beam.Create(splits, reshuffle=True)
+        | "Splits" >> beam.Create(plan.inputs, reshuffle=True)
         | "ReadRows" >> beam.ParDo(ReadSplitDoFn(in_cfg))
     )
     n_inputs = rows | "CountInputs" >> beam.combiners.Count.Globally()
@@ -278,48 +247,40 @@ def build(p: beam.Pipeline, recipe: CurateRecipe, splits: list[ingest.Split], be
         clip_cutoff = p | "NoModels" >> beam.Create([None])
         model_records = p | "NoModelRecords" >> beam.Create([[]])
 
-    n_sh = beam.pvalue.AsSingleton(n_shards)
-    by_shard = {"rows": fetched | "RowsByShard" >> beam.Map(lambda r, n: (shard_of(r["key"], n), r), n_sh)}
+    keyed = {"rows": fetched | "RowsByShard" >> by_shard(lambda r: r["key"], n_shards)}
 
     dcfg = cfg.filters.dedup
     empty = p | "NoDecisions" >> beam.Create([])
     if dcfg.exact:
-        by_shard["exact"] = (
+        keyed["exact"] = (
             fetched
             | "ShaRecords" >> beam.FlatMap(lambda r: [(r["sha256"], light_record(r, "sha256"))] if r["sha256"] else [])
             | "GroupBySha" >> beam.GroupByKey()
             | "ExactLosers" >> beam.FlatMap(lambda kv: dd.exact_losers(kv[1]))
-            | "ExactByShard" >> beam.Map(lambda lw, n: (shard_of(lw[0], n), lw), n_sh)
+            | "ExactByShard" >> by_shard(lambda lw: lw[0], n_shards)
         )
     else:
-        by_shard["exact"] = empty | "NoExact" >> beam.Map(lambda x: x)
+        keyed["exact"] = empty | "NoExact" >> beam.Map(lambda x: x)
     if dcfg.near:
         md = dcfg.max_distance
-        by_shard["near"] = (
+        keyed["near"] = (
             fetched
             | "PhashBands" >> beam.FlatMap(
                 lambda r: [(band, light_record(r, "phash")) for band in dd.phash_bands(r["phash"], md)]
                 if r["phash"] and not r["reject_reasons"] else [])
             | "GroupByBand" >> beam.GroupByKey()
             | "NearLosers" >> beam.FlatMap(lambda kv: dd.near_losers(kv[1], md))
-            | "NearByShard" >> beam.Map(lambda lw, n: (shard_of(lw[0], n), lw), n_sh)
+            | "NearByShard" >> by_shard(lambda lw: lw[0], n_shards)
         )
     else:
-        by_shard["near"] = empty | "NoNear" >> beam.Map(lambda x: x)
-    # every shard index gets a group, so part-i-of-N exists for each i even when empty
-    by_shard["slots"] = n_shards | "ShardSlots" >> beam.FlatMap(lambda n: [(i, None) for i in range(n)])
+        keyed["near"] = empty | "NoNear" >> beam.Map(lambda x: x)
 
     results = (
-        by_shard
-        | "GroupByShard" >> beam.CoGroupByKey()
-        | "WriteShards" >> beam.ParDo(WriteShardsDoFn(cfg), n_sh)
+        common.group_by_shard(keyed, n_shards)
+        | "WriteShards" >> beam.ParDo(WriteShardsDoFn(cfg), beam.pvalue.AsSingleton(n_shards))
     )
-    return (
-        results
-        | "CollectShards" >> beam.combiners.ToList()
-        | "WriteManifest" >> beam.ParDo(WriteManifestDoFn(cfg, beam_options), beam.pvalue.AsSingleton(n_inputs),
-                                        beam.pvalue.AsSingleton(model_records), beam.pvalue.AsSingleton(clip_cutoff))
-    )
+    return common.write_manifest(results, WriteManifestDoFn(cfg, beam_options), n_inputs, model_records,
+                                 clip_cutoff)
 
 
 def count_inputs(splits: list[ingest.Split]) -> int:
@@ -333,8 +294,16 @@ def count_inputs(splits: list[ingest.Split]) -> int:
         return sum(pool.map(ingest.count_rows, splits))
 
 
-def prepare(recipe: CurateRecipe) -> list[ingest.Split]:
-    """Everything that must succeed before any work: inputs found, readable, with the right columns."""
+def prepare(recipe: CurateRecipe, count: bool = True) -> Plan:
+    """Everything that must succeed before any work: inputs found, readable, with the right columns; the plan
+    holds the input splits and (``count``) the rows they hold."""
     files = ingest.expand_inputs(recipe.input)
     ingest.preflight(files, recipe.input)
-    return ingest.plan_splits(files)
+    splits = ingest.plan_splits(files)
+    n_inputs = count_inputs(splits) if count else None
+    n_files = len({s.file.path for s in splits})
+    return Plan(splits, n_inputs, f"curate: {n_files} input file(s), {len(splits)} split(s)"
+                + (f", {n_inputs} rows" if n_inputs is not None else "") + f" -> {recipe.output.path}")
+
+
+PIPELINE = common.Pipeline("curate", prepare, build, format_funnel)

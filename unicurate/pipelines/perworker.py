@@ -60,7 +60,10 @@ def _exit_now() -> None:
 
 
 def acquire(handle: shared.Shared, build: Callable[[], Any], tag: str) -> tuple[Holder, bool]:
-    """The process's object for ``tag`` (built by ``build`` the first time) and whether this call built it."""
+    """The process's object behind ``handle`` (built by ``build`` the first time) and whether this call built it.
+
+    A handle (made in the DoFn's constructor, so every copy of the DoFn in a process shares its key) holds one
+    object per process; ``tag`` names what it holds (a different tag would rebuild it)."""
     fast_exit_when_done()
     built: list[bool] = []
 
@@ -186,7 +189,7 @@ class Loading:
 class ModelDoFn(beam.DoFn):
     """A DoFn holding one model object per worker process (``shared.Shared``).
 
-    Subclasses give ``build()`` (loads the models; runs once per process) and
+    Subclasses give ``build()`` (loads the models with :meth:`runtime`; runs once per process) and
     ``records()`` (the manifest records of what was loaded). ``started()``,
     yielded from at the top of ``process``, waits for the load, counts it once
     (Beam counters only count inside ``process``) and reports the records once
@@ -213,11 +216,14 @@ class ModelDoFn(beam.DoFn):
     def records(self) -> list[dict]:
         raise NotImplementedError
 
-    def setup(self):
-        if self.cpu_threads is not None:
-            from unicurate.models.loaders import set_cpu_threads
+    def runtime(self, models_cfg):
+        """The model runtime ``build()`` loads with: the recipe's ``models`` section on this worker, its CPU
+        threads capped to this process's share of the machine (``cpu_threads``)."""
+        from unicurate.models.runtime import Runtime
 
-            set_cpu_threads(self.cpu_threads)
+        return Runtime.for_models(models_cfg, self.cpu_threads)
+
+    def setup(self):
         self._holder, built = acquire(self._shared, lambda: Loading(self.build), tag=self.tag)
         self.model = None
         self._load_to_count, self._reported = built, False

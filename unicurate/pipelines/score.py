@@ -13,7 +13,6 @@ the stage, so scores exist on rows that one filter rejects.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Iterator, Optional
 
@@ -23,6 +22,7 @@ from apache_beam.metrics import Metrics
 from unicurate.config import CurateRecipe
 from unicurate.filters.scoring import ModelDecider
 from unicurate.pipelines import perworker
+from unicurate.pipelines.common import collect_model_records, with_model_hints
 from unicurate.schema import REASON_STAGE, SCORE_COLUMNS, Reason, Stage
 
 log = logging.getLogger("unicurate")
@@ -42,7 +42,7 @@ class ScoreDoFn(perworker.ModelDoFn):
     """Scores batches of rows with every model filter; models load once per worker process."""
 
     def __init__(self, recipe: CurateRecipe, cpu_threads: Optional[int] = None):
-        super().__init__(tag=f"scorer-{recipe.recipe_hash()}", cpu_threads=cpu_threads)
+        super().__init__(tag="scorer", cpu_threads=cpu_threads)
         self.recipe = recipe
         self.scored = Metrics.counter(_NS, "model_rows")
         self.errors = Metrics.counter(_NS, "score_errors")
@@ -50,7 +50,7 @@ class ScoreDoFn(perworker.ModelDoFn):
     def build(self):
         from unicurate.filters.scoring import ModelScorer
 
-        return ModelScorer(self.recipe.filters, self.recipe.models)
+        return ModelScorer(self.recipe.filters, self.recipe.models, runtime=self.runtime(self.recipe.models))
 
     def records(self) -> list[dict]:
         return self.model.model_records()
@@ -76,14 +76,6 @@ class ScoreDoFn(perworker.ModelDoFn):
                     row["reject_reasons"] = list(row["reject_reasons"]) + [Reason.SCORE_ERROR.value]
                     row["error"] = res["score_error"] if not row.get("error") else f"{row['error']}; {res['score_error']}"
             yield row
-
-
-def with_model_hints(transform, recipe):
-    """The model transform with the recipe's resource hints (Dataflow right fitting onto GPU workers), if any."""
-    from unicurate.pipelines.runner import model_stage_hints
-
-    hints = model_stage_hints(recipe.runner)
-    return transform.with_resource_hints(**hints) if hints else transform
 
 
 def cutoff_from_quantiles(quantiles: list, keep_top_fraction: float) -> Optional[float]:
@@ -129,21 +121,5 @@ def add_model_stages(rows, recipe: CurateRecipe, cpu_threads: Optional[int] = No
         cutoff = p | "NoClipCutoff" >> beam.Create([None])
     decided = scored.rows | "ApplyModelDecisions" >> beam.Map(apply_decisions, ModelDecider(recipe.filters),
                                                               beam.pvalue.AsSingleton(cutoff))
-    records = (
-        scored[MODELS_TAG]
-        | "DistinctModelRecords" >> beam.Distinct()
-        | "ModelRecords" >> beam.combiners.ToList()
-    )
-    return decided, cutoff, records
+    return decided, cutoff, collect_model_records(scored[MODELS_TAG])
 
-
-def merge_model_records(record_lists: list[str]) -> list[dict]:
-    """One record per model, from what the workers reported (devices of all workers listed)."""
-    merged: dict[str, dict] = {}
-    for blob in sorted(record_lists):
-        for rec in json.loads(blob):
-            cur = merged.setdefault(rec["name"], dict(rec, devices=[]))
-            dev = f"{rec.get('device')}/{rec.get('precision')}"
-            if dev not in cur["devices"]:
-                cur["devices"].append(dev)
-    return [merged[k] for k in merged]

@@ -2,7 +2,7 @@
 
     kept shards of a curate run ─ read rows ─ reshuffle ─ BatchElements
         ─ SynthesizeDoFn (one Synthesizer per worker process: GroundingDINO + SAM + CLIP + inpainter)
-        ─ image results keyed by shard ─ GroupByKey ─ write subject/ edit/ rejected/ images/ shards
+        ─ image results keyed by shard ─ group by shard (common) ─ write subject/ edit/ rejected/ images/ shards
         ─ manifest.json (last)
 
 Every curated image ends in exactly one ``images`` row (produced, no_object,
@@ -13,8 +13,8 @@ index, so a shard's four files describe the same images.
 from __future__ import annotations
 
 import logging
-import math
 from collections import Counter
+from dataclasses import dataclass
 from typing import Iterator, Optional
 
 import apache_beam as beam
@@ -23,10 +23,10 @@ from apache_beam.metrics import Metrics
 from unicurate.config import SynthesizeRecipe
 from unicurate.manifests import manifest as mf
 from unicurate.models import zoo
-from unicurate.pipelines import perworker
-from unicurate.pipelines.curate import shard_of
 from unicurate.download.ingest import InputError
-from unicurate.pipelines.score import with_model_hints
+from unicurate.pipelines import common, perworker
+from unicurate.pipelines.common import Plan, by_shard, collect_model_records, shard_count, with_model_hints
+from unicurate.run.funnel import format_synthesis_funnel
 from unicurate.schema import (CURATED_SCHEMA_VERSION, EDIT_TYPES, KEPT, SYNTHESIS_DIRS, SYNTHESIS_SCHEMA_VERSION,
                               SYNTHESIS_SCHEMAS, shard_name)
 
@@ -37,8 +37,19 @@ READ_COLUMNS = ["key", "caption", "image", "width", "height"]
 
 
 # ------------------------------------------------------------------ input
-def prepare(recipe: SynthesizeRecipe) -> tuple[dict, list[str], Optional[list[str]]]:
-    """Check the curate run: (its manifest, kept shard paths, the selected keys when input.max_images)."""
+@dataclass(frozen=True)
+class KeptImages:
+    """What a synthesize run reads: the kept shards of a curate run, the selected keys (``input.max_images``;
+    None: all), and the manifest's ``source`` record of that run."""
+
+    paths: list[str]
+    keys: Optional[list[str]]
+    source: dict
+
+
+def prepare(recipe: SynthesizeRecipe, count: bool = True) -> Plan:
+    """Check the curate run; the plan holds its kept images and their number (from its manifest: ``count`` costs
+    nothing here, so they are always counted)."""
     src = recipe.input.path
     try:
         cur = mf.read_manifest(src)
@@ -62,7 +73,11 @@ def prepare(recipe: SynthesizeRecipe) -> tuple[dict, list[str], Optional[list[st
     if recipe.input.max_images is not None:
         all_keys = sorted(k for p in paths for k in _read_column(p, "key"))
         keys = all_keys[: recipe.input.max_images]
-    return cur, paths, keys
+    n_inputs = len(keys) if keys is not None else sum(s["rows"] for s in shards)
+    source = {"path": src, "recipe_hash": cur.get("recipe_hash"), "kept": cur["counts"]["kept"],
+              "uncalibrated": bool(cur.get("uncalibrated"))}
+    return Plan(KeptImages(paths, keys, source), n_inputs,
+                f"synthesize: {n_inputs} kept image(s) in {len(paths)} shard(s) of {src} -> {recipe.output.path}")
 
 
 def _read_column(path: str, column: str) -> list:
@@ -86,7 +101,7 @@ class SynthesizeDoFn(perworker.ModelDoFn):
     """Runs a Synthesizer on batches of curated rows; models load once per worker process."""
 
     def __init__(self, recipe: SynthesizeRecipe, cpu_threads: Optional[int] = None):
-        super().__init__(tag=f"syn-{recipe.recipe_hash()}", stage="synthesize", cpu_threads=cpu_threads)
+        super().__init__(tag="synthesizer", stage="synthesize", cpu_threads=cpu_threads)
         self.recipe = recipe
         self.images = Metrics.counter(_NS, "images")
         self.samples = Metrics.counter(_NS, "samples")
@@ -94,7 +109,7 @@ class SynthesizeDoFn(perworker.ModelDoFn):
     def build(self):
         from unicurate.synthesis.synthesizer import Synthesizer
 
-        return Synthesizer(self.recipe)
+        return Synthesizer(self.recipe, runtime=self.runtime(self.recipe.models))
 
     def records(self) -> list[dict]:
         return self.model.records
@@ -161,8 +176,8 @@ class WriteSynShardsDoFn(beam.DoFn):
         self.recipe = recipe
 
     def process(self, item, n_shards: int) -> Iterator[dict]:
-        index, results = item
-        results = sorted((r for r in results if r is not None), key=lambda r: r["image"]["source_key"])
+        index, grouped = item
+        results = sorted(grouped["rows"], key=lambda r: r["image"]["source_key"])
         out_dir = self.recipe.output.path
         name = shard_name(index, n_shards)
         rg = self.recipe.output.row_group_rows
@@ -175,82 +190,52 @@ class WriteSynShardsDoFn(beam.DoFn):
         yield {"shards": infos, "funnel": funnel_part(results)}
 
 
-class WriteSynManifestDoFn(beam.DoFn):
+class WriteSynManifestDoFn(common.WriteManifestDoFn):
+    KIND, SCHEMA_VERSION, DIRS = "synthesis", SYNTHESIS_SCHEMA_VERSION, SYNTHESIS_DIRS
+
     def __init__(self, recipe: SynthesizeRecipe, beam_options: dict, source: dict):
-        self.recipe, self.beam_options, self.source = recipe, beam_options, source
+        super().__init__(recipe, beam_options)
+        self.source = source
 
-    def process(self, shard_results: list[dict], n_inputs: int, model_records: list[str]) -> Iterator[str]:
-        from unicurate.pipelines.score import merge_model_records
+    def merge_funnel(self, parts) -> dict:
+        return merge_funnel(parts)
 
-        out_dir = self.recipe.output.path
-        shards: dict[str, list] = {k: [] for k in SYNTHESIS_DIRS}
-        for res in shard_results:
-            for kind, info in res["shards"].items():
-                shards[kind].append(info)
-        for k in shards:
-            shards[k].sort(key=lambda s: s["path"])
-        keep = {s["path"] for k in shards for s in shards[k]}
-        stale = mf.remove_stale_shards(out_dir, keep, dirs=SYNTHESIS_DIRS)
-        funnel = merge_funnel(r["funnel"] for r in shard_results)
-        models = (merge_model_records(model_records) if model_records
-                  else zoo.unloaded_records(zoo.synthesis_specs(self.recipe), "not loaded: the input had no kept images"))
-        counts = {"inputs": n_inputs, **{k: sum(s["rows"] for s in shards[k]) for k in SYNTHESIS_DIRS}}
-        manifest = {
-            **mf.manifest_header("synthesis", SYNTHESIS_SCHEMA_VERSION, self.recipe),
-            "source": self.source,
-            "models": models,
-            "uncalibrated": any(not m.get("calibrated", True) for m in models),
-            "beam_options": self.beam_options,
-            "counts": counts,
-            "funnel": funnel,
-            "shards": shards,
-            "removed_stale_shards": stale,
-        }
-        # pending until the driver has checked the run against its own count of the inputs (runner)
-        mf.write_json_atomic(mf.join(out_dir, mf.PENDING_MANIFEST_NAME), manifest)
-        yield mf.join(out_dir, mf.PENDING_MANIFEST_NAME)
+    def unloaded_models(self) -> list[dict]:
+        return zoo.unloaded_records(zoo.synthesis_specs(self.recipe), "not loaded: the input had no kept images")
+
+    def fields(self) -> dict:
+        return {"source": self.source}
 
 
-def shard_count(n_images: int, per_shard: int) -> int:
-    return max(1, math.ceil(n_images / per_shard))
-
-
-def build(p: beam.Pipeline, recipe: SynthesizeRecipe, paths: list[str], keys: Optional[list[str]], n_inputs: int,
-          beam_options: dict, source: dict):
-    """Add the synthesize pipeline to ``p``; returns the PCollection holding the manifest path."""
+def build(p: beam.Pipeline, recipe: SynthesizeRecipe, plan: Plan, beam_options: dict):
+    """Add the synthesize pipeline to ``p`` (``plan.inputs``: :class:`KeptImages`); returns the PCollection holding
+    the manifest path."""
     m = recipe.models
-    n_shards = shard_count(n_inputs, recipe.output.images_per_shard)
-    wanted = frozenset(keys) if keys is not None else None
+    kept: KeptImages = plan.inputs
+    n_shards = p | "ShardCount" >> beam.Create([shard_count(plan.expected_rows, recipe.output.images_per_shard)])
+    wanted = frozenset(kept.keys) if kept.keys is not None else None
     rows = (
         p
-        | "KeptShards" >> beam.Create(paths, reshuffle=True)
+        | "KeptShards" >> beam.Create(kept.paths, reshuffle=True)
         | "ReadKeptRows" >> beam.FlatMap(read_kept_shard, wanted)
     )
     # what the pipeline read, recorded as counts.inputs: the driver checks it against its own count (n_inputs)
     n_read = rows | "CountInputs" >> beam.combiners.Count.Globally()
+    cpu_threads = perworker.cpu_threads_per_process(beam_options)
     results = (
         rows
         | "SpreadImages" >> beam.Reshuffle()
         | "BatchImages" >> beam.BatchElements(min_batch_size=m.batch_bounds[0], max_batch_size=m.batch_bounds[1])
-        | "Synthesize" >> with_model_hints(beam.ParDo(SynthesizeDoFn(recipe, perworker.cpu_threads_per_process(beam_options))), recipe).with_outputs(
+        | "Synthesize" >> with_model_hints(beam.ParDo(SynthesizeDoFn(recipe, cpu_threads)), recipe).with_outputs(
             MODELS_TAG, main="results")
     )
-    keyed = results.results | "ByShard" >> beam.Map(lambda r: (shard_of(r["image"]["source_key"], n_shards), r))
-    slots = p | "ShardSlots" >> beam.Create([(i, None) for i in range(n_shards)])
+    keyed = {"rows": results.results | "ByShard" >> by_shard(lambda r: r["image"]["source_key"], n_shards)}
     written = (
-        (keyed, slots)
-        | "WithSlots" >> beam.Flatten()
-        | "GroupByShard" >> beam.GroupByKey()
-        | "WriteShards" >> beam.ParDo(WriteSynShardsDoFn(recipe), n_shards)
+        common.group_by_shard(keyed, n_shards)
+        | "WriteShards" >> beam.ParDo(WriteSynShardsDoFn(recipe), beam.pvalue.AsSingleton(n_shards))
     )
-    records = (
-        results[MODELS_TAG]
-        | "DistinctModelRecords" >> beam.Distinct()
-        | "ModelRecords" >> beam.combiners.ToList()
-    )
-    return (
-        written
-        | "CollectShards" >> beam.combiners.ToList()
-        | "WriteManifest" >> beam.ParDo(WriteSynManifestDoFn(recipe, beam_options, source),
-                                        beam.pvalue.AsSingleton(n_read), beam.pvalue.AsSingleton(records))
-    )
+    return common.write_manifest(written, WriteSynManifestDoFn(recipe, beam_options, kept.source), n_read,
+                                 collect_model_records(results[MODELS_TAG]))
+
+
+PIPELINE = common.Pipeline("synthesize", prepare, build, format_synthesis_funnel)

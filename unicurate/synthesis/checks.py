@@ -2,7 +2,8 @@
 
 All three are batched over the triplets of a batch and record their values on
 every triplet (so a threshold can be changed later); a failing triplet gets one
-reason per failed check.
+reason per failed check. Which checks apply to a triplet is declared by its
+edit type (``EditTypeSpec.redetect`` and ``.local``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from unicurate.schema import SynReason
-from unicurate.synthesis.edits import LOCAL_EDITS, EditResult
+from unicurate.synthesis.edit_types import REGISTRY
+from unicurate.synthesis.edits import EditResult
 from unicurate.synthesis.grounding import box_iou, prompt_for
 
 
@@ -28,9 +30,9 @@ def change_outside(source: np.ndarray, target: np.ndarray, region: np.ndarray, t
 
 def redetect_scores(detector, edits: Sequence[EditResult], phrases: Sequence[str],
                     box_threshold: float, iou: float) -> list[Optional[float]]:
-    """For remove/add triplets: best score of a detection of the phrase overlapping the object's box
-    in the target (0.0 when none); None for other edit types."""
-    idx = [i for i, e in enumerate(edits) if e.edit_type in ("remove", "add") and e.check_box is not None]
+    """For triplets whose type re-detects (remove, add): best score of a detection of the phrase overlapping
+    the object's box in the target (0.0 when none); None for other edit types."""
+    idx = [i for i, e in enumerate(edits) if REGISTRY[e.edit_type].redetect and e.check_box is not None]
     out: list[Optional[float]] = [None] * len(edits)
     if not idx or detector is None:
         return out
@@ -65,18 +67,19 @@ def clip_similarities(clip, edits: Sequence[EditResult]) -> list[Optional[float]
 def reasons_for(edit: EditResult, cfg, box_threshold: float, *, redetect: Optional[float],
                 clip_sim: Optional[float], outside: Optional[float]) -> list[str]:
     """The failed checks of one triplet under ``cfg`` (a ChecksConfig)."""
+    spec = REGISTRY[edit.edit_type]
     r: list[str] = []
     if cfg.redetect and redetect is not None:
-        if edit.edit_type == "remove" and redetect >= box_threshold:
+        if spec.redetect == "gone" and redetect >= box_threshold:
             r.append(SynReason.STILL_DETECTED.value)
-        if edit.edit_type == "add" and redetect < box_threshold:
+        if spec.redetect == "present" and redetect < box_threshold:
             r.append(SynReason.NOT_DETECTED.value)
     if clip_sim is not None:
         if cfg.min_clip_similarity is not None and clip_sim < cfg.min_clip_similarity:
             r.append(SynReason.CLIP_TOO_DIFFERENT.value)
         if cfg.max_clip_similarity is not None and clip_sim > cfg.max_clip_similarity:
             r.append(SynReason.CLIP_TOO_SIMILAR.value)
-    if outside is not None and edit.edit_type in LOCAL_EDITS and outside > cfg.max_change_outside:
+    if outside is not None and spec.local and outside > cfg.max_change_outside:
         r.append(SynReason.CHANGE_OUTSIDE_MASK.value)
     return r
 

@@ -15,9 +15,13 @@
   steps as ``SamPredictor.predict_torch``, batched across images).
 
 The ``tiny`` profile builds the same classes with small shapes and seeded
-random weights: a 2-layer BERT with a small word-piece vocabulary written to
-the model cache, a 1-layer GroundingDINO transformer on the SwinT backbone,
-and a 2-layer 256 px SAM ViT. Their outputs are uncalibrated.
+random weights (:mod:`unicurate.models.tiny`): a 2-layer BERT with a small
+word-piece vocabulary written to the model cache, a 1-layer GroundingDINO
+transformer on the SwinT backbone, and a 2-layer 256 px SAM ViT. Their outputs
+are uncalibrated.
+
+Both are the :mod:`~unicurate.models.handlers` handlers of their zoo models
+(``grounding_dino``, with ``text_encoder`` as its part; ``sam``).
 """
 
 from __future__ import annotations
@@ -26,19 +30,18 @@ import argparse
 import contextlib
 import io
 import logging
-import os
-import shutil
-import tempfile
-import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from unicurate.models.loaders import Loaded, _count, load_weights, state_dict_sha256
-from unicurate.models.resolver import ModelUnavailable, default_cache_dir, file_sha256
+from unicurate.models import tiny
+from unicurate.models.handlers import Loaded, model_record, register_handler
+from unicurate.models.loaders import load_weights
+from unicurate.models.resolver import ModelUnavailable, file_sha256
+from unicurate.models.runtime import Runtime
 from unicurate.models.zoo import ModelSpec
 
 log = logging.getLogger("unicurate")
@@ -91,59 +94,7 @@ def _autocast(device: str, precision: str):
     return contextlib.nullcontext()
 
 
-# ------------------------------------------------------------------ tiny text encoder
-TINY_WORDS = (
-    "a an the of on in with and at to from by for is are this that there his her its their some two three "
-    "red orange yellow green blue purple pink black white gray grey brown dark light bright small large big "
-    "circle square triangle rectangle oval star shape shapes photo picture image drawing sign text background "
-    "gradient sky tree dog cat person man woman car house flower bird cup table chair ball book bottle "
-    "left right top bottom middle center near next behind front over under sideways taken transparent cut out"
-).split()
-
-
-def tiny_bert_dir(spec: ModelSpec, cache_dir: Optional[str] = None) -> Path:
-    """Write (once) a seeded random 2-layer BERT + word-piece vocab in the model cache; return its folder."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    opts = spec.options
-    tag = f"bert-L{opts.get('layers', 2)}-H{opts.get('hidden', 64)}-s{opts.get('seed', 0)}-v1"
-    root = Path(cache_dir or default_cache_dir()) / "tiny" / tag
-    if (root / ".complete").is_file():
-        return root
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "?", ",", "!", ":", "'", "-"]
-    vocab += list("0123456789abcdefghijklmnopqrstuvwxyz")
-    vocab += [f"##{c}" for c in "0123456789abcdefghijklmnopqrstuvwxyz"]
-    vocab += [w for w in dict.fromkeys(TINY_WORDS) if w not in vocab]
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{uuid.uuid4().hex[:8]}-", dir=_ensure(root.parent)))
-    try:
-        (tmp / "vocab.txt").write_text("\n".join(vocab) + "\n")
-        tok = BertTokenizer(str(tmp / "vocab.txt"), do_lower_case=True)
-        cfg = BertConfig(vocab_size=len(vocab), hidden_size=int(opts.get("hidden", 64)),
-                         num_hidden_layers=int(opts.get("layers", 2)),
-                         num_attention_heads=max(2, int(opts.get("hidden", 64)) // 64),
-                         intermediate_size=4 * int(opts.get("hidden", 64)), max_position_embeddings=512)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(opts.get("seed", 0)))
-            model = BertModel(cfg)
-        model.save_pretrained(str(tmp))
-        tok.save_pretrained(str(tmp))
-        (tmp / ".complete").write_text("tiny random BERT for unicurate's tiny profile (uncalibrated)\n")
-        try:
-            os.replace(tmp, root)
-        except OSError:  # another process won the race: use its copy
-            shutil.rmtree(tmp, ignore_errors=True)
-    finally:
-        if tmp.exists() and tmp != root:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return root
-
-
-def _ensure(p: Path) -> Path:
-    p.mkdir(parents=True, exist_ok=True)
-    return p
-
-
+# ------------------------------------------------------------------ text encoder (a BERT folder)
 def text_encoder_weights(path: Path) -> Optional[Path]:
     """The weights file of a BERT folder, as transformers picks it: model.safetensors, else pytorch_model.bin."""
     return next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()), None)
@@ -154,34 +105,37 @@ def text_encoder_files_ok(path: Path) -> bool:
 
 
 # ------------------------------------------------------------------ GroundingDINO
-TINY_GDINO = dict(
-    backbone="swin_T_224_1k", enc_layers=1, dec_layers=1, dim_feedforward=512, hidden_dim=256, nheads=8,
-    num_queries=100, use_checkpoint=False, use_transformer_ckpt=False, fusion_droppath=0.0,
-)
-
-
+@register_handler("grounding_dino", parts=("text_encoder",))
 class GroundingDinoDetector(Loaded):
-    """Batched GroundingDINO (groundingdino-py) with the caption as prompt."""
+    """Batched GroundingDINO (groundingdino-py) with the caption as prompt.
 
-    def __init__(self, spec: ModelSpec, weights: Optional[Path], text_dir: Path, device: str, precision: str,
-                 *, image_size: Optional[int] = None, box_threshold: float = 0.35, text_threshold: float = 0.25,
+    ``parts["text_encoder"]`` is the BERT folder it builds its text encoder from (a tiny:// one is written to
+    ``cache_dir``, models.cache_dir, on first use); it is recorded in the manifest beside the detector.
+    """
+
+    def __init__(self, spec: ModelSpec, weights: Optional[Path], runtime: Runtime, *,
+                 parts: Mapping[str, tuple[ModelSpec, Optional[Path]]], cache_dir: Optional[str] = None,
+                 image_size: Optional[int] = None, box_threshold: float = 0.35, text_threshold: float = 0.25,
                  nms_iou: float = 0.7, max_objects: int = 4):
-        import torch
         with _quiet_stdout():
             from groundingdino.models import build_model
             from groundingdino.util.misc import clean_state_dict
             from groundingdino.util.slconfig import SLConfig
 
-        self.spec, self.device, self.precision = spec, device, precision
+        text_spec, text_dir = parts["text_encoder"]
+        if text_dir is None:  # tiny://: built in code, on disk because transformers reads a folder
+            text_dir = tiny.bert_dir(text_spec, cache_dir)
+        device = runtime.device
+        self.spec, self.device, self.precision = spec, device, runtime.precision
         self.box_threshold, self.text_threshold = box_threshold, text_threshold
         self.nms_iou, self.max_objects = nms_iou, max_objects
         self.image_size = int(image_size or spec.options.get("image_size", 800))
         cfg_path = Path(__import__("groundingdino").__file__).parent / "config" / spec.options.get(
             "config", "GroundingDINO_SwinT_OGC.py")
         args = SLConfig.fromfile(str(cfg_path))
-        tiny = spec.uri.startswith("tiny://")
-        if tiny and not spec.options.get("full_size"):  # full_size: the real architecture, random (benchmarks)
-            for k, v in TINY_GDINO.items():
+        is_tiny = spec.uri.startswith("tiny://")
+        if is_tiny and not spec.options.get("full_size"):  # full_size: the real architecture, random (benchmarks)
+            for k, v in tiny.GROUNDING_DINO_ARGS.items():
                 setattr(args, k, v)
         args.text_encoder_type = str(text_dir)
         args.device = device
@@ -194,7 +148,7 @@ class GroundingDinoDetector(Loaded):
             # the same safe loader first, so a bad or pickled-code file is one clear error naming the model
             load_weights(text_weights, f"model 'text_encoder': cannot load {text_weights} as BERT weights")
         ckpt = None
-        if not tiny:  # read (safely) before the costly build: a wrong file fails fast
+        if not is_tiny:  # read (safely) before the costly build: a wrong file fails fast
             # the official checkpoint is {"model": state dict, ...}; its training args are an argparse.Namespace,
             # a plain attribute container, the only non-tensor class allowed
             ckpt = load_weights(weights, f"model 'grounding_dino': cannot load {weights} as GroundingDINO "
@@ -202,11 +156,10 @@ class GroundingDinoDetector(Loaded):
         import transformers
 
         transformers.logging.set_verbosity_error()
-        with _quiet_stdout(), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(spec.options.get("seed", 0)))
+        with _quiet_stdout(), tiny.seeded(int(spec.options.get("seed", 0))):
             model = build_model(args)
-        if tiny:
-            self.sha256 = state_dict_sha256(model)
+        if is_tiny:
+            self.sha256 = tiny.state_dict_sha256(model)
         else:
             try:
                 state = ckpt["model"] if isinstance(ckpt, dict) and "model" in ckpt else ckpt
@@ -226,7 +179,12 @@ class GroundingDinoDetector(Loaded):
 
         self.transform = T.Compose([T.RandomResize([self.image_size], max_size=int(self.image_size * 1333 / 800)),
                                     T.ToTensor(), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
-        _count(spec.name)
+        self.text_record = model_record(text_spec, file_sha256(text_weights, remember=False), device,
+                                        runtime.precision)
+        runtime.loaded(spec.name)
+
+    def records(self) -> list[dict]:
+        return [self.record(), self.text_record]
 
     def _truncate(self, prompt: str, max_tokens: int = 250) -> str:
         toks = self.tokenizer.tokenize(prompt)
@@ -291,52 +249,22 @@ def _quiet_stdout():
 
 
 # ------------------------------------------------------------------ SAM
-TINY_SAM = dict(embed_dim=64, depth=2, heads=2, global_attn=[1], img_size=256, prompt_dim=64, window=8)
-
-
-def build_tiny_sam(seed: int):
-    import torch
-    from functools import partial
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-
-    t = TINY_SAM
-    emb = t["img_size"] // 16
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        sam = Sam(
-            image_encoder=ImageEncoderViT(
-                depth=t["depth"], embed_dim=t["embed_dim"], img_size=t["img_size"], mlp_ratio=4,
-                norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=t["heads"], patch_size=16,
-                qkv_bias=True, use_rel_pos=True, global_attn_indexes=t["global_attn"], window_size=t["window"],
-                out_chans=t["prompt_dim"]),
-            prompt_encoder=PromptEncoder(embed_dim=t["prompt_dim"], image_embedding_size=(emb, emb),
-                                         input_image_size=(t["img_size"], t["img_size"]), mask_in_chans=16),
-            mask_decoder=MaskDecoder(num_multimask_outputs=3,
-                                     transformer=TwoWayTransformer(depth=2, embedding_dim=t["prompt_dim"],
-                                                                   mlp_dim=256, num_heads=2),
-                                     transformer_dim=t["prompt_dim"], iou_head_depth=3, iou_head_hidden_dim=64),
-            pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375],
-        )
-    return sam
-
-
+@register_handler("sam")
 class SamSegmenter(Loaded):
     """Batched SAM: one encoder pass per batch, all boxes of an image in one decoder call."""
 
-    def __init__(self, spec: ModelSpec, weights: Optional[Path], device: str, precision: str):
-        import torch
+    def __init__(self, spec: ModelSpec, weights: Optional[Path], runtime: Runtime):
         from segment_anything import sam_model_registry
         from segment_anything.utils.transforms import ResizeLongestSide
 
-        self.spec, self.device, self.precision = spec, device, precision
+        self.spec, self.device, self.precision = spec, runtime.device, runtime.precision
         if spec.uri.startswith("tiny://") and spec.options.get("full_size"):  # real architecture, random
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(spec.options.get("seed", 0)))
+            with tiny.seeded(int(spec.options.get("seed", 0))):
                 sam = sam_model_registry[spec.arch](checkpoint=None)
             self.sha256 = None
         elif spec.uri.startswith("tiny://"):
-            sam = build_tiny_sam(int(spec.options.get("seed", 0)))
-            self.sha256 = state_dict_sha256(sam)
+            sam = tiny.sam(int(spec.options.get("seed", 0)))
+            self.sha256 = tiny.state_dict_sha256(sam)
         else:
             arch = spec.arch or "vit_h"
             if arch not in sam_model_registry:
@@ -351,9 +279,9 @@ class SamSegmenter(Loaded):
             except Exception as exc:  # noqa: BLE001
                 raise ModelUnavailable(f"model 'sam': cannot load {weights} as SAM {arch}: {exc}") from None
             self.sha256 = file_sha256(weights, remember=False)
-        self.model = sam.eval().to(device)
+        self.model = sam.eval().to(runtime.device)
         self.transform = ResizeLongestSide(sam.image_encoder.img_size)
-        _count(spec.name)
+        runtime.loaded(spec.name)
 
     def segment(self, images: Sequence[np.ndarray], boxes: Sequence[Sequence[np.ndarray]]) -> list[list[Segment]]:
         """Per image (RGB uint8), the best-of-3 mask for each of its boxes (xyxy pixels)."""

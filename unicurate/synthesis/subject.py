@@ -12,6 +12,14 @@ import numpy as np
 
 from unicurate.synthesis import templates as tp
 
+TEMPLATES: tuple[str, ...] = (
+    "Generate an image of this {phrase}: {caption}",
+    "Place the {phrase} from the reference into a scene: {caption}",
+    "Using the {phrase} shown in the reference image, create: {caption}",
+    "Show this exact {phrase} in the following picture: {caption}",
+    "Keep the {phrase} identical to the reference and render: {caption}",
+)
+
 
 def reference_image(image: np.ndarray, mask: np.ndarray, box, margin: float = 0.1,
                     background=(127, 127, 127)) -> np.ndarray:
@@ -63,4 +71,4 @@ def augment(ref: np.ndarray, rng: np.random.Generator, cfg, background=(127, 127
 
 def instruction(phrase: str, caption: str, seed_text: str) -> tuple[str, str]:
     """(template_id, instruction) naming the phrase and carrying the caption."""
-    return tp.render("subject", seed_text, phrase=tp.clean_phrase(phrase), caption=(caption or "").strip())
+    return tp.render("subject", TEMPLATES, seed_text, phrase=tp.clean_phrase(phrase), caption=(caption or "").strip())

@@ -26,11 +26,10 @@ from unicurate.synthesis import edits as ed
 from unicurate.synthesis import quality
 from unicurate.synthesis import subject as sj
 from unicurate.synthesis import templates as tp
+from unicurate.synthesis.edit_types import REGISTRY, EditContext, NoPartner
 from unicurate.synthesis.grounding import GroundedObject, prompt_for
 
 log = logging.getLogger("unicurate")
-
-_DIRECTIONS = [(-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (1, -1), (-1, 1), (1, 1)]
 
 
 @dataclass
@@ -84,52 +83,39 @@ def _seed(text: str, seed: int) -> int:
 
 
 # ------------------------------------------------------------------ models
-def load_models(recipe) -> dict[str, Any]:
-    """Load every model a synthesize recipe needs (once per worker): grounder, clip, inpainter, records."""
-    from unicurate.models import zoo
-    from unicurate.models.loaders import ClipModel, model_record, select_device, set_compile
-    from unicurate.models.resolver import file_sha256
-    from unicurate.synthesis.grounding import (GroundingDinoDetector, Grounder, SamSegmenter, text_encoder_weights,
-                                               tiny_bert_dir)
+def load_models(recipe, runtime=None) -> dict[str, Any]:
+    """Load every model a synthesize recipe needs (once per worker) with their handlers: grounder, clip,
+    inpainter (big-lama, or OpenCV's Telea), and their manifest records. ``runtime``: a
+    :class:`~unicurate.models.runtime.Runtime` (default: the one the recipe's ``models`` section asks for)."""
+    from unicurate.models import handlers, zoo
+    from unicurate.models.runtime import Runtime
+    from unicurate.synthesis.grounding import Grounder
 
-    m = recipe.models
-    specs = {s.name: s for s in zoo.synthesis_specs(recipe)}
-    device, precision = select_device(m.device, m.precision)
-    set_compile(m.compile)  # models.compile, as the curate scorer applies it (CLIP's image tower on CUDA)
-    te = specs["text_encoder"]
-    text_dir = tiny_bert_dir(te, m.cache_dir) if te.uri.startswith("tiny://") else zoo.locate(te, m)
-    g = recipe.grounding
-    gd = specs["grounding_dino"]
-    det = GroundingDinoDetector(gd, zoo.locate(gd, m), text_dir, device, precision, image_size=g.image_size,
-                                box_threshold=g.box_threshold, text_threshold=g.text_threshold,
-                                nms_iou=g.nms_iou, max_objects=g.max_objects)
-    text_rec = model_record(te, file_sha256(text_encoder_weights(text_dir), remember=False), device, precision)
-    seg = SamSegmenter(specs["sam"], zoo.locate(specs["sam"], m), device, precision)
-    records = [det.record(), text_rec, seg.record()]
-    clip = None
-    if "clip" in specs:
-        clip = ClipModel(specs["clip"], zoo.locate(specs["clip"], m), device, precision)
-        records.append(clip.record())
-    if "lama" in specs:
-        lama_path = zoo.locate(specs["lama"], m)
-        inpainter = ed.LamaInpainter(lama_path, device)
-        records.append(model_record(specs["lama"], file_sha256(lama_path, remember=False), device, "fp32"))
-    else:
-        inpainter = ed.TeleaInpainter(recipe.edits.inpaint_radius)
-        records.append({"name": "inpainter", "title": "OpenCV Telea inpainting (no weights)", "library": "opencv",
-                        "uri": None, "arch": "telea", "sha256": None, "calibrated": True, "device": "cpu",
-                        "precision": "uint8"})
-    return {"grounder": Grounder(det, seg), "clip": clip, "inpainter": inpainter, "records": records}
+    m, g = recipe.models, recipe.grounding
+    located = zoo.locate_all(zoo.synthesis_specs(recipe), m)
+    options = {"grounding_dino": {"cache_dir": m.cache_dir, "image_size": g.image_size,
+                                  "box_threshold": g.box_threshold, "text_threshold": g.text_threshold,
+                                  "nms_iou": g.nms_iou, "max_objects": g.max_objects}}
+    models = handlers.load_models(located, runtime or Runtime.for_models(m), options)
+    inpainter = models.pop("lama", None) or ed.TeleaInpainter(recipe.edits.inpaint_radius)
+    return {"grounder": Grounder(models["grounding_dino"], models["sam"]), "clip": models.get("clip"),
+            "inpainter": inpainter, "records": handlers.model_records({**models, "inpainter": inpainter})}
 
 
 # ------------------------------------------------------------------ the synthesizer
 class Synthesizer:
-    """Batched synthesis for one recipe. Models can be injected (tests use a stub detector)."""
+    """Batched synthesis for one recipe. Models can be injected (tests use a stub detector); otherwise they load
+    with ``runtime`` (default: the one the recipe's ``models`` section asks for), kept as :attr:`runtime`."""
 
-    def __init__(self, recipe, grounder=None, clip=None, inpainter=None, records: Optional[list] = None):
+    def __init__(self, recipe, grounder=None, clip=None, inpainter=None, records: Optional[list] = None,
+                 runtime=None):
         self.recipe = recipe
+        self.runtime = runtime
         if grounder is None:
-            loaded = load_models(recipe)
+            from unicurate.models.runtime import Runtime
+
+            self.runtime = runtime or Runtime.for_models(recipe.models)
+            loaded = load_models(recipe, self.runtime)
             grounder, clip, inpainter, records = (loaded["grounder"], loaded["clip"], loaded["inpainter"],
                                                   loaded["records"])
         self.grounder = grounder
@@ -307,103 +293,21 @@ class Synthesizer:
         return [types[(start + j) % len(types)] for j in range(n)]
 
     def _edits_for(self, i: int, obj: GroundedObject, rows, images, accepted, res: ImageResult):
+        """The triplets of one accepted object: each of its edit types (``types_for``) made by the type's
+        module; a type that fails or finds no partner becomes a rejected row instead."""
         r = self.recipe
-        E = r.edits
-        row, img = rows[i], images[i]
-        key = row["key"]
-        phrase = tp.clean_phrase(obj.phrase)
-        seed_text = f"{r.seed}:{key}:{obj.index}"
-        kw = {"dilation": E.dilation, "min_dilation_px": E.min_dilation_px}
-        removed: Optional[ed.EditResult] = None
+        key = rows[i]["key"]
+        ctx = EditContext(index=i, obj=obj, phrase=tp.clean_phrase(obj.phrase), seed_text=f"{r.seed}:{key}:{obj.index}",
+                          config=r.edits, inpainter=self.inpainter, rows=rows, images=images, accepted=accepted)
         out = []
         for etype in self.types_for(key, obj.index):
             try:
-                if etype in ("remove", "add"):
-                    if removed is None:
-                        removed = ed.remove(img, obj.mask, obj.box, phrase, self.inpainter, seed_text=seed_text, **kw)
-                    out.append(removed if etype == "remove" else ed.add(removed, obj.box, phrase, seed_text))
-                elif etype == "recolor":
-                    out.append(ed.recolor(img, obj.mask, self._color_for(img, obj.mask, seed_text), phrase, seed_text))
-                elif etype == "move":
-                    dx, dy = self._shift_for(img, obj.box, seed_text)
-                    out.append(ed.move(img, obj.mask, obj.box, dx, dy, phrase, self.inpainter, seed_text=seed_text,
-                                       **kw))
-                elif etype == "resize":
-                    out.append(ed.resize(img, obj.mask, obj.box, self._scale_for(img, obj.box, seed_text), phrase,
-                                         self.inpainter, seed_text=seed_text, **kw))
-                elif etype == "background":
-                    others = [j for j in images if j != i]
-                    if not others:
-                        res.rejected.append(self._rejected_edit(row, obj, None, [SynReason.NO_PARTNER.value],
-                                                                edit_type=etype))
-                        continue
-                    j = sorted(others, key=lambda j: rows[j]["key"])[tp.choose(seed_text, len(others), "bg")]
-                    out.append(ed.background(img, obj.mask, images[j], phrase, rows[j]["key"], seed_text))
-                elif etype == "replace":
-                    partner = self._replace_partner(i, obj, rows, images, accepted, seed_text)
-                    if partner is None:
-                        res.rejected.append(self._rejected_edit(row, obj, None, [SynReason.NO_PARTNER.value],
-                                                                edit_type=etype))
-                        continue
-                    j, other = partner
-                    out.append(ed.replace(img, obj.mask, obj.box, phrase, images[j], other.mask,
-                                          tp.clean_phrase(other.phrase), rows[j]["key"], self.inpainter,
-                                          seed_text=seed_text, **kw))
+                out.append(REGISTRY[etype].make(ctx))
+            except NoPartner:
+                res.rejected.append(self._rejected_edit(rows[i], obj, None, [SynReason.NO_PARTNER.value],
+                                                        edit_type=etype))
             except Exception as exc:  # noqa: BLE001 - one failing edit is a recorded rejection, not a crash
                 log.debug("edit %s of %s failed", etype, key, exc_info=True)
-                res.rejected.append(self._rejected_edit(row, obj, None, [SynReason.EDIT_ERROR.value],
+                res.rejected.append(self._rejected_edit(rows[i], obj, None, [SynReason.EDIT_ERROR.value],
                                                         error=f"{type(exc).__name__}: {exc}", edit_type=etype))
         return out
-
-    def _color_for(self, img, mask, seed_text: str) -> str:
-        """A colour from edits.colors whose hue is far from the object's current median hue."""
-        import cv2
-
-        colors = list(self.recipe.edits.colors)
-        hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
-        cur = float(np.median(hsv[..., 0][mask])) if mask.any() else 0.0
-        far = [c for c in colors if min(abs(tp.COLOR_HUES[c] - cur), 180 - abs(tp.COLOR_HUES[c] - cur)) >= 20]
-        pool = far or colors
-        return pool[tp.choose(seed_text, len(pool), "color")]
-
-    def _shift_for(self, img, box, seed_text: str) -> tuple[int, int]:
-        """A shift of edits.move_fraction of the image that keeps most of the object in frame."""
-        h, w = img.shape[:2]
-        f = self.recipe.edits.move_fraction
-        x0, y0, x1, y1 = (float(v) for v in box)
-
-        def inside(d):
-            dx, dy = d[0] * f * w, d[1] * f * h
-            iw = max(0.0, min(x1 + dx, w) - max(x0 + dx, 0))
-            ih = max(0.0, min(y1 + dy, h) - max(y0 + dy, 0))
-            return iw * ih / max(1e-6, (x1 - x0) * (y1 - y0))
-
-        start = tp.choose(seed_text, len(_DIRECTIONS), "move")
-        order = _DIRECTIONS[start:] + _DIRECTIONS[:start]
-        best = max(order, key=inside)  # first of the best in the seeded order
-        return int(round(best[0] * f * w)), int(round(best[1] * f * h))
-
-    def _scale_for(self, img, box, seed_text: str) -> float:
-        scales = list(self.recipe.edits.resize_scales)
-        h, w = img.shape[:2]
-        x0, y0, x1, y1 = (float(v) for v in box)
-        fits = [s for s in scales if (x1 - x0) * s <= w and (y1 - y0) * s <= h]
-        pool = fits or [min(scales)]
-        return pool[tp.choose(seed_text, len(pool), "scale")]
-
-    def _replace_partner(self, i, obj, rows, images, accepted, seed_text):
-        """An accepted object of another image with the most similar box area."""
-        area = max(1.0, float((obj.box[2] - obj.box[0]) * (obj.box[3] - obj.box[1])))
-        cands = []
-        for j, objs in accepted.items():
-            if j == i:
-                continue
-            for other, _ in objs:
-                a = max(1.0, float((other.box[2] - other.box[0]) * (other.box[3] - other.box[1])))
-                ratio = abs(np.log(a / area))
-                cands.append((ratio, tp.choose(f"{seed_text}:{rows[j]['key']}:{other.index}", 1 << 30, "rep"),
-                              j, other))
-        if not cands:
-            return None
-        _, _, j, other = min(cands, key=lambda c: (c[0], c[1]))
-        return j, other

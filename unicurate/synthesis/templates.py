@@ -1,72 +1,20 @@
-"""Instruction templates: several phrasings per edit type and for subject samples.
+"""Instruction templates: how one is chosen and filled, and the phrases several kinds share.
 
-A template is picked deterministically from a seed (the sample key and the
-recipe seed), and its id (``"remove/2"``) is recorded on the row, so a trainer
-can balance or hold out phrasings.
+The templates themselves live with what they describe: each edit type's in
+its module (``synthesis/edit_types/<type>.py``), the subject samples' in
+``synthesis/subject.py``. A template is picked deterministically from a seed
+(the sample key and the recipe seed), and its id (``"remove/2"``) is recorded
+on the row, so a trainer can balance or hold out phrasings.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Optional
+from typing import Optional, Sequence
 
 # named hues for recolor (OpenCV hue scale 0-179) and the RGB we show them as
 COLOR_HUES: dict[str, int] = {
     "red": 0, "orange": 12, "yellow": 28, "green": 60, "cyan": 88, "blue": 115, "purple": 140, "pink": 165,
-}
-
-TEMPLATES: dict[str, list[str]] = {
-    "subject": [
-        "Generate an image of this {phrase}: {caption}",
-        "Place the {phrase} from the reference into a scene: {caption}",
-        "Using the {phrase} shown in the reference image, create: {caption}",
-        "Show this exact {phrase} in the following picture: {caption}",
-        "Keep the {phrase} identical to the reference and render: {caption}",
-    ],
-    "remove": [
-        "Remove the {phrase}.",
-        "Delete the {phrase} from the image.",
-        "Take the {phrase} out of the picture.",
-        "Erase the {phrase}.",
-        "Get rid of the {phrase}.",
-    ],
-    "add": [
-        "Add a {phrase} {where}.",
-        "Put a {phrase} {where}.",
-        "Insert a {phrase} {where}.",
-        "Place a {phrase} {where} of the image.",
-    ],
-    "recolor": [
-        "Make the {phrase} {color}.",
-        "Change the colour of the {phrase} to {color}.",
-        "Turn the {phrase} {color}.",
-        "Recolor the {phrase} {color}.",
-        "Paint the {phrase} {color}.",
-    ],
-    "move": [
-        "Move the {phrase} {direction}.",
-        "Shift the {phrase} {direction}.",
-        "Slide the {phrase} a little {direction}.",
-        "Reposition the {phrase} {direction}.",
-    ],
-    "resize": [
-        "Make the {phrase} {bigger_smaller}.",
-        "Resize the {phrase} to be {bigger_smaller}.",
-        "Scale the {phrase} so it is {bigger_smaller}.",
-        "The {phrase} should be {bigger_smaller}.",
-    ],
-    "background": [
-        "Change the background behind the {phrase}.",
-        "Put the {phrase} in front of a different background.",
-        "Replace the background, keep the {phrase}.",
-        "Swap the scenery around the {phrase}.",
-    ],
-    "replace": [
-        "Replace the {phrase} with a {other}.",
-        "Swap the {phrase} for a {other}.",
-        "Turn the {phrase} into a {other}.",
-        "Put a {other} where the {phrase} is.",
-    ],
 }
 
 
@@ -76,9 +24,8 @@ def choose(seed_text: str, n: int, salt: str = "") -> int:
     return int.from_bytes(digest[:8], "big") % max(1, n)
 
 
-def render(kind: str, seed_text: str, **slots) -> tuple[str, str]:
-    """(template_id, instruction) for ``kind`` with its slots filled."""
-    bank = TEMPLATES[kind]
+def render(kind: str, bank: Sequence[str], seed_text: str, **slots) -> tuple[str, str]:
+    """(template_id, instruction): a template of ``kind``'s ``bank`` chosen by ``seed_text``, slots filled."""
     i = choose(seed_text, len(bank), salt=kind)
     return f"{kind}/{i}", bank[i].format(**slots)
 
