@@ -152,13 +152,19 @@ class _FiltersBase(_Section):
 
     min_width: int = Field(0, ge=0, description="minimum original width, px")
     min_height: int = Field(0, ge=0, description="minimum original height, px")
-    max_aspect_ratio: float = Field(math.inf, ge=1.0, description="max of w/h and h/w")
+    max_aspect_ratio: float = Field(math.inf, ge=1.0, description="max of w/h and h/w; null: no limit")
     caption_min_words: int = Field(0, ge=0)
     caption_max_words: int | None = Field(None, ge=1)
     caption_reject_invalid: bool = Field(
         True, description="reject captions with undecodable bytes (U+FFFD) or control characters (invalid_caption)"
     )
     dedup: DedupConfig = Field(default_factory=DedupConfig)
+
+    @field_validator("max_aspect_ratio", mode="before")
+    @classmethod
+    def _no_limit(cls, v):
+        """null means no limit: it is how JSON (the manifest's recorded recipe) writes the default, infinity."""
+        return math.inf if v is None else v
 
     @model_validator(mode="after")
     def _word_bounds(self):
@@ -228,7 +234,7 @@ GPU_TYPES = ("nvidia-l4", "nvidia-tesla-t4", "nvidia-tesla-a100", "nvidia-a100-8
 
 
 class GpuConfig(_Section):
-    """GPUs for the model stages on Dataflow (Runner v2). See README "Running on Dataflow"."""
+    """GPUs for the model stages on Dataflow (Runner v2). See docs/dataflow.md."""
 
     type: str = Field("nvidia-l4", description=f"Dataflow accelerator type, e.g. {', '.join(GPU_TYPES[:3])}")
     count: int = Field(1, ge=1, le=8, description="GPUs per worker VM")

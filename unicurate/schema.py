@@ -154,7 +154,7 @@ EDIT_TYPES = _EDIT_TYPE_NAMES  # one module per type in unicurate/synthesis/edit
 class SynReason(str, Enum):
     """Why a detected object, a subject sample, an edit triplet or a whole input image yields nothing.
 
-    Closed, like :class:`Reason`; the README section "Synthesis" documents each code.
+    Closed, like :class:`Reason`; docs/reasons.md lists each code.
     """
 
     # image level (the `images` table)
