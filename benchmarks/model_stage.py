@@ -92,10 +92,10 @@ def raw(weights: str, shard: str, images: int, batch: int, device: str) -> dict:
     import torch
     from PIL import Image
 
-    from unicurate.models.runtime import select_device
+    from unicurate.models.runtime import Runtime, select_device
 
     dev, precision = select_device(device)
-    dtype = torch.float16 if precision == "fp16" else torch.bfloat16 if precision == "bf16" else torch.float32
+    dtype = Runtime(dev, precision).dtype()
     # QuickGELU, as unicurate's CLIP loader builds it (the default profile's OpenAI weights use it)
     model, _, preprocess = open_clip.create_model_and_transforms(ARCH, pretrained=weights, force_quick_gelu=True)
     model = model.eval().to(device=dev, dtype=dtype)

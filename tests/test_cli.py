@@ -90,7 +90,7 @@ def test_demo_and_quickstart_multiprocessing(tmp_path):
     # every model filter ran and the funnel shows its reject count; tiny scores are flagged
     assert "WARNING: UNCALIBRATED scores" in res.stdout
     block = res.stdout.split("model filters (rows rejected by each")[1].split("kept ")[0]
-    for name in ("clip_score", "aesthetic", "nsfw", "watermark", "text_coverage"):
+    for name in ("clip_score", "aesthetic", "nsfw", "watermark", "text_coverage", "language"):
         assert f"  {name} " in block, name
     assert "once per worker process" in block
     assert unicurate("validate", str(tmp_path / "demo")).returncode == 0
@@ -171,3 +171,19 @@ def test_failed_pipeline_is_one_clear_message(web_input, tmp_path):
     assert res.returncode == 1
     assert "the pipeline failed" in res.stderr and "marked unfinished" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_a_bundled_recipe_is_found_by_name_where_no_such_file_exists(tmp_path, monkeypatch):
+    """An installed wheel has no configs/: `unicurate run quickstart.yaml` (or configs/laion-style.yaml) reads the
+    recipe bundled in the package; a file of that name in the working directory wins; other names are left to
+    load_recipe's "not found"."""
+    from unicurate.cli import default_recipe, recipe_path
+
+    monkeypatch.chdir(tmp_path)
+    said = []
+    assert recipe_path("quickstart.yaml", said.append) == str(default_recipe("quickstart.yaml"))
+    assert recipe_path("configs/laion-style.yaml") == str(default_recipe("laion-style.yaml"))
+    assert said and "bundled" in said[0]
+    (tmp_path / "quickstart.yaml").write_text("pipeline: curate\n")
+    assert recipe_path("quickstart.yaml") == "quickstart.yaml"
+    assert recipe_path("mine.yaml") == "mine.yaml"

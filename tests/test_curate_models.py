@@ -10,7 +10,7 @@ import pytest
 from unicurate.config import parse_recipe
 from unicurate.manifests.validate import validate
 from unicurate.run.execute import run_curate
-from unicurate.run.funnel import format_funnel
+from unicurate.manifests.funnel import format_funnel
 from unicurate.schema import REASON_STAGE, Reason, Stage
 
 from conftest import base_recipe

@@ -13,6 +13,7 @@ import pytest
 from unicurate.config import RecipeError, parse_recipe
 from unicurate.models import zoo
 from unicurate.models.resolver import ModelUnavailable
+from unicurate.pipelines.common import model_stage_hints
 from unicurate.run import options as rn
 from unicurate.run.execute import run_curate, run_synthesize
 
@@ -83,13 +84,13 @@ def test_dataflow_profile_flags():
     assert "--number_of_worker_harness_threads=4" in flags
     job = next(f for f in flags if f.startswith("--job_name="))
     assert re.fullmatch(r"--job_name=unicurate-laion-style-\d{8}-\d{6}", job)
-    assert rn.model_stage_hints(recipe.runner) == {}  # all_workers: no per-transform hints
+    assert model_stage_hints(recipe.runner) == {}  # all_workers: no per-transform hints
     # right fitting: only the model transforms ask for the GPU
     rf = recipe.runner.model_copy(update={"dataflow": recipe.runner.dataflow.model_copy(
         update={"gpu": recipe.runner.dataflow.gpu.model_copy(update={"placement": "model_stages",
                                                                      "min_ram": "24GB"})})})
     assert not any(f.startswith("--dataflow_service_options") for f in rn.beam_flags(rf, []))
-    assert rn.model_stage_hints(rf) == {"accelerator": L4, "min_ram": "24GB"}
+    assert model_stage_hints(rf) == {"accelerator": L4, "min_ram": "24GB"}
     # CPU-only Dataflow: several SDK processes per VM, Beam's default threads
     cpu = recipe.runner.model_copy(update={"dataflow": recipe.runner.dataflow.model_copy(update={"gpu": None})})
     cpu_flags = rn.beam_flags(cpu, [])

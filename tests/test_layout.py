@@ -161,6 +161,21 @@ def test_every_pipelines_module_is_a_beam_graph():
     assert not plain, f"not Beam graph modules (move them out of unicurate/pipelines): {plain}"
 
 
+def test_the_graphs_do_not_depend_on_the_runner():
+    """run/ drives pipelines/, never the other way round: a graph module imports nothing from unicurate.run,
+    even inside a function (so the two packages do not form a cycle either)."""
+    import ast
+
+    offenders = []
+    for module, path in MODULES.items():
+        if module.startswith("unicurate.pipelines."):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                offenders += [f"{module}: {n}" for n in names if n == "unicurate.run" or n.startswith("unicurate.run.")]
+    assert not offenders, offenders
+
+
 def test_every_recipe_kind_has_a_pipeline():
     from unicurate.config import RECIPES
     from unicurate.run.execute import PIPELINES

@@ -51,6 +51,19 @@ def default_recipe(name: str) -> Path:
     return Path(str(recipe))
 
 
+def recipe_path(given: str, say=lambda _m: None) -> str:
+    """The recipe file to read: ``given``, or, when no such file exists and ``given`` names a bundled recipe
+    (``quickstart.yaml``, ``configs/laion-style.yaml``), that one: an installed wheel has no ``configs/``."""
+    if Path(given).exists():
+        return given
+    try:
+        bundled = default_recipe(Path(given).name)
+    except FileNotFoundError:
+        return given  # load_recipe says it is not found
+    say(f"{given}: no such file here; using the recipe bundled with unicurate ({bundled})")
+    return str(bundled)
+
+
 def cmd_run(args, beam_args: list[str]) -> int:
     from unicurate.config import RecipeError, load_recipe
 
@@ -64,7 +77,7 @@ def cmd_run(args, beam_args: list[str]) -> int:
     if args.output:
         overrides["output.path"] = args.output
     try:
-        recipe = load_recipe(args.recipe, overrides)
+        recipe = load_recipe(recipe_path(args.recipe, say=print), overrides)
     except RecipeError as exc:
         _err(str(exc))
         return EXIT_USAGE
@@ -218,7 +231,7 @@ def _models_cfg(args):
     from unicurate.config import ModelsConfig, load_recipe
 
     if args.recipe:
-        recipe = load_recipe(args.recipe)
+        recipe = load_recipe(recipe_path(args.recipe))
         return recipe.models, recipe
     return ModelsConfig(profile=args.profile, cache_dir=args.cache_dir), None
 

@@ -386,8 +386,16 @@ class _Recipe(_Section):
         return data, execution
 
     def data_recipe(self) -> dict[str, Any]:
-        """The settings that decide the output rows (the inputs' identity aside: :meth:`input_files`)."""
-        return self._split()[0]
+        """The settings that decide the output rows (the inputs' identity aside: :meth:`input_files`). A filter
+        section the recipe leaves out is left out here too, so adding a filter to unicurate does not change the
+        hash of the recipes that do not use it."""
+        data = self._split()[0]
+        filters = data.get("filters")
+        if isinstance(filters, dict):
+            for spec in filter_registry.specs():
+                if spec.config is not None and filters.get(spec.name, "") is None:
+                    del filters[spec.name]
+        return data
 
     def execution_settings(self) -> dict[str, Any]:
         """The settings that decide only where and how the run goes (``EXECUTION_FIELDS``)."""
@@ -407,14 +415,19 @@ class _Recipe(_Section):
         from apache_beam.io.filesystems import FileSystems
 
         files: list[dict[str, Any]] = []
+        seen: set[str] = set()  # a file two patterns match is read once (ingest.expand_inputs), listed once
         for pattern in self._input_patterns():
             try:
                 metas = sorted((m for r in FileSystems.match([pattern]) for m in r.metadata_list),
                                key=lambda m: m.path)
             except Exception:  # noqa: BLE001 - BeamIOError, ValueError (no filesystem for the scheme) and friends
                 metas = []
-            files += [{"name": m.path.rsplit("/", 1)[-1], "bytes": m.size_in_bytes} for m in metas] or [
-                {"name": pattern.rstrip("/").rsplit("/", 1)[-1], "bytes": None}]
+            if not metas:
+                files.append({"name": pattern.rstrip("/").rsplit("/", 1)[-1], "bytes": None})
+            for m in metas:
+                if m.path not in seen:
+                    seen.add(m.path)
+                    files.append({"name": m.path.rsplit("/", 1)[-1], "bytes": m.size_in_bytes})
         return files
 
     def recipe_hash(self, inputs: list[dict[str, Any]] | None = None) -> str:

@@ -290,12 +290,11 @@ def render_recipes() -> str:
 
 def _registry_tables() -> list[str]:
     """The filters and edit types as their registries declare them (skipped when a registry is absent)."""
+    from unicurate.filters import registry
+    from unicurate.synthesis import edit_types
+
     out: list[str] = []
-    try:
-        from unicurate.filters import registry
-    except ImportError:
-        registry = None
-    if registry is not None:
+    if registry.specs():
         out += ["", "## Filters", "",
                 "Every curate filter, as declared in its module (`unicurate/filters/registry.py`). A model filter "
                 "runs when its section is in the recipe; `whatif --set` can change the bounds listed.", "",
@@ -311,11 +310,7 @@ def _registry_tables() -> list[str]:
             out.append(f"| `{spec.name}` | {spec.stage} | {where} | {', '.join(f'`{m}`' for m in models)} | "
                        f"{', '.join(f'`{c.name}`' for c in spec.columns)} | "
                        f"{', '.join(f'`{r.code}`' for r in spec.reasons)} | {bounds_} |")
-    try:
-        from unicurate.synthesis import edit_types
-    except ImportError:
-        edit_types = None
-    if edit_types is not None and getattr(edit_types, "REGISTRY", None):
+    if edit_types.REGISTRY:
         out += ["", "## Edit types", "",
                 "Every value of `edits.types`, as declared in its module (`unicurate/synthesis/edit_types/`), in "
                 "rotation order. A local edit may change only its dilated mask (`checks.max_change_outside`); "
@@ -361,26 +356,11 @@ def _enum_comments(cls: type[enum.Enum]) -> dict[str, tuple[str, str]]:
 
 
 def reason_doc(member: enum.Enum) -> str:
-    """What a reason code means: the schema's own doc when it has one, else its comment in schema.py."""
-    from unicurate import schema
-
+    """What a reason code means: its ``doc`` (``schema.Reason``: declared by the core or by the filter that gives
+    it), else its comment in schema.py (``schema.SynReason``)."""
     doc = getattr(member, "doc", None)
     if isinstance(doc, str) and doc:
         return doc
-    for mapping_name in ("REASON_DOCS", "SYN_REASON_DOCS"):
-        mapping = getattr(schema, mapping_name, None) or {}
-        for key in (member, getattr(member, "value", None)):
-            if key in mapping:
-                return mapping[key]
-    try:
-        from unicurate.filters import registry
-    except ImportError:
-        registry = None
-    if registry is not None:
-        for spec in registry.specs():
-            for declared in spec.reasons:
-                if declared.code == getattr(member, "value", None) and declared.doc:
-                    return declared.doc
     return _enum_comments(type(member)).get(member.name, ("", ""))[1]
 
 

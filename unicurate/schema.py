@@ -3,6 +3,15 @@
 Every shard unicurate writes is validated against one of these schemas; the
 schema version is stored in the Parquet metadata and in ``manifest.json`` so a
 reader can refuse data it does not understand.
+
+The curated schema is the core columns plus each registered filter's columns
+(``unicurate/filters/``). Adding a filter adds nullable columns only, so it does
+not change the version: a curated/2 shard written before a filter existed lacks
+that filter's columns and is still curated/2. :func:`curated_shard_problems` is
+the rule every reader and ``validate`` apply (core columns exact, filter
+columns optional, nothing unknown, schema order), and readers see an absent
+filter column as typed nulls (``unicurate.manifests.curated``). Removing or
+retyping a column, or making one required, is what needs a new version.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ import pyarrow as pa
 from unicurate.filters import registry as filter_registry
 from unicurate.synthesis.edit_types import NAMES as _EDIT_TYPE_NAMES
 
-CURATED_SCHEMA_VERSION = "curated/2"  # 2: model score columns
+CURATED_SCHEMA_VERSION = "curated/2"  # 2: model score columns; a new filter's columns are additive (see above)
 
 KEPT = "kept"
 REJECTED = "rejected"
@@ -139,6 +148,52 @@ CURATED_SCHEMA = pa.schema(
 )
 
 CURATED_COLUMNS = tuple(f.name for f in CURATED_FIELDS)
+# filter columns: declared by a registered filter, so absent from shards written before that filter was added;
+# core columns: every other one, which every curated/2 shard has
+CURATED_FILTER_COLUMNS = frozenset(c.name for spec in filter_registry.specs() for c in spec.columns)
+CURATED_CORE_COLUMNS = tuple(c for c in CURATED_COLUMNS if c not in CURATED_FILTER_COLUMNS)
+
+
+def _describe(f: pa.Field) -> str:
+    return f"{f.type}" + ("" if f.nullable else " not null")
+
+
+def shard_schema_problems(got: pa.Schema, expected: pa.Schema, optional: frozenset[str] = frozenset()) -> list[str]:
+    """What keeps a shard's schema ``got`` from being ``expected`` ([] = it is), metadata aside.
+
+    Every column of ``expected`` must be there, with its exact type and nullability, except those named in
+    ``optional``, which may be absent; every column there must be one of ``expected``'s, in ``expected``'s order.
+    Each message names the column, so a damaged or foreign shard says what is wrong with it.
+    """
+    want = {f.name: f for f in expected}
+    problems: list[str] = []
+    seen: set[str] = set()
+    for f in got:
+        w = want.get(f.name)
+        if f.name in seen:
+            problems.append(f"column {f.name!r} appears twice")
+        elif w is None:
+            problems.append(f"unknown column {f.name!r} ({_describe(f)})")
+        elif not f.equals(w):
+            problems.append(f"column {f.name!r} is {_describe(f)}, not {_describe(w)}")
+        seen.add(f.name)
+    problems += [f"missing {'core ' if optional else ''}column {n!r} ({_describe(want[n])})"
+                 for n in expected.names if n not in seen and n not in optional]
+    if not problems:
+        in_order = [n for n in expected.names if n in seen]
+        wrong = next((i for i, (a, b) in enumerate(zip(got.names, in_order)) if a != b), None)
+        if wrong is not None:
+            problems.append(f"columns out of order: column {wrong} is {got.names[wrong]!r}, the schema's order puts "
+                            f"{in_order[wrong]!r} there")
+    return problems
+
+
+def curated_shard_problems(got: pa.Schema) -> list[str]:
+    """The curated/2 rule ([] = a valid curated shard schema): every core column with its exact type, each filter
+    column either absent (the shard predates that filter; readers see typed nulls) or with its registered type,
+    no other column, in :data:`CURATED_SCHEMA` order."""
+    return shard_schema_problems(got, CURATED_SCHEMA, CURATED_FILTER_COLUMNS)
+
 
 # the columns the model filters write (unicurate/filters/scoring.py)
 SCORE_COLUMNS = tuple(c.name for spec in filter_registry.specs("score") for c in spec.columns)

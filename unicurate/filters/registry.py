@@ -97,6 +97,11 @@ class FilterSpec:
             raise ValueError(f"filter {self.name!r}: stage {self.stage!r} is not one of {STAGES}")
         if (self.config is None) == (self.select is None):
             raise ValueError(f"filter {self.name!r}: give exactly one of its section class (config) and select")
+        if self.stage == "filter" and (self.columns or self.thresholds):
+            # the rule stage runs inside the download stage on what every row has (caption, original size) and
+            # stores only its reasons; what-if re-decides the model filters only
+            raise ValueError(f"filter {self.name!r}: a rule filter (stage 'filter') records no columns and no "
+                             "what-if thresholds; a filter that records a value belongs to stage 'score'")
         columns = {c.name for c in self.columns}
         for t in self.thresholds:
             if t.column not in columns:

@@ -3,6 +3,8 @@
 Everything is read through the manifest (the shards it lists) with
 ``pl.scan_parquet`` and a column projection that never includes image bytes,
 so a run of millions of rows is summarised without its images in memory.
+Curated shards are scanned through ``manifests.curated`` (a shard older than a
+filter lacks its columns: they read as nulls).
 The same functions summarise a recomputed selection (``whatif``).
 """
 
@@ -15,6 +17,7 @@ import polars as pl
 import pyarrow as pa
 
 from unicurate.filters.registry import thresholds_by_column
+from unicurate.manifests import curated
 from unicurate.manifests import manifest as mf
 from unicurate.manifests.manifest import FUNNEL_STAGES, STAGE_LABELS
 from unicurate.schema import (CURATED_SCHEMA, EDIT_TYPES, IMAGE_STATUSES, KEPT, REASON_STAGE, REJECTED, SCORE_COLUMNS,
@@ -62,10 +65,16 @@ def load_manifest(out_dir: str) -> dict:
 
 
 def scan(out_dir: str, manifest: dict, subs: Sequence[str], columns: Sequence[str]) -> pl.LazyFrame:
-    """Lazy frame over the listed shards of ``subs`` with only ``columns`` (empty frame when no shard)."""
+    """Lazy frame over the listed shards of ``subs`` with only ``columns``; StatsError when none is listed, or
+    when a curated shard breaks the curated/2 rule."""
     paths = shard_paths(out_dir, manifest, subs)
     if not paths:
         raise StatsError(f"{out_dir}: the manifest lists no shards under {', '.join(subs)}")
+    if manifest.get("kind") == "curated":
+        try:
+            return curated.scan(paths, columns)
+        except curated.CuratedShardError as exc:
+            raise StatsError(str(exc)) from None
     return pl.scan_parquet(paths).select(list(columns))
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
+import pyarrow as pa
 
 from unicurate.manifests import manifest as mf
 from unicurate.schema import (EDIT_TYPES, IMAGE_STATUSES, KEPT, REASON_CODES, REJECTED, SCHEMAS, SYN_REASON_CODES,
-                              SYNTHESIS_DIRS, SYNTHESIS_SCHEMA_VERSION, SYNTHESIS_SCHEMAS)
+                              SYNTHESIS_DIRS, SYNTHESIS_SCHEMA_VERSION, SYNTHESIS_SCHEMAS, curated_shard_problems,
+                              shard_schema_problems)
 
 
 @dataclass
@@ -83,7 +85,8 @@ def validate(out_dir: str, check_rows: bool = True) -> Report:
     for rel, shard in listed.items():
         if rel not in present:
             continue
-        pf = _check_file(rep, out_dir, rel, shard, schema, version)
+        # the curated/2 rule: a filter's columns may be absent (the shard predates that filter), nothing else
+        pf = _check_file(rep, out_dir, rel, shard, schema, version, curated_shard_problems)
         if pf is None:
             continue
         if check_rows:
@@ -231,8 +234,12 @@ def _present_vs_listed(rep: Report, dirs, listed) -> set[str]:
     return present
 
 
-def _check_file(rep: Report, out_dir: str, rel: str, shard: dict, schema, label: str):
-    """Size, checksum, row count and schema of one present, listed shard; the open ParquetFile or None."""
+def _check_file(rep: Report, out_dir: str, rel: str, shard: dict, schema, label: str,
+                schema_problems: Optional[Callable[[pa.Schema], list[str]]] = None):
+    """Size, checksum, row count and schema of one present, listed shard; the open ParquetFile or None.
+
+    ``schema`` gives the metadata (version, kind) the file must carry; its columns are checked by
+    ``schema_problems`` (default: exactly ``schema``'s columns, ``schema.shard_schema_problems``)."""
     path = mf.join(out_dir, *rel.split("/"))
     rep.checked_shards += 1
     try:
@@ -260,8 +267,9 @@ def _check_file(rep: Report, out_dir: str, rel: str, shard: dict, schema, label:
             rep.add(f"{rel}: {field_.decode()} is {got.decode() if got else 'missing'} in the file, this unicurate "
                     f"writes and reads {want.decode()} (schema.py)")
             return None
-    if not pf.schema_arrow.remove_metadata().equals(schema.remove_metadata()):
-        rep.add(f"{rel}: schema differs from {label}")
+    problems = (schema_problems or (lambda got: shard_schema_problems(got, schema)))(pf.schema_arrow)
+    if problems:
+        rep.add(f"{rel}: schema differs from {label}: {'; '.join(problems)}")
         return None
     return pf
 

@@ -26,6 +26,7 @@ import polars as pl
 
 from unicurate.filters import dedup as dd
 from unicurate.filters.registry import Threshold, thresholds_by_column
+from unicurate.manifests import curated
 from unicurate.manifests import manifest as mf
 from unicurate.manifests import stats as st
 from unicurate.manifests.validate import check_run
@@ -281,7 +282,7 @@ def _apply(out_dir, manifest, settings, new_recipe, res: pl.DataFrame, new_out: 
     funnel_parts = []
     for name in names:  # a key's shard index depends only on the key and the shard count: same names
         rows = [row for sub in (KEPT, REJECTED) if f"{sub}/{name}" in listed
-                for row in mf.read_rows(mf.join(out_dir, sub, name))]
+                for row in curated.read_rows(mf.join(out_dir, sub, name))]  # every column: nulls for absent ones
         kept, rejected = [], []
         for row in sorted(rows, key=lambda r: r["key"]):
             d = decision[row["key"]]

@@ -9,8 +9,8 @@ synthesizer know nothing of a model's library. They resolve weights with the zoo
 
 A handler is registered once, in the module that implements the model, under the model's zoo name::
 
-    @register_handler("language")
-    class LanguageModel(Loaded):
+    @register_handler("language_id")        # its zoo entry's name (unicurate/filters/language.py)
+    class LanguageIdModel(Loaded):
         def __init__(self, spec, path, runtime, *, k=1):     # path: None for a tiny:// model
             ...
             self.spec, self.sha256 = spec, file_sha256(path, remember=False)

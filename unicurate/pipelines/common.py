@@ -18,7 +18,6 @@ from typing import Any, Callable, Iterator, Optional
 import apache_beam as beam
 
 from unicurate.manifests import manifest as mf
-from unicurate.run.options import model_stage_hints
 
 
 # ------------------------------------------------------------------ the pipeline protocol
@@ -76,6 +75,17 @@ def group_by_shard(keyed: dict[str, beam.PCollection], n_shards: beam.PCollectio
 
 
 # ------------------------------------------------------------------ the model stage
+def model_stage_hints(runner) -> dict:
+    """Beam resource hints for the model transforms (right fitting onto GPU workers); {} when not asked for."""
+    gpu = runner.dataflow.gpu
+    if runner.profile != "dataflow" or gpu is None or gpu.placement != "model_stages":
+        return {}
+    hints = {"accelerator": gpu.accelerator()}
+    if gpu.min_ram:
+        hints["min_ram"] = gpu.min_ram
+    return hints
+
+
 def with_model_hints(transform, recipe):
     """The model transform with the recipe's resource hints (Dataflow right fitting onto GPU workers), if any."""
     hints = model_stage_hints(recipe.runner)
@@ -119,6 +129,9 @@ class WriteManifestDoFn(beam.DoFn):
 
     def __init__(self, recipe, beam_options: dict):
         self.recipe, self.beam_options = recipe, beam_options
+        # the inputs' identity (recipe_hash), taken here on the driver as the graph is built, before any row is
+        # read: not by the worker that writes the manifest at the end of the run
+        self.inputs = recipe.input_files()
 
     def merge_funnel(self, parts: Iterator[dict]) -> dict:
         raise NotImplementedError
@@ -135,7 +148,7 @@ class WriteManifestDoFn(beam.DoFn):
         stale = mf.remove_stale_shards(out_dir, {s["path"] for d in self.DIRS for s in shards[d]}, dirs=self.DIRS)
         models = merge_model_records(model_records) if model_records else self.unloaded_models()
         manifest = {
-            **mf.manifest_header(self.KIND, self.SCHEMA_VERSION, self.recipe),
+            **mf.manifest_header(self.KIND, self.SCHEMA_VERSION, self.recipe, self.inputs),
             "models": models,
             "uncalibrated": any(not m.get("calibrated", True) for m in models),
             **self.fields(*extra),

@@ -29,11 +29,11 @@ from unicurate.download import ingest
 from unicurate.pipelines import common, perworker
 from unicurate.pipelines import score as sc
 from unicurate.pipelines.common import Plan, by_shard, shard_count
-from unicurate.run.funnel import format_funnel
+from unicurate.manifests.funnel import format_funnel
 from unicurate.schema import CURATED_COLUMNS, CURATED_SCHEMA, CURATED_SCHEMA_VERSION, KEPT, REJECTED, Reason, shard_name
 
 log = logging.getLogger("unicurate")
-_NS = "unicurate"
+_NS = perworker.NAMESPACE
 
 
 # ------------------------------------------------------------------ progress

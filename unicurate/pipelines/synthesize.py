@@ -21,12 +21,13 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from unicurate.config import SynthesizeRecipe
+from unicurate.manifests import curated
 from unicurate.manifests import manifest as mf
 from unicurate.models import zoo
 from unicurate.download.ingest import InputError
 from unicurate.pipelines import common, perworker
 from unicurate.pipelines.common import Plan, by_shard, collect_model_records, shard_count, with_model_hints
-from unicurate.run.funnel import format_synthesis_funnel
+from unicurate.manifests.funnel import format_synthesis_funnel
 from unicurate.schema import (CURATED_SCHEMA_VERSION, EDIT_TYPES, KEPT, SYNTHESIS_DIRS, SYNTHESIS_SCHEMA_VERSION,
                               SYNTHESIS_SCHEMAS, shard_name)
 
@@ -81,15 +82,14 @@ def prepare(recipe: SynthesizeRecipe, count: bool = True) -> Plan:
 
 
 def _read_column(path: str, column: str) -> list:
-    return mf.open_parquet(path).read(columns=[column]).column(column).to_pylist()
+    return curated.read_table(path, [column]).column(column).to_pylist()
 
 
 def read_kept_shard(path: str, keys: Optional[frozenset]) -> Iterator[dict]:
-    pf = mf.open_parquet(path)
-    for batch in pf.iter_batches(batch_size=64, columns=READ_COLUMNS):
-        for row in batch.to_pylist():
-            if keys is None or row["key"] in keys:
-                yield row
+    """The kept rows of one curated shard (``keys``: only those), 64 at a time in memory."""
+    for row in curated.iter_rows(path, READ_COLUMNS, batch_size=64):
+        if keys is None or row["key"] in keys:
+            yield row
 
 
 # ------------------------------------------------------------------ model stage

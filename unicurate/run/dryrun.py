@@ -18,7 +18,8 @@ from google.protobuf import json_format
 from unicurate import __version__
 from unicurate.manifests import manifest as mf
 from unicurate.pipelines.perworker import ModelDoFn
-from unicurate.run.options import Launch, is_remote, jsonable, model_stage_hints
+from unicurate.pipelines.common import model_stage_hints
+from unicurate.run.options import Launch, is_remote, jsonable
 
 
 def model_stage_names(pipeline) -> set[str]:

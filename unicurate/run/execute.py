@@ -25,7 +25,7 @@ from unicurate.pipelines.perworker import LOCAL_DRIVER_ENV
 from unicurate.run.check import check_and_publish, has_pending_manifest, mark_unfinished
 from unicurate.run.demoweb import sample_web_for
 from unicurate.run.dryrun import write_job_description
-from unicurate.run.funnel import counters
+from unicurate.manifests.funnel import counters
 from unicurate.run.options import Launch, absolutise
 from unicurate.run.watchdog import WorkerDied, fail_when_a_worker_dies
 

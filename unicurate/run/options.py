@@ -72,17 +72,6 @@ def dataflow_flags(runner: RunnerConfig, recipe_name: str = "unicurate") -> list
     return flags
 
 
-def model_stage_hints(runner: RunnerConfig) -> dict:
-    """Beam resource hints for the model transforms (right fitting onto GPU workers); {} when not asked for."""
-    gpu = runner.dataflow.gpu
-    if runner.profile != "dataflow" or gpu is None or gpu.placement != "model_stages":
-        return {}
-    hints = {"accelerator": gpu.accelerator()}
-    if gpu.min_ram:
-        hints["min_ram"] = gpu.min_ram
-    return hints
-
-
 def beam_flags(runner: RunnerConfig, extra_args: list[str], recipe_name: str = "unicurate") -> list[str]:
     """Recipe runner section as Beam flags; flags given after ``--`` come last and win."""
     flags = dataflow_flags(runner, recipe_name) if runner.profile == "dataflow" else local_flags(runner)

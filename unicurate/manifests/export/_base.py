@@ -7,8 +7,9 @@ column, and no format lists columns itself, so a column added to a schema (a
 new filter's score, say) is exported by every format.
 
 Rows are read shard by shard through the manifest (one source shard in memory
-at a time), and every file goes under DEST (keys are checked; nothing is
-written outside it).
+at a time; a curated shard through ``manifests.curated``, so one written before
+a filter existed exports that filter's columns as nulls), and every file goes
+under DEST (keys are checked; nothing is written outside it).
 """
 
 from __future__ import annotations
@@ -97,12 +98,15 @@ class Source:
         return tables(self.manifest, self.kept_only)
 
     def shards(self, table: Table) -> Iterator[list[dict]]:
-        """Rows of each of the table's shards, one shard at a time."""
+        """Rows of each of the table's shards, one shard at a time, each with every column of the table's
+        schema."""
+        from unicurate.manifests import curated
         from unicurate.manifests import manifest as mf
         from unicurate.manifests import stats as st
 
+        read = curated.read_rows if table.kind == "curated" else mf.read_rows
         for path in st.shard_paths(self.out_dir, self.manifest, table.folders):
-            yield mf.read_rows(path)
+            yield read(path)
 
 
 # ------------------------------------------------------------------ formats
