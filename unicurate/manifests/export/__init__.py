@@ -14,15 +14,14 @@ rerun into the same DEST replaces the previous export's files.
 from __future__ import annotations
 
 import datetime as _dt
-import importlib
 import json
 import os
-import pkgutil
 import shutil
 from pathlib import Path
 from typing import Callable
 
 from unicurate import __version__
+from unicurate.declared import declarations
 from unicurate.manifests.export._base import ExportError, ExportFormat, Source, check_key, inside, tables
 
 __all__ = ["EXPORT_MANIFEST", "FORMATS", "ExportError", "ExportFormat", "check_key", "export"]
@@ -32,16 +31,7 @@ EXPORT_MANIFEST = "unicurate-export.json"
 
 def _discover() -> dict[str, ExportFormat]:
     """Every public module of this package and its ``FORMAT``, by name."""
-    found: dict[str, ExportFormat] = {}
-    for info in pkgutil.iter_modules(__path__):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        fmt = getattr(module, "FORMAT", None)
-        if not isinstance(fmt, ExportFormat) or fmt.name != info.name:
-            raise TypeError(f"{module.__name__} must declare FORMAT = ExportFormat(name={info.name!r}, ...)")
-        found[fmt.name] = fmt
-    return found
+    return {fmt.name: fmt for fmt in declarations(__name__, __path__, "FORMAT", ExportFormat)}
 
 
 FORMATS: dict[str, ExportFormat] = _discover()

@@ -10,9 +10,7 @@ module here (named as the type) and its test.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
+from unicurate.declared import declarations
 from unicurate.synthesis.edit_types._base import EditContext, EditTypeSpec, NoPartner
 
 __all__ = ["EditContext", "EditTypeSpec", "NoPartner", "REGISTRY", "NAMES"]
@@ -20,15 +18,7 @@ __all__ = ["EditContext", "EditTypeSpec", "NoPartner", "REGISTRY", "NAMES"]
 
 def _discover() -> dict[str, EditTypeSpec]:
     """Every public module of this package and its ``EDIT_TYPE``, in declared ``order``."""
-    specs: list[EditTypeSpec] = []
-    for info in pkgutil.iter_modules(__path__):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        spec = getattr(module, "EDIT_TYPE", None)
-        if not isinstance(spec, EditTypeSpec) or spec.name != info.name:
-            raise TypeError(f"{module.__name__} must declare EDIT_TYPE = EditTypeSpec(name={info.name!r}, ...)")
-        specs.append(spec)
+    specs = declarations(__name__, __path__, "EDIT_TYPE", EditTypeSpec)
     orders = [s.order for s in specs]
     if len(set(orders)) != len(orders):
         raise TypeError(f"edit types need distinct `order` values: {sorted((s.order, s.name) for s in specs)}")
