@@ -20,7 +20,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
-from unicurate.filters import registry as filter_registry
 from unicurate.models.resolver import ModelUnavailable, is_cached, parse_uri, resolve
 
 PROFILES = ("default", "tiny")
@@ -146,6 +145,9 @@ def profile_specs(profile: str) -> dict[str, ModelSpec]:
 
 def needed_models(filters_cfg) -> list[str]:
     """Model names the recipe's filters need (each filter's spec says which), in load order: scoring order."""
+    # imported here: the filters name the models they need, and models/ does not depend on filters/ at import time
+    from unicurate.filters import registry as filter_registry
+
     active = filter_registry.active(filters_cfg)
     return list(dict.fromkeys(name for spec, section in active for name in spec.models(section)))
 
