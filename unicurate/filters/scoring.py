@@ -80,6 +80,7 @@ class ModelScorer:
         options = registry.model_options(filters_cfg)  # e.g. the OCR detector's input size
         self.models = models = handlers.load_models(located, self.runtime, options)
         self.filters = build_filters(filters_cfg, models, threads=min(4, models_cfg.preprocess_threads))
+        self._image_readers = [f for f in self.filters if f.input_key]  # the filters a row's image is decoded for
         self._pool = ThreadPoolExecutor(models_cfg.preprocess_threads, thread_name_prefix="unicurate-prep")
         self.batches = 0
 
@@ -98,8 +99,7 @@ class ModelScorer:
         from PIL import Image
 
         item = {"caption": row.get("caption")}
-        readers = [f for f in self.filters if f.input_key]
-        if not readers:  # the recipe's filters read only the caption: no image is decoded
+        if not self._image_readers:  # the recipe's filters read only the caption: no image is decoded
             return item
         data = row.get("image")
         if not data:
@@ -108,7 +108,7 @@ class ModelScorer:
             im.load()
             pil = im.convert("RGB")
         done: dict = {}  # filters sharing a preprocessing function (BGR arrays) compute it once
-        for f in readers:
+        for f in self._image_readers:
             fn = getattr(f.prepare, "__func__", f.prepare)
             if fn not in done:
                 done[fn] = f.prepare(pil)
