@@ -412,14 +412,13 @@ class _Recipe(_Section):
         recorded by its base name with ``"bytes": None``. A run stops on such an input before any work, so only a
         hash taken without running (a test, a notebook) ever holds one.
         """
-        from apache_beam.io.filesystems import FileSystems
+        from unicurate.download.ingest import match
 
         files: list[dict[str, Any]] = []
         seen: set[str] = set()  # a file two patterns match is read once (ingest.expand_inputs), listed once
         for pattern in self._input_patterns():
             try:
-                metas = sorted((m for r in FileSystems.match([pattern]) for m in r.metadata_list),
-                               key=lambda m: m.path)
+                metas = match(pattern)
             except Exception:  # noqa: BLE001 - BeamIOError, ValueError (no filesystem for the scheme) and friends
                 metas = []
             if not metas:

@@ -91,17 +91,22 @@ def _source_name(path: str) -> str:
     return posixpath.splitext(base)[0] or base
 
 
-def expand_inputs(cfg: InputConfig) -> list[InputFile]:
-    """Resolve globs to files (sorted, de-duplicated). Raises InputError when nothing matches."""
+def match(pattern: str) -> list:
+    """The files a file name or glob names, local or on any Beam filesystem (gs://): their metadata (path,
+    size_in_bytes), sorted by path. Raises what the filesystem raises when it cannot list."""
     from apache_beam.io.filesystems import FileSystems
 
+    return sorted((m for r in FileSystems.match([pattern]) for m in r.metadata_list), key=lambda m: m.path)
+
+
+def expand_inputs(cfg: InputConfig) -> list[InputFile]:
+    """Resolve globs to files (sorted, de-duplicated). Raises InputError when nothing matches."""
     found: list[str] = []
     for pattern in cfg.paths:
         try:
-            results = FileSystems.match([pattern])
+            metas = match(pattern)
         except Exception as exc:  # noqa: BLE001 - Beam raises BeamIOError and friends
             raise InputError(f"input.path {pattern!r}: cannot list: {exc}") from None
-        metas = sorted((m for r in results for m in r.metadata_list), key=lambda m: m.path)
         paths = [m.path for m in metas]
         if not paths:
             raise InputError(f"input.path {pattern!r} matched no files")
