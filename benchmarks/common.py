@@ -147,19 +147,45 @@ def corpus(n: int, seed: int, dest: Path) -> Path:
     return dest
 
 
-def _serve_forever(folder: str, port_out) -> None:
+COUNTS_PATH = "/_counts"  # GET: the requests per url path so far as JSON; "?reset=1" also sets them back to 0
+
+
+def _serve_forever(folder: str, port_out, count: bool = False, preload: bool = True) -> None:
+    from collections import Counter
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    files = {"/" + p.name: p.read_bytes() for p in Path(folder).glob("*.jpg")}
+    paths = {"/" + p.name: p for p in Path(folder).glob("*.jpg")}
+    files = {k: p.read_bytes() for k, p in paths.items()} if preload else None
+    counts, lock = Counter(), threading.Lock()
+
+    def counts_reply(query: str) -> bytes:
+        with lock:
+            body = json.dumps(dict(counts)).encode()
+            if "reset=1" in query:
+                counts.clear()
+        return body
+
+    def read(path: str) -> Optional[bytes]:
+        return paths[path].read_bytes() if path in paths else None
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802
-            body = files.get(self.path.split("?", 1)[0])
+            path, _, query = self.path.partition("?")
+            if count and path == COUNTS_PATH:
+                self._reply(counts_reply(query), "application/json")
+                return
+            if count:
+                with lock:
+                    counts[path] += 1
+            body = files.get(path) if files is not None else read(path)
             if body is None:
                 self.send_error(404)
                 return
+            self._reply(body, "image/jpeg")
+
+        def _reply(self, body: bytes, kind: str) -> None:
             self.send_response(200)
-            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -175,13 +201,16 @@ def _serve_forever(folder: str, port_out) -> None:
 
 
 @contextlib.contextmanager
-def serve(folder: Path) -> Iterator[str]:
-    """Serve ``folder``'s JPEGs from memory on 127.0.0.1, in a separate process. Yields the base URL."""
+def serve(folder: Path, count: bool = False, preload: bool = True) -> Iterator[str]:
+    """Serve ``folder``'s JPEGs on 127.0.0.1, in a separate process. Yields the base URL.
+
+    ``preload``: hold every file in memory (else read from disk for each request: for corpora too large to hold).
+    ``count``: count the GET requests per url path, read with :func:`request_counts`."""
     import multiprocessing as mp
 
     ctx = mp.get_context("fork")
     q = ctx.Queue()
-    proc = ctx.Process(target=_serve_forever, args=(str(folder), q), daemon=True)
+    proc = ctx.Process(target=_serve_forever, args=(str(folder), q, count, preload), daemon=True)
     proc.start()
     try:
         port = q.get(timeout=120)
@@ -191,7 +220,25 @@ def serve(folder: Path) -> Iterator[str]:
         proc.join(10)
 
 
+def request_counts(base: str, reset: bool = False) -> dict[str, int]:
+    """The requests per url path that the counting server at ``base`` (``serve(..., count=True)``) has answered
+    (this request not included); ``reset``: then start counting from 0 again."""
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never through a proxy
+    with opener.open(base + COUNTS_PATH + ("?reset=1" if reset else ""), timeout=30) as reply:
+        return json.loads(reply.read())
+
+
 # ------------------------------------------------------------------ measured subprocess runs
+LOCAL_MODES = {"in_memory": 1, "multi_processing": 2}  # the DirectRunner modes compared: mode -> worker processes
+
+
+def local_beam_args(mode: str) -> list[str]:
+    """The Beam flags, after ``--``, of a local run in ``mode`` on its :data:`LOCAL_MODES` workers."""
+    return ["--", f"--direct_num_workers={LOCAL_MODES[mode]}", f"--direct_running_mode={mode}"]
+
+
 def bench_env() -> dict:
     return dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                 PYTHONUNBUFFERED="1")
@@ -225,6 +272,22 @@ def parse_run_log(log: str) -> tuple[Optional[float], dict[str, float]]:
     line = log.split("stage wall time", 1)[1].split("\n", 1)[0] if "stage wall time" in log else ""
     stages = {label.strip(): float(sec) for label, sec in re.findall(r"([a-z+ ]+?) ([0-9.]+) s(?=[,)])", line)}
     return (float(m.group(1)) if m else None), stages
+
+
+def validate_output(out: Path) -> tuple[bool, str]:
+    """``unicurate validate OUT``: (whether it passed, what it printed)."""
+    import subprocess
+
+    check = subprocess.run(unicurate_cmd() + ["validate", str(out)], capture_output=True, text=True, env=bench_env())
+    return check.returncode == 0, check.stdout + check.stderr
+
+
+def shard_hashes(out: Path, subs: tuple[str, ...] = ("kept", "rejected")) -> dict[str, str]:
+    """sha256 of each ``part-*.parquet`` shard under ``out``'s ``subs`` folders, by path relative to ``out``."""
+    import hashlib
+
+    return {f"{sub}/{f.name}": hashlib.sha256(f.read_bytes()).hexdigest()
+            for sub in subs for f in sorted((Path(out) / sub).glob("part-*.parquet"))}
 
 
 # ------------------------------------------------------------------ output

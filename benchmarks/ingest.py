@@ -29,12 +29,12 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
-from benchmarks.common import (bench_env, cache_dir, corpus, parse_run_log, run_and_report, run_measured, serve, table,
-                               unicurate_cmd)
+from benchmarks.common import (cache_dir, corpus, parse_run_log, run_and_report, run_measured, serve, table,
+                               unicurate_cmd, validate_output)
 
 RESIZE = {"image_size": 384, "resize_mode": "keep_ratio", "upscale_interpolation": "lanczos",
           "downscale_interpolation": "area", "encode_format": "jpg", "encode_quality": 92}
@@ -69,13 +69,21 @@ def run_img2dataset(urls: Path, out: Path, processes: int, threads: int, shard_r
             "images_per_s": round(ok / wall, 1), **mem.summary()}
 
 
-def run_unicurate(urls: Path, out: Path, processes: int, threads: int, shard_rows: int) -> dict:
-    import yaml
+def local_mode(processes: int, mode: Optional[str] = None) -> str:
+    """The DirectRunner mode of a run on ``processes`` workers: ``mode`` when given, else multi_processing with
+    more than one."""
+    return mode or ("multi_processing" if processes > 1 else "in_memory")
 
-    shutil.rmtree(out, ignore_errors=True)
-    recipe = {
+
+def ingest_recipe(urls: Path, out: Path, processes: int, threads: int, shard_rows: int,
+                  mode: Optional[str] = None) -> dict:
+    """The ingest benchmark's curate recipe: download + decode + resize + rule filters + exact dedup, the same
+    settings as the img2dataset run, on ``processes`` local workers (``mode``: see :func:`local_mode`). A work unit
+    holds ``shard_rows`` rows, as an img2dataset shard does (``number_sample_per_shard``): the same grain of
+    parallelism and of work lost to a kill on both sides."""
+    return {
         "pipeline": "curate", "name": "bench-ingest",
-        "input": {"path": str(urls), "url_col": "url", "caption_col": "caption"},
+        "input": {"path": str(urls), "url_col": "url", "caption_col": "caption", "rows_per_unit": shard_rows},
         "output": {"path": str(out), "rows_per_shard": shard_rows},
         "download": {"timeout": 10, "retries": 0, "thread_count": threads, "allow_private_networks": True},
         "resize": dict(RESIZE),
@@ -84,27 +92,42 @@ def run_unicurate(urls: Path, out: Path, processes: int, threads: int, shard_row
                     "dedup": {"exact": True, "near": False}},
         "models": {"profile": "tiny"},
         "runner": {"profile": "local", "direct_num_workers": processes,
-                   "direct_running_mode": "multi_processing" if processes > 1 else "in_memory"},
+                   "direct_running_mode": local_mode(processes, mode)},
     }
-    path = out.parent / "bench-ingest.yaml"
+
+
+def write_recipe(recipe: dict, path: Path) -> Path:
+    import yaml
+
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def run_unicurate(urls: Path, out: Path, processes: int, threads: int, shard_rows: int,
+                  mode: Optional[str] = None) -> dict:
+    """One measured ``unicurate run`` of :func:`ingest_recipe` into a fresh ``out``, which must then validate."""
+    shutil.rmtree(out, ignore_errors=True)
+    path = write_recipe(ingest_recipe(urls, out, processes, threads, shard_rows, mode),
+                        out.parent / "bench-ingest.yaml")
     wall, log, mem = run_measured(unicurate_cmd() + ["run", str(path)], out.parent, role_of=None)
     manifest = json.loads((out / "manifest.json").read_text())
     images_ok = manifest["counts"]["kept"]
-    check = subprocess.run(unicurate_cmd() + ["validate", str(out)], capture_output=True, text=True, env=bench_env())
-    if check.returncode != 0:
-        raise RuntimeError(f"unicurate validate failed:\n{check.stdout}{check.stderr}")
+    ok, said = validate_output(out)
+    if not ok:
+        raise RuntimeError(f"unicurate validate failed:\n{said}")
     return {"tool": "unicurate", "seconds": round(wall, 2), "images_ok": images_ok,
             "rows": manifest["counts"]["inputs"], "images_per_s": round(images_ok / wall, 1),
-            "pipeline_seconds": parse_run_log(log)[0], "funnel": manifest["funnel"], **mem.summary()}
+            "pipeline_seconds": parse_run_log(log)[0], "counts": manifest["counts"], "funnel": manifest["funnel"],
+            **mem.summary()}
 
 
-def write_url_list(folder: Path, base: str, path: Path) -> int:
-    """The url list of the corpus in ``folder`` served at ``base``: parquet, url and caption columns; its rows."""
+def write_url_list(folder: Path, base: str, path: Path, limit: Optional[int] = None) -> int:
+    """The url list of the corpus in ``folder`` served at ``base`` (its first ``limit`` images by name, when
+    given): parquet, url and caption columns; its rows."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    names = sorted(p.name for p in folder.glob("*.jpg"))
+    names = sorted(p.name for p in folder.glob("*.jpg"))[:limit]
     pq.write_table(pa.table({"url": [f"{base}/{n}" for n in names],
                              "caption": [f"a generated test photo number {i}" for i in range(len(names))]}), path)
     return len(names)
@@ -116,7 +139,7 @@ def bench(images: int, processes: int, threads: int, workdir: Path, shard_rows: 
     with serve(folder) as base:
         write_url_list(folder, base, urls)
         i2d = run_img2dataset(urls, workdir / "img2dataset", processes, threads, shard_rows)
-        uni = run_unicurate(urls, workdir / "unicurate", processes, threads, shard_rows)
+        uni = run_unicurate(urls, workdir / "unicurate-out", processes, threads, shard_rows)
     if i2d["images_ok"] != uni["images_ok"]:
         print(f"[ingest] note: img2dataset wrote {i2d['images_ok']} images, unicurate kept {uni['images_ok']}",
               file=sys.stderr)

@@ -33,13 +33,13 @@ def bench(images: int, processes: int, threads: int, runs: int, workdir: Path) -
         for i in range(runs):
             start = time.monotonic()
             try:
-                r = run_unicurate(urls, workdir / "unicurate", processes, threads, shard_rows=1000)
+                r = run_unicurate(urls, workdir / "unicurate-out", processes, threads, shard_rows=1000)
                 c = r["funnel"]
                 results.append({"run": i + 1, "ok": True, "inputs": r["rows"], "rows_out": c["inputs"],
                                 "kept": r["images_ok"], "seconds": r["seconds"],
                                 "peak_rss_mb": r["peak_rss_mb"]})
             except RuntimeError as exc:  # the run failed (its own check) or validate failed: both are findings
-                report = workdir / "unicurate" / CHECK_REPORT_NAME  # the next run starts by removing the folder
+                report = workdir / "unicurate-out" / CHECK_REPORT_NAME  # the next run starts by removing the folder
                 check = json.loads(report.read_text()) if report.exists() else {}
                 results.append({"run": i + 1, "ok": False, "inputs": n_rows,
                                 "rows_out": ((check.get("counts") or {}).get("kept", 0)

@@ -18,6 +18,7 @@ os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", tempfile.mkdtemp(prefix="u
 
 import copy  # noqa: E402
 import subprocess  # noqa: E402
+import socket  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -194,3 +195,30 @@ def unicurate(*args, cwd=None, timeout=240) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, "-m", "unicurate.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any connection or name lookup beyond 127.0.0.1 fails the test (and is recorded)."""
+    attempts: list = []
+    real_connect, real_getaddrinfo = socket.socket.connect, socket.getaddrinfo
+
+    def local(host) -> bool:
+        return host in ("127.0.0.1", "localhost", "::1") or str(host).startswith("/")
+
+    def connect(self, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if not local(host):
+            attempts.append(address)
+            raise OSError(f"test: network access to {address} refused")
+        return real_connect(self, address)
+
+    def getaddrinfo(host, *a, **kw):
+        if not local(host):
+            attempts.append(host)
+            raise socket.gaierror(f"test: name lookup of {host} refused")
+        return real_getaddrinfo(host, *a, **kw)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return attempts

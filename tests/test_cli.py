@@ -141,9 +141,10 @@ def test_demo_and_quickstart_multiprocessing(tmp_path):
                     "--direct_num_workers", "2", "--direct_running_mode", "multi_processing",
                     cwd=tmp_path, timeout=300)
     assert res.returncode == 0, res.stderr
-    assert "workers: 2, mode: multi_processing" in res.stdout
+    assert "FnApiRunner (multi_processing, 2 workers)" in res.stdout
     assert unicurate("validate", str(tmp_path / "unicurate-demo")).returncode == 0
     m = json.loads((tmp_path / "unicurate-demo" / "manifest.json").read_text())
+    assert m["engine"] == "FnApiRunner (multi_processing, 2 workers)"
     assert m["recipe"]["filters"]["clip_score"]["min_score"] == clip_t
     assert m["counts"]["kept"] == w["after"]["kept"]
     assert m["funnel"]["reasons"] == {r["reason"]: r["rows"] for r in w["after"]["reasons"]}

@@ -223,12 +223,12 @@ def test_killed_runs_then_rerun_is_complete_and_valid(web, web_input, curated, t
     monkeypatch.setattr(web, "route", slow)
 
     # 1. a worker killed while downloading
-    _kill_a_worker(Run(recipe, tmp_path), "fetch")
+    _kill_a_worker(Run(recipe, tmp_path), "units")
     assert not (out / mf.MANIFEST_NAME).exists()
 
     # 2. the driver and its workers killed together (kill -9 of the process group) while downloading
     run = Run(recipe, tmp_path)
-    run.wait_for_stage("fetch")
+    run.wait_for_stage("units")
     workers = _workers_of(run.proc.pid)
     run.kill_group()
     assert run.finish()[0] == -signal.SIGKILL

@@ -12,7 +12,7 @@ from unicurate.config import FiltersConfig, ModelsConfig
 from unicurate.filters.scoring import ModelScorer, decide_rows
 from unicurate.models import loaders
 from unicurate.models.runtime import Runtime, select_device
-from unicurate.pipelines.score import cutoff_from_quantiles
+from unicurate.pipelines.curate import cutoff_from_quantiles
 
 ALL = {"clip_score": {}, "aesthetic": {}, "nsfw": {"backend": "nudenet"}, "watermark": {},
        "text_coverage": {"recognize": True}}

@@ -15,32 +15,52 @@ import pytest
 from unicurate.manifests import manifest as mf
 from unicurate.manifests.validate import check_run, validate
 from unicurate.pipelines import curate
-from unicurate.pipelines import synthesize as syn
 from unicurate.run.check import RunCheckFailed
 from unicurate.run.execute import run_curate, run_synthesize
 
 
-def _drop_one_row(monkeypatch, write_dofn, rows_field):
-    """Make the shard writer lose the last row of the first non-empty group it gets (in-memory runs only: the
-    DoFn runs in this process), as rows lost between the fetch stage and the writer would be."""
-    real = write_dofn.process
+def _drop_one_written_row(monkeypatch, subdir: str):
+    """Make the shard writer silently lose the first row it is given for a file under ``subdir`` (in-memory runs
+    only), as a writer that lost a row without an error would: the stage that fed it saw nothing wrong."""
+    real = mf.ShardWriter.write
     dropped = []
 
-    def process(self, item, n_shards):
-        index, grouped = item
-        if not dropped and list(grouped[rows_field]):
-            grouped = dict(grouped, **{rows_field: list(grouped[rows_field])[:-1]})
-            dropped.append(index)
-        yield from real(self, (index, grouped), n_shards)
+    def write(self, row):
+        if not dropped and self.rel_path.startswith(f"{subdir}/"):
+            dropped.append(self.rel_path)
+            return
+        real(self, row)
 
-    monkeypatch.setattr(write_dofn, "process", process)
+    monkeypatch.setattr(mf.ShardWriter, "write", write)
     return dropped
+
+
+def _drop_one_brief(monkeypatch):
+    """Make the unit stage lose one row's brief (in-memory runs only: the DoFn runs in this process), as a row lost
+    between the units and the run-wide steps would be: its row is still in its unit file, but the pipeline's own
+    count of its inputs is one short."""
+    real = curate.CurateUnitsDoFn.process
+    dropped = []
+
+    def process(self, unit):
+        for out in real(self, unit):
+            if not dropped and isinstance(out, curate.uc.Brief):
+                dropped.append(out.pos)
+                continue
+            yield out
+
+    monkeypatch.setattr(curate.CurateUnitsDoFn, "process", process)
+    return dropped
+
+
+def units_of(recipe) -> int:
+    return -(-pq.read_metadata(recipe.input.path).num_rows // recipe.input.rows_per_unit)
 
 
 def test_a_run_that_loses_a_row_fails_and_publishes_no_manifest(web_input, make_recipe, tmp_path, monkeypatch):
     out = tmp_path / "lossy"
     recipe = make_recipe(web_input, out)
-    dropped = _drop_one_row(monkeypatch, curate.WriteShardsDoFn, "rows")
+    dropped = _drop_one_brief(monkeypatch)
     with pytest.raises(RunCheckFailed) as err:
         run_curate(recipe, say=lambda _m: None)
     assert dropped, "the fault was not injected"
@@ -50,25 +70,29 @@ def test_a_run_that_loses_a_row_fails_and_publishes_no_manifest(web_input, make_
     assert not (out / mf.MANIFEST_NAME).exists() and not (out / mf.PENDING_MANIFEST_NAME).exists()
     report = json.loads((out / mf.CHECK_REPORT_NAME).read_text())
     assert report["expected_inputs"] == n and report["problems"]
-    # where the rows went: every row was fetched and keyed by shard, as the workers counted them
+    # where the rows went: the unit stage put out one brief fewer than the input has rows
     elements = report["elements_per_pcollection"]
-    assert elements.get("DownloadDecodeFilter") == n and elements.get("RowsByShard") == n, elements
+    assert elements.get("CurateUnits/ParDo(CurateUnitsDoFn)") == n - 1, elements
+    assert elements.get("CurateUnits/ParDo(CurateUnitsDoFn)[units]") == units_of(recipe), elements
     problems = validate(str(out)).problems  # marked unfinished, and why
     assert any("did not finish" in p for p in problems) and any(mf.CHECK_REPORT_NAME in p for p in problems)
 
-    # the cause gone, the same command completes the folder (and the failure report goes)
+    # the cause gone, the same command completes the folder (resuming its units) and the failure report goes
     monkeypatch.undo()
     manifest = run_curate(recipe, say=lambda _m: None)
+    assert manifest["_metrics"]["units_resumed"] == manifest["units"]["count"] >= 1
     assert manifest["counts"]["inputs"] == n == manifest["counts"]["kept"] + manifest["counts"]["rejected"]
     assert not (out / mf.CHECK_REPORT_NAME).exists() and not (out / mf.PENDING_MANIFEST_NAME).exists()
     assert validate(str(out)).ok
 
 
-def test_the_check_counts_inputs_before_the_pipeline(web_input, make_recipe, tmp_path, monkeypatch):
-    """The reference is the driver's own count, not the pipeline's: a read stage that lost rows is caught too."""
+def test_the_units_hold_the_rows_the_driver_counted(web_input, make_recipe, tmp_path, monkeypatch):
+    """The cut is made from the driver's own count of the rows: a unit that reads fewer rows than its share (a
+    short read, or an input that changed under the run) fails the run; nothing is published."""
     out = tmp_path / "short-read"
-    monkeypatch.setattr(curate, "count_inputs", lambda splits: 1000)
-    with pytest.raises(RunCheckFailed, match=r"counts.inputs is \d+, but the input has 1000 rows"):
+    real = curate.count_inputs
+    monkeypatch.setattr(curate, "count_inputs", lambda splits: [n + 7 for n in real(splits)])
+    with pytest.raises(Exception, match=r"expected \d+ rows from row \d+ on, read \d+"):
         run_curate(make_recipe(web_input, out), say=lambda _m: None)
     assert not (out / mf.MANIFEST_NAME).exists()
 
@@ -80,7 +104,7 @@ def test_a_synthesis_run_that_loses_an_image_row_fails(scored, tmp_path, monkeyp
     src, _, _ = scored
     out = tmp_path / "syn-lossy"
     recipe = parse_recipe(syn_base_recipe(src, out, input={"max_images": 6}))
-    dropped = _drop_one_row(monkeypatch, syn.WriteSynShardsDoFn, "rows")
+    dropped = _drop_one_written_row(monkeypatch, "images")
     with pytest.raises(RunCheckFailed, match=r"images/ shards is 5, but the input has 6 rows"):
         run_synthesize(recipe, say=lambda _m: None)
     assert dropped and not (out / mf.MANIFEST_NAME).exists()

@@ -86,7 +86,7 @@ def cmd_run(args, beam_args: list[str]) -> int:
         recipe = recipe.model_copy(update={"sample_web": None})
         given = "--input" if args.input else "--set input.path"
         _say(f"sample_web ignored: {given} given, curating {recipe.input.path}")
-    manifest, code = _run(recipe, beam_args, dry_run=args.dry_run, job_file=args.job_file)
+    manifest, code = _run(recipe, beam_args, dry_run=args.dry_run, job_file=args.job_file, restart=args.restart)
     if manifest is None:
         return code
     if args.dry_run:
@@ -122,10 +122,11 @@ def _funnel(manifest: dict) -> str:
 
 
 def _run(recipe, beam_args: list[str], dry_run: bool = False,
-         job_file: Optional[str] = None) -> tuple[Optional[dict], int]:
+         job_file: Optional[str] = None, restart: bool = False) -> tuple[Optional[dict], int]:
     """Run a recipe: (manifest, EXIT_OK), or on failure one clear message and (None, exit code).
 
-    ``dry_run``: build the pipeline for the chosen runner and write the job description instead (no manifest).
+    ``dry_run``: build the pipeline for the chosen runner and write the job description instead (no manifest);
+    ``restart``: discard the work units an earlier run of this output finished instead of resuming them.
     """
     from unicurate.config import RecipeError
     from unicurate.models.resolver import ModelUnavailable
@@ -134,7 +135,8 @@ def _run(recipe, beam_args: list[str], dry_run: bool = False,
     from unicurate.run.execute import run
 
     try:
-        return run(recipe, beam_args, say=_say, dry_run=dry_run, job_file=job_file), EXIT_OK
+        return run(recipe, beam_args, say=_say, dry_run=dry_run, job_file=job_file, restart=restart,
+                   progress=True), EXIT_OK
     except (RecipeError, InputError) as exc:
         _err(str(exc))
         return None, EXIT_USAGE
@@ -151,8 +153,8 @@ def _run(recipe, beam_args: list[str], dry_run: bool = False,
             _err(f"the dry run failed while building the job: {exc}")
             return None, EXIT_FAILED
         _err(f"the pipeline failed: {exc}")
-        _err(f"{recipe.output.path} has no manifest.json, so it is marked unfinished; "
-             "fix the cause and rerun the same command")
+        _err(f"{recipe.output.path} has no manifest.json, so it is marked unfinished; fix the cause and rerun the "
+             "same command: the work units it finished are kept and not redone")
         return None, EXIT_FAILED
 
 
@@ -383,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="build the pipeline for the chosen runner and write its job description (graph, container "
                         "image, accelerators, options) as JSON without running or submitting anything; with "
                         "DataflowRunner this needs no network")
+    p.add_argument("--restart", action="store_true",
+                   help="discard the work units an earlier (killed, failed or changed) run left in the output folder "
+                        "and start over; without it a rerun resumes them")
     p.add_argument("--job-file", help="where --dry-run writes the job description (default: OUTPUT.job.json next to "
                                       "a local output folder, ./NAME.job.json for a gs:// output)")
 

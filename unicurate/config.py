@@ -48,6 +48,11 @@ class InputConfig(_Section):
     carry_columns: Union[Literal["all", "none"], list[str]] = Field(
         "all", description="extra input columns carried into the `metadata` JSON column"
     )
+    rows_per_unit: int = Field(
+        10_000, ge=1, description="rows per work unit (img2dataset's number_sample_per_shard): the input is cut "
+                                  "into units of this many rows in input order; a finished unit is kept under "
+                                  "OUT/units/ with a completion record, so a rerun of the same command skips it"
+    )
     image_col: str | None = Field(
         None, description="parquet inputs: column of already-downloaded encoded images (`image` in a unicurate "
                           "output, `jpg` in img2dataset's parquet output). Rows with bytes there are decoded, "
@@ -72,6 +77,8 @@ class OutputConfig(_Section):
     rows_per_shard: int = Field(5000, ge=1, description="target rows per Parquet shard")
     row_group_rows: int = Field(256, ge=1, description="rows per Parquet row group")
     keep_rejected_images: bool = Field(False, description="store image bytes of rejected rows too")
+    keep_units: bool = Field(False, description="keep OUT/units/ (the work units' files and completion records) "
+                                                "once the manifest is written; default: remove them")
 
 
 class DownloadConfig(_Section):
@@ -210,17 +217,8 @@ class ModelsConfig(_Section):
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto", description="auto = fp16 on cuda, fp32 on cpu"
     )
-    batch_size: int = Field(32, ge=1, le=4096, description="images per model forward pass")
-    min_batch_size: int | None = Field(
-        None, ge=1, description="smallest batch BatchElements may form; default batch_size: full batches (only a "
-                                "bundle's last one is smaller). Lower values let Beam size batches adaptively by time "
-                                "(about 1 s each), which on a GPU means small, slow forwards")
-
-    @property
-    def batch_bounds(self) -> tuple[int, int]:
-        """(min, max) images per model batch for BatchElements."""
-        lo = self.batch_size if self.min_batch_size is None else min(self.min_batch_size, self.batch_size)
-        return lo, self.batch_size
+    batch_size: int = Field(32, ge=1, le=4096, description="images per model forward pass: a work unit's rows "
+                                                          "are scored in batches of this many, cut in input order")
     preprocess_threads: int = Field(4, ge=1, le=256, description="CPU threads decoding/preprocessing a batch")
     compile: bool = Field(False, description="CUDA only: torch.compile the CLIP image tower and the watermark net "
                                              "(the first batches are slow while it compiles; pays off on long runs)")
@@ -333,7 +331,7 @@ class SampleWebConfig(_Section):
 
 # execution settings of the model stages: where weights are cached, which hardware, how fast (see _Recipe)
 _MODEL_EXECUTION = tuple(f"models.{name}" for name in (
-    "cache_dir", "mirror", "offline", "device", "precision", "compile", "batch_size", "min_batch_size",
+    "cache_dir", "mirror", "offline", "device", "precision", "compile", "batch_size",
     "preprocess_threads"))
 
 
@@ -458,8 +456,8 @@ class CurateRecipe(_Recipe):
                           "that path); `run --input FILE` curates FILE instead and no sample web is started")
 
     EXECUTION_FIELDS: ClassVar[tuple[str, ...]] = (
-        "name", "input.path", "output.path", "output.rows_per_shard", "output.row_group_rows",
-        "download.thread_count", *_MODEL_EXECUTION, "runner", "sample_web.port")
+        "name", "input.path", "input.rows_per_unit", "output.path", "output.rows_per_shard", "output.row_group_rows",
+        "output.keep_units", "download.thread_count", *_MODEL_EXECUTION, "runner", "sample_web.port")
 
     def _input_patterns(self) -> list[str]:
         return self.input.paths
@@ -486,6 +484,10 @@ EditType = Literal[EDIT_TYPE_NAMES]  # the registered edit types (unicurate/synt
 class SynInputConfig(_Section):
     path: str = Field(description="a curate run's output folder (local or gs://): its kept/ shards are read")
     max_images: int | None = Field(None, ge=1, description="only the first N kept images (by key); null = all")
+    rows_per_unit: int = Field(
+        1_000, ge=1, description="kept images per work unit: a finished unit is kept under OUT/units/ with a "
+                                 "completion record, so a rerun of the same command skips it"
+    )
 
 
 class SynOutputConfig(_Section):
@@ -494,6 +496,8 @@ class SynOutputConfig(_Section):
                                                          "share a shard index)")
     row_group_rows: int = Field(64, ge=1, description="rows per Parquet row group")
     keep_rejected_images: bool = Field(False, description="store source/target images of rejected edits too")
+    keep_units: bool = Field(False, description="keep OUT/units/ (the work units' files and completion records) "
+                                                "once the manifest is written; default: remove them")
     image_format: Literal["png", "jpg", "webp"] = Field("png", description="encoding of written images")
     jpeg_quality: int = Field(95, ge=1, le=100)
 
@@ -619,8 +623,8 @@ class SynthesizeRecipe(_Recipe):
     seed: int = Field(0, description="seeds template choice, colours, offsets and augmentations per object")
 
     EXECUTION_FIELDS: ClassVar[tuple[str, ...]] = (
-        "name", "input.path", "output.path", "output.images_per_shard", "output.row_group_rows", *_MODEL_EXECUTION,
-        "runner")
+        "name", "input.path", "input.rows_per_unit", "output.path", "output.images_per_shard",
+        "output.row_group_rows", "output.keep_units", *_MODEL_EXECUTION, "runner")
 
     def _input_patterns(self) -> list[str]:
         """The kept shards of the curate run in input.path: what synthesis reads."""

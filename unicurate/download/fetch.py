@@ -296,7 +296,7 @@ class Decoder:
 
 
 class Fetcher:
-    """Downloads a batch of rows with a thread pool and decodes them as they arrive.
+    """Downloads rows with a thread pool and decodes them in input order.
 
     ``prefilter(row, fetched)`` is called after the header probe with the
     original dimensions known; it returns reject reasons. Rows rejected there
@@ -371,20 +371,40 @@ class Fetcher:
                 out.error = f"{type(exc).__name__}: {exc}"
         return out
 
-    def fetch(self, rows: Iterable[dict]) -> Iterator[tuple[dict, Fetched]]:
-        """Yield (row, Fetched) for every row: downloads in completion order.
+    def fetch(self, rows: Iterable[dict], window: Optional[int] = None,
+              wanted: Optional[Callable[[dict], bool]] = None) -> Iterator[tuple[dict, Optional[Fetched]]]:
+        """Yield (row, Fetched) for every row, in the order of ``rows``, while up to ``window`` rows (default: 4 per
+        download thread) are downloading or waiting ahead of the one being yielded: the downloads run
+        continuously on the pool, never batch by batch, and memory holds at most ``window`` responses.
 
         Rows that already carry their encoded image (``image_bytes``, from ``input.image_col``) are not
-        downloaded: their bytes are decoded while the downloads of the others run.
+        downloaded. Decoding happens on the calling thread, as each row is yielded. Rows that ``wanted`` says
+        no to (an invalid input row, a repeated url) are yielded in their place with None.
         """
-        from concurrent.futures import as_completed
+        from collections import deque
 
-        rows = list(rows)
-        futures = [self._pool.submit(self._download, row) for row in rows if not row.get("image_bytes")]
+        window = window or 4 * self.download_cfg.thread_count
+        pending: deque = deque()  # (row, future or image bytes) in input order
+
+        def next_done() -> tuple[dict, Fetched]:
+            row, job = pending.popleft()
+            if job is None:
+                return row, None
+            if isinstance(job, bytes):
+                return row, self._decode_safely(row, Fetched(reasons=[], download_bytes=len(job)), job)
+            _, out, data = job.result()
+            return row, self._decode_safely(row, out, data)
+
         for row in rows:
             data = row.get("image_bytes")
-            if data:
-                yield row, self._decode_safely(row, Fetched(reasons=[], download_bytes=len(data)), data)
-        for fut in as_completed(futures):
-            row, out, data = fut.result()
-            yield row, self._decode_safely(row, out, data)
+            job = None if wanted is not None and not wanted(row) else \
+                data if data else self._pool.submit(self._download, row)
+            pending.append((row, job))
+            while pending and (len(pending) > window or _ready(pending[0][1])):
+                yield next_done()
+        while pending:
+            yield next_done()
+
+
+def _ready(job) -> bool:
+    return job is None or isinstance(job, bytes) or job.done()

@@ -400,36 +400,55 @@ class RowMaker:
         }
 
 
-def read_split(split: Split, cfg: InputConfig) -> Iterator[dict]:
-    """Yield one dict per input row of the split (rows with problems carry ``invalid_input``)."""
+def read_split(split: Split, cfg: InputConfig, skip: int = 0, take: Optional[int] = None) -> Iterator[dict]:
+    """Yield one dict per input row of the split (rows with problems carry ``invalid_input``): the ``take`` rows
+    (default: all) after the first ``skip`` (a work unit's piece of the split). Rows before ``skip`` are passed
+    over without being made into rows (parquet: whole record batches are skipped)."""
     make = RowMaker(cfg, split)
     f = split.file
+    stop = None if take is None else skip + take
     if f.format == "parquet":
         pf = _parquet(f.path)
-        n = split.first_row
-        end = n + pf.metadata.row_group(split.row_group).num_rows
+        first = split.first_row
+        end = first + pf.metadata.row_group(split.row_group).num_rows
+        if stop is not None:
+            end = min(end, first + stop)
+        n = first + skip
         # rows carrying images are read a few hundred at a time, not 8192 (which could be gigabytes)
         size = _PARQUET_IMAGE_BATCH if cfg.image_col else _PARQUET_BATCH
+        at = first  # file row number of the batch's first row
         try:
             for batch in pf.iter_batches(batch_size=size, row_groups=[split.row_group]):
-                for record in batch.to_pylist():
+                lo, hi = max(n, at), min(end, at + batch.num_rows)
+                at += batch.num_rows
+                if lo >= hi:
+                    if at >= end:
+                        break
+                    continue
+                for record in batch.slice(lo - (at - batch.num_rows), hi - lo).to_pylist():
                     yield make(n, record)
                     n += 1
+                if at >= end:
+                    break
         except Exception as exc:  # noqa: BLE001 - a corrupt page (the footer was fine in preflight)
             # the footer says how many rows the row group has: each unreadable one still gets its rejected row
             why = f"row group {split.row_group} of {f.path} is unreadable from row {n} on: {type(exc).__name__}: {exc}"
             for m in range(n, end):
                 yield make(m, None, error=f"row {m}: {why}")
         return
-    for n, (record, url, error) in enumerate(_text_records(f, cfg)):
-        yield make(n, record, url=url, error=error)
+    for n, (record, url, error) in enumerate(_text_records(f, cfg, skip)):
+        if stop is not None and n >= stop:
+            break
+        if n >= skip:
+            yield make(n, record, url=url, error=error)
 
 
-def _text_records(f: InputFile, cfg: Optional[InputConfig]
+def _text_records(f: InputFile, cfg: Optional[InputConfig], skip: int = 0
                   ) -> Iterator[tuple[Optional[dict], Optional[str], Optional[str]]]:
     """(record, url, error) for each row of a csv/tsv/jsonl/txt file, in order: exactly one per input row.
 
-    ``cfg=None`` (counting) skips decoding JSON lines: whether a line decodes never changes the row count.
+    ``cfg=None`` (counting) skips decoding JSON lines: whether a line decodes never changes the row count; the
+    first ``skip`` rows are passed over the same way ((None, None, None) each).
     """
     if f.format in ("csv", "tsv"):
         csv.field_size_limit(sys.maxsize)
@@ -451,7 +470,10 @@ def _text_records(f: InputFile, cfg: Optional[InputConfig]
         for line_no, line in enumerate(fh, 1):
             if not line.strip():
                 continue
-            if f.format == "txt":
+            if skip:
+                skip -= 1
+                yield None, None, None
+            elif f.format == "txt":
                 yield None, line.strip(), None
             elif cfg is None:
                 yield None, None, None

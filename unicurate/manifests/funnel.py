@@ -36,7 +36,8 @@ def counters(result) -> dict:
         return {}
 
 
-STAGE_LABELS = {"read": "read inputs", "fetch": "download+decode+rules", "model": "model scoring",
+STAGE_LABELS = {"read": "read inputs", "units": "units (download+decode+rules+models)", "fetch": "download+decode+rules",
+                "model": "model scoring",
                 "synthesize": "synthesis", "write": "write shards"}
 
 

@@ -86,37 +86,86 @@ class ShardInfo:
         return {"path": self.path, "rows": self.rows, "bytes": self.bytes, "sha256": self.sha256}
 
 
+class ShardWriter:
+    """One zstd Parquet file written row group by row group and published atomically: rows are buffered up to
+    ``row_group_rows`` and written as one row group, the file goes to a temporary name in the same folder and is
+    renamed into place by :meth:`close`, so a reader (or a resumed run) never sees half a file. Memory: one row
+    group. Use as a context manager: leaving it closes the file (:meth:`close` returns what was written), an
+    exception discards the temporary file."""
+
+    def __init__(self, out_dir: str, rel_path: str, schema: pa.Schema, row_group_rows: int):
+        from apache_beam.io.filesystem import CompressionTypes
+        from apache_beam.io.filesystems import FileSystems
+
+        self.rel_path, self.schema, self.row_group_rows = rel_path, schema, row_group_rows
+        self.final = join(out_dir, *rel_path.split("/"))
+        parent, name = posixpath.split(rel_path)
+        self.tmp = join(out_dir, parent, f".tmp-{uuid.uuid4().hex}-{name}") if parent else \
+            join(out_dir, f".tmp-{uuid.uuid4().hex}-{name}")
+        self.sink = _HashingFile(FileSystems.create(self.tmp, mime_type="application/octet-stream",
+                                                    compression_type=CompressionTypes.UNCOMPRESSED))
+        self.writer = pq.ParquetWriter(self.sink, schema, compression="zstd", write_statistics=True)
+        self.rows, self._buffer = 0, []
+        self.info: Optional[ShardInfo] = None
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        self._buffer.append(row)
+        if len(self._buffer) >= self.row_group_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buffer:
+            self.writer.write_table(pa.Table.from_pylist(self._buffer, schema=self.schema),
+                                    row_group_size=self.row_group_rows)
+            self.rows += len(self._buffer)
+            self._buffer = []
+
+    def close(self) -> ShardInfo:
+        """Write what is buffered, close the file and rename it into place; returns what was written."""
+        from apache_beam.io.filesystems import FileSystems
+
+        if self.info is not None:
+            return self.info
+        self._flush()
+        if not self.rows:
+            self.writer.write_table(self.schema.empty_table())
+        self.writer.close()
+        self.sink.close()
+        if FileSystems.exists(self.final):
+            FileSystems.delete([self.final])
+        FileSystems.rename([self.tmp], [self.final])
+        self.info = ShardInfo(self.rel_path, self.rows, self.sink.size, self.sink.sha.hexdigest())
+        return self.info
+
+    def discard(self) -> None:
+        from apache_beam.io.filesystems import FileSystems
+
+        try:
+            self.writer.close()
+            self.sink.close()
+            FileSystems.delete([self.tmp])
+        except Exception:  # noqa: BLE001 - the temporary file may not exist
+            pass
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, *_exc) -> bool:
+        if exc_type is not None:
+            self.discard()
+        else:
+            self.close()
+        return False
+
+
 def write_shard(
     out_dir: str, rel_path: str, rows: Sequence[Mapping[str, Any]], schema: pa.Schema, row_group_rows: int
 ) -> ShardInfo:
     """Write rows as one zstd Parquet file, atomically (temp name, then rename)."""
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
-
-    final = join(out_dir, *rel_path.split("/"))
-    parent, name = posixpath.split(rel_path)
-    tmp = join(out_dir, parent, f".tmp-{uuid.uuid4().hex}-{name}")
-    sink = _HashingFile(FileSystems.create(tmp, mime_type="application/octet-stream",
-                                           compression_type=CompressionTypes.UNCOMPRESSED))
-    try:
-        with pq.ParquetWriter(sink, schema, compression="zstd", write_statistics=True) as writer:
-            for start in range(0, len(rows), row_group_rows):
-                chunk = rows[start : start + row_group_rows]
-                writer.write_table(pa.Table.from_pylist(list(chunk), schema=schema), row_group_size=row_group_rows)
-            if not rows:
-                writer.write_table(schema.empty_table())
-        sink.close()
-        if FileSystems.exists(final):
-            FileSystems.delete([final])
-        FileSystems.rename([tmp], [final])
-    except BaseException:
-        try:
-            sink.close()
-            FileSystems.delete([tmp])
-        except Exception:  # noqa: BLE001
-            pass
-        raise
-    return ShardInfo(rel_path, len(rows), sink.size, sink.sha.hexdigest())
+    with ShardWriter(out_dir, rel_path, schema, row_group_rows) as writer:
+        for row in rows:
+            writer.write(row)
+        return writer.close()
 
 
 # ------------------------------------------------------------------ funnel

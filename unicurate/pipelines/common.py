@@ -27,12 +27,14 @@ class Plan:
 
     ``inputs``: what ``build`` reads (the pipeline's own kind); ``expected_rows``: the driver's count of the input
     rows, the reference the finished run is checked against (None when not counted: a dry run reads no input);
-    ``headline``: the line that tells the user what is about to run.
+    ``headline``: the line that tells the user what is about to run; ``units``: the work units the runner resumes
+    and reports on (``unicurate.units.folder``), when the pipeline is cut into units.
     """
 
     inputs: Any
     expected_rows: Optional[int]
     headline: str
+    units: Any = None  # the cut into work units (``unicurate.units.plan.UnitPlan``); None: not cut (a dry run)
 
 
 @dataclass(frozen=True)

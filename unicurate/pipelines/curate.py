@@ -1,18 +1,22 @@
-"""The Beam curate pipeline.
+"""The Beam curate pipeline, in work units (``unicurate.units``).
 
-    splits ─ read rows ─ key ─ group repeats of a url ─ reshuffle ─ batch ─ download+decode+rule filters
-        ─ batch ─ model scores (CLIP, aesthetic, NSFW, watermark, OCR) ─ model decisions (pipelines/score.py)
-        ─┬─ (sha256 groups) ─ exact-duplicate decisions ─┐
-         ├─ (pHash bands)   ─ near-duplicate decisions ──┤  CoGroupByKey by shard ─ write kept/rejected shards
-         └─ rows ─────────────────────────────────────────┘  (common)                ─ manifest.json (last)
+    units ─ CurateUnits: per unit, resumed from its file (valid completion record) or fetched, decoded,
+            rule-filtered and scored into it ─ one brief per row (position, key, sha256, pHash, ok, CLIP score)
+        ─ GroupByKey(url key) ─ repeated urls ─┬─ decisions
+                                               └─ first rows ─ CLIP cutoff (keep_top_fraction, ApproximateQuantiles)
+                                                             ─ exact groups (sha256) ─ decisions
+                                                             ─ near groups (pHash bands) ─ decisions
+        decisions by final shard ─ CoGroupByKey (common) ─ WriteShards: the shard's rows streamed out of the unit
+        files, row group by row group, decisions applied ─ kept/ + rejected/ ─ manifest.json (pending, last)
 
-Images travel through exactly one shuffle (the shard grouping, which is what
-makes shard contents deterministic); duplicate decisions are small records
-joined to their rows by shard, not broadcast as side inputs.
+Image bytes never cross a shuffle: they stay in the unit files until the final shards are written. A final shard
+holds the rows of consecutive input positions (``output.rows_per_shard`` of them), so its rows come from one or two
+units and its contents are the same whatever ran where.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Iterator, Optional
 
@@ -21,185 +25,192 @@ from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
 from unicurate.config import CurateRecipe
-from unicurate.filters import dedup as dd
-from unicurate.filters import rules
-from unicurate.manifests import manifest as mf
-from unicurate.models import zoo
 from unicurate.download import ingest
-from unicurate.pipelines import common, perworker
-from unicurate.pipelines import score as sc
-from unicurate.pipelines.common import Plan, by_shard, shard_count
+from unicurate.filters import dedup as dd
+from unicurate.manifests import manifest as mf
 from unicurate.manifests.funnel import format_funnel
-from unicurate.schema import CURATED_COLUMNS, CURATED_SCHEMA, CURATED_SCHEMA_VERSION, KEPT, REJECTED, Reason, shard_name
+from unicurate.models import zoo
+from unicurate.pipelines import common, perworker
+from unicurate.pipelines.common import Plan, with_model_hints
+from unicurate.schema import CURATED_SCHEMA, CURATED_SCHEMA_VERSION, KEPT, REJECTED, shard_name
+from unicurate.units import curate as uc
+from unicurate.units import folder, store
+from unicurate.units.plan import Unit, UnitPlan
 
 log = logging.getLogger("unicurate")
 _NS = perworker.NAMESPACE
+UNITS_TAG = "units"
+REPEATS_TAG = "repeats"
+QUANTILES = 1000  # cutoff resolution for keep_top_fraction: 0.1% of the run
 
 
-# ------------------------------------------------------------------ progress
 def _describe_fetch(c: dict, rate: float) -> str:
     done, ok = c.get("done", 0), c.get("ok", 0)
     return f"{done} fetched, {ok} decoded, {done - ok} failed, {rate:.1f}/s"
 
 
-def _progress() -> perworker.Progress:
-    return perworker.progress("fetch", _describe_fetch)
+def _decider(recipe: CurateRecipe):
+    from unicurate.filters.scoring import ModelDecider
+
+    return ModelDecider(recipe.filters) if recipe.filters.model_filters() else None
 
 
-# ------------------------------------------------------------------ stages
-def assign_repeat_keys(item) -> Iterator[dict]:
-    """Rows sharing (source, url): the first in input order keeps the key, the rest are repeats."""
-    _, rows = item
-    rows = sorted(rows, key=lambda r: r["order"])
-    first = rows[0]
-    yield first
-    for n, row in enumerate(rows[1:], 1):
-        row = dict(row)
-        row["key"] = ingest.row_key(row["source"], row["url"], n)
-        row["reject_reasons"] = [Reason.DUPLICATE_URL.value]
-        row["duplicate_of"] = first["key"]
-        row["error"] = None
-        yield row
+class CurateUnitsDoFn(perworker.ModelDoFn):
+    """Each unit: resumed when its completion record is valid for this data recipe and its file intact, else
+    curated into its file (:class:`unicurate.units.curate.UnitCurator`). Yields the briefs of its rows, and its
+    record on ``UNITS_TAG``. One Fetcher and one set of models per worker process (``shared.Shared``); the models
+    load on a background thread while the first downloads run."""
 
-
-class ReadSplitDoFn(beam.DoFn):
-    """One input split (a file, or a parquet row group) -> its rows."""
-
-    def __init__(self, cfg):
-        self.cfg = cfg
-        self.span = perworker.StageSpan("read")
-
-    def setup(self):
-        perworker.fast_exit_when_done()
-
-    def process(self, split: ingest.Split) -> Iterator[dict]:
-        self.span.mark()
-        yield from ingest.read_split(split, self.cfg)
-        self.span.mark()
-
-
-class FetchDoFn(beam.DoFn):
-    """Downloads, decodes, resizes and rule-filters batches of rows.
-
-    One Fetcher (thread pool + Resizer) per worker process via ``shared.Shared``.
-    """
-
-    def __init__(self, recipe: CurateRecipe):
-        self.recipe = recipe
-        self._shared = shared.Shared()
+    def __init__(self, recipe: CurateRecipe, recipe_hash: str, cpu_threads: Optional[int] = None):
+        super().__init__(tag="scorer", stage="units", cpu_threads=cpu_threads)
+        self.recipe, self.recipe_hash = recipe, recipe_hash
+        self._fetcher_handle = shared.Shared()
+        self.curated = Metrics.counter(_NS, "units_curated")
+        self.resumed = Metrics.counter(_NS, "units_resumed")
         self.fetched = Metrics.counter(_NS, "fetched")
-        self.failed = Metrics.counter(_NS, "fetch_failed")
-        self.span = perworker.StageSpan("fetch")
+        self.model_counters = {name: Metrics.counter(_NS, name) for name in ("model_batches", "model_rows",
+                                                                           "score_errors")}
+
+    def build(self):
+        if not self.recipe.filters.model_filters():
+            return None
+        from unicurate.filters.scoring import ModelScorer
+
+        return ModelScorer(self.recipe.filters, self.recipe.models, runtime=self.runtime(self.recipe.models))
 
     def setup(self):
         from unicurate.download.fetch import Fetcher
 
+        super().setup()
         r = self.recipe
-        filters = rules.rule_filters(r.filters)
+        self.plan = folder.read_plan(r.output.path)
+        self.decider = _decider(r)
 
-        def prefilter(row, fetched):
-            probe = {
-                "caption": row.get("caption"),
-                "original_width": fetched.original_width,
-                "original_height": fetched.original_height,
-            }
-            columns, reasons = rules.apply(filters, [probe])
-            problem = (columns.get("caption_problem") or [None])[0]
-            if problem and fetched.error is None:
-                fetched.error = problem
-            return reasons[0]
-
-        def build():
-            return Fetcher(r.download, r.resize, prefilter=prefilter,
+        def build_fetcher():
+            return Fetcher(r.download, r.resize, prefilter=uc.make_prefilter(r.filters),
                            keep_rejected_images=r.output.keep_rejected_images, compute_phash=True)
 
-        self._holder, _ = perworker.acquire(self._shared, build, tag="fetcher")
-        self.fetcher = self._holder.value
+        self._fetcher_holder, _ = perworker.acquire(self._fetcher_handle, build_fetcher, tag="fetcher")
+        scorer = self.loaded if r.filters.model_filters() else None
+        self.curator = uc.UnitCurator(r, self._fetcher_holder.value, scorer, self.decider)
+        self.progress = perworker.progress("fetch", _describe_fetch)
 
-    def process(self, batch: list[dict]) -> Iterator[dict]:
+    def process(self, unit: Unit) -> Iterator:
         self.span.mark()
-        todo = []
-        for row in batch:
-            if row["reject_reasons"]:  # invalid input or repeated url: nothing to download
-                yield finish_row(row, None)
-            else:
-                todo.append(row)
-        progress = _progress()
-        for row, fetched in self.fetcher.fetch(todo):
-            ok = fetched.image is not None or (fetched.sha256 is not None and fetched.original_width is not None)
-            progress.add(done=1, ok=int(ok))
-            self.fetched.inc()
-            if fetched.reasons and fetched.error:
-                self.failed.inc()
-            yield finish_row(row, fetched)
+        out_dir = self.recipe.output.path
+        record = store.read_record(out_dir, unit.index)
+        if store.record_fits(record, unit, self.recipe_hash) and store.file_intact(out_dir, record):
+            briefs = uc.brief_from_file(out_dir, unit, self.decider)
+            self.resumed.inc()
+        else:
+            if record is not None:
+                log.warning("unit %d: its completion record does not match its file or this run; redoing it",
+                            unit.index)
+
+            def fetched(ok: bool) -> None:
+                self.progress.add(done=1, ok=int(ok))
+                self.fetched.inc()
+
+            before = dict(self.curator.counts)
+            record, briefs = self.curator.run(self.plan, unit, self.recipe_hash, fetched)
+            self.curated.inc()
+            for name, counter in self.model_counters.items():
+                counter.inc(self.curator.counts.get(name, 0) - before.get(name, 0))
+        yield beam.pvalue.TaggedOutput(UNITS_TAG, record)
+        yield from briefs
         self.span.mark()
 
     def teardown(self):
         perworker.emit_progress("fetch")
 
 
-def finish_row(row: dict, fetched) -> dict:
-    """Merge input row and fetch result into a curated-schema row (plus the internal ``order``)."""
-    out = {c: None for c in CURATED_COLUMNS}
-    out.update({k: row.get(k) for k in ("key", "url", "caption", "source", "input_file", "input_row", "metadata",
-                                        "error", "duplicate_of")})
-    out["order"] = tuple(row["order"])
-    reasons = list(row["reject_reasons"])
-    if fetched is not None:
-        reasons.extend(fetched.reasons)
-        out["error"] = fetched.error
-        for name in ("image", "image_format", "original_format", "width", "height", "original_width",
-                     "original_height", "download_bytes", "sha256", "phash"):
-            out[name] = getattr(fetched, name)
-    out["caption_words"] = rules.count_words(out["caption"])
-    out["reject_reasons"] = reasons
-    return out
+# ------------------------------------------------------------------ run-wide decisions on briefs
+def split_repeats(item) -> Iterator:
+    """Briefs sharing a url key (same source and url): the first in input order goes on; each later one becomes a
+    repeat decision (position, (occurrence number, key of the first))."""
+    _, briefs = item
+    briefs = sorted(briefs, key=lambda b: b.pos)
+    yield briefs[0]
+    for n, b in enumerate(briefs[1:], 1):
+        yield beam.pvalue.TaggedOutput(REPEATS_TAG, (b.pos, (n, briefs[0].key)))
 
 
-def light_record(row: dict, value_field: str) -> dd.Rec:
-    return dd.Rec(tuple(row["order"]), row["key"], not row["reject_reasons"], row.get(value_field))
+def with_cutoff(b: uc.Brief, cutoff: Optional[float], decider) -> uc.Brief:
+    """The brief with the CLIP top-fraction cutoff applied to ``ok``."""
+    if cutoff is None or not b.ok or b.clip_score is None:
+        return b
+    return b._replace(ok=not decider.reasons([{"clip_score": b.clip_score}], clip_min_score=cutoff)[0])
+
+
+def exact_decisions(item) -> Iterator[tuple[int, str]]:
+    """(loser position, key of the kept copy) for briefs sharing a sha256."""
+    recs = [dd.Rec(b.pos, b.key, b.ok, b.sha256) for b in item[1]]
+    pos_of = {r.key: r.order for r in recs}
+    for loser, winner in dd.exact_losers(recs):
+        yield pos_of[loser], winner
+
+
+def near_decisions(item, max_distance: int) -> Iterator[tuple[int, tuple]]:
+    """(loser position, (winner position, winner key)) for briefs sharing a pHash band."""
+    recs = [dd.Rec(b.pos, b.key, b.ok, b.phash) for b in item[1]]
+    pos_of = {r.key: r.order for r in recs}
+    for loser, winner in dd.near_losers(recs, max_distance):
+        yield pos_of[loser], winner
+
+
+def cutoff_from_quantiles(quantiles: list, keep_top_fraction: float) -> Optional[float]:
+    """The clip_score a row needs to be in the run's top ``keep_top_fraction`` (None: nothing scored)."""
+    if not quantiles:
+        return None
+    n = len(quantiles) - 1
+    if n <= 0:
+        return float(quantiles[0])
+    pos = round((1.0 - keep_top_fraction) * n)
+    return float(quantiles[min(max(pos, 0), n)])
 
 
 class WriteShardsDoFn(beam.DoFn):
-    """Applies duplicate decisions to one shard's rows and writes its kept and rejected files."""
+    """One final shard: the rows of its positions streamed out of the unit files (a row group at a time), the
+    run-wide decisions applied, written to kept/ and rejected/ (each row group by row group)."""
 
-    def __init__(self, recipe: CurateRecipe):
-        self.recipe = recipe
+    def __init__(self, recipe: CurateRecipe, n_rows: int, n_shards: int):
+        self.recipe, self.n_rows, self.n_shards = recipe, n_rows, n_shards
         self.span = perworker.StageSpan("write")
 
     def setup(self):
         perworker.fast_exit_when_done()
+        self.plan = folder.read_plan(self.recipe.output.path)
+        self.decider = _decider(self.recipe)
 
-    def process(self, item, n_shards: int) -> Iterator[dict]:
+    def process(self, item, clip_cutoff: Optional[float]) -> Iterator[dict]:
         self.span.mark()
         index, grouped = item
-        exact = dict(grouped["exact"])
-        near: dict[str, tuple] = {}
+        near: dict[int, tuple] = {}
         for loser, (order, winner) in grouped["near"]:
-            if loser not in near or tuple(order) < tuple(near[loser][0]):
-                near[loser] = (tuple(order), winner)
-        kept, rejected = [], []
-        for row in sorted(grouped["rows"], key=lambda r: r["key"]):
-            row = dict(row)
-            row.pop("order", None)
-            reasons = row["reject_reasons"]
-            if row["key"] in exact:
-                reasons.append(Reason.DUPLICATE.value)
-                row["duplicate_of"] = exact[row["key"]]
-            elif row["key"] in near and not reasons:
-                reasons.append(Reason.NEAR_DUPLICATE.value)
-                row["duplicate_of"] = near[row["key"]][1]
-            row["status"] = REJECTED if reasons else KEPT
-            if reasons and not self.recipe.output.keep_rejected_images:
-                row["image"] = None
-            (rejected if reasons else kept).append(row)
-        out_dir = self.recipe.output.path
-        name = shard_name(index, n_shards)
-        rg = self.recipe.output.row_group_rows
-        shards = {sub: mf.write_shard(out_dir, f"{sub}/{name}", rows_, CURATED_SCHEMA, rg).to_json()
-                  for sub, rows_ in ((KEPT, kept), (REJECTED, rejected))}
-        yield {"shards": shards, "funnel": mf.funnel_counts(r["reject_reasons"] for r in kept + rejected)}
+            if loser not in near or order < near[loser][0]:
+                near[loser] = (order, winner)
+        decisions = uc.Decisions(dict(grouped["repeats"]), dict(grouped["exact"]), near, clip_cutoff)
+        out = self.recipe.output
+        start, stop = shard_range(index, out.rows_per_shard, self.n_rows)
+        name = shard_name(index, self.n_shards)
+        reasons = []
+        with mf.ShardWriter(out.path, f"{KEPT}/{name}", CURATED_SCHEMA, out.row_group_rows) as kept, \
+                mf.ShardWriter(out.path, f"{REJECTED}/{name}", CURATED_SCHEMA, out.row_group_rows) as rejected:
+            for row in store.rows_between(out.path, self.plan, start, stop):
+                row = uc.final_row(row, decisions, self.decider, out.keep_rejected_images)
+                (kept if row["status"] == KEPT else rejected).write(row)
+                reasons.append(row["reject_reasons"])
+            if len(reasons) != stop - start:
+                raise RuntimeError(f"shard {index}: read {len(reasons)} rows from the unit files, expected "
+                                   f"{stop - start} (positions {start}..{stop - 1})")
+            shards = {KEPT: kept.close().to_json(), REJECTED: rejected.close().to_json()}
+        yield {"shards": shards, "funnel": mf.funnel_counts(reasons)}
         self.span.mark()
+
+
+def shard_range(index: int, rows_per_shard: int, n_rows: int) -> tuple[int, int]:
+    """The input positions final shard ``index`` holds."""
+    return min(index * rows_per_shard, n_rows), min((index + 1) * rows_per_shard, n_rows)
 
 
 class WriteManifestDoFn(common.WriteManifestDoFn):
@@ -216,94 +227,105 @@ class WriteManifestDoFn(common.WriteManifestDoFn):
 
 
 def build(p: beam.Pipeline, recipe: CurateRecipe, plan: Plan, beam_options: dict):
-    """Add the curate pipeline to ``p`` (``plan.inputs``: the input splits); returns the PCollection holding the
-    manifest path."""
+    """Add the curate pipeline to ``p`` (``plan.inputs``: the :class:`UnitPlan`, None in a dry run); returns the
+    PCollection holding the pending manifest's path."""
     cfg = recipe
-    in_cfg = cfg.input
-    rows = (
+    uplan: Optional[UnitPlan] = plan.inputs
+    n_rows = uplan.n_rows if uplan is not None else 0
+    n_shards = common.shard_count(n_rows, cfg.output.rows_per_shard)
+    decider = _decider(cfg)
+    units = (
         p
-        | "Splits" >> beam.Create(plan.inputs, reshuffle=True)
-        | "ReadRows" >> beam.ParDo(ReadSplitDoFn(in_cfg))
+        | "Units" >> beam.Create(uplan.units() if uplan is not None else [], reshuffle=True)
+        | "CurateUnits" >> with_model_hints(beam.ParDo(CurateUnitsDoFn(
+            cfg, cfg.recipe_hash(), perworker.cpu_threads_per_process(beam_options))), cfg).with_outputs(
+            UNITS_TAG, main="briefs")
     )
-    n_inputs = rows | "CountInputs" >> beam.combiners.Count.Globally()
-    n_shards = n_inputs | "ShardCount" >> beam.Map(shard_count, cfg.output.rows_per_shard)
-
-    fetched = (
-        rows
-        | "KeyByUrl" >> beam.Map(lambda r: (r["key"], r))
+    firsts = (
+        units.briefs
+        | "KeyByUrl" >> beam.Map(lambda b: (b.key, b))
         | "GroupRepeatedUrls" >> beam.GroupByKey()
-        # the group by url already spreads rows over workers (by url hash) and breaks fusion with the read:
-        # no extra Reshuffle (it cost one more pass of every row through the runner)
-        | "RepeatKeys" >> beam.FlatMap(assign_repeat_keys)
-        | "Batch" >> beam.BatchElements(min_batch_size=min(16, cfg.download.thread_count),
-                                        max_batch_size=max(16, cfg.download.thread_count * 4))
-        | "DownloadDecodeFilter" >> beam.ParDo(FetchDoFn(cfg))
+        | "SplitRepeats" >> beam.FlatMap(split_repeats).with_outputs(REPEATS_TAG, main="firsts")
     )
-
-    if cfg.filters.model_filters():
-        fetched, clip_cutoff, model_records = sc.add_model_stages(
-            fetched, cfg, perworker.cpu_threads_per_process(beam_options))
+    c = cfg.filters.clip_score
+    if c is not None and c.keep_top_fraction is not None:
+        clip_cutoff = (
+            firsts.firsts
+            | "ClipScores" >> beam.FlatMap(lambda b: [b.clip_score] if b.clip_score is not None else [])
+            | "ClipQuantiles" >> beam.ApproximateQuantiles.Globally(QUANTILES + 1)
+            | "ClipCutoff" >> beam.Map(cutoff_from_quantiles, c.keep_top_fraction)
+        )
+        live = firsts.firsts | "ApplyClipCutoff" >> beam.Map(with_cutoff, beam.pvalue.AsSingleton(clip_cutoff),
+                                                             decider)
     else:
-        clip_cutoff = p | "NoModels" >> beam.Create([None])
-        model_records = p | "NoModelRecords" >> beam.Create([[]])
+        clip_cutoff = p | "NoClipCutoff" >> beam.Create([None])
+        live = firsts.firsts
 
-    keyed = {"rows": fetched | "RowsByShard" >> by_shard(lambda r: r["key"], n_shards)}
+    def by_shard(name: str, pcoll):
+        rps = cfg.output.rows_per_shard
+        return pcoll | f"{name}ByShard" >> beam.Map(lambda d: (d[0] // rps, d))
 
+    keyed = {"repeats": by_shard("Repeats", firsts[REPEATS_TAG])}
     dcfg = cfg.filters.dedup
     empty = p | "NoDecisions" >> beam.Create([])
     if dcfg.exact:
-        keyed["exact"] = (
-            fetched
-            | "ShaRecords" >> beam.FlatMap(lambda r: [(r["sha256"], light_record(r, "sha256"))] if r["sha256"] else [])
+        keyed["exact"] = by_shard("Exact", (
+            live
+            | "ShaGroups" >> beam.FlatMap(lambda b: [(b.sha256, b)] if b.sha256 else [])
             | "GroupBySha" >> beam.GroupByKey()
-            | "ExactLosers" >> beam.FlatMap(lambda kv: dd.exact_losers(kv[1]))
-            | "ExactByShard" >> by_shard(lambda lw: lw[0], n_shards)
-        )
+            | "ExactLosers" >> beam.FlatMap(exact_decisions)))
     else:
         keyed["exact"] = empty | "NoExact" >> beam.Map(lambda x: x)
     if dcfg.near:
         md = dcfg.max_distance
-        keyed["near"] = (
-            fetched
+        keyed["near"] = by_shard("Near", (
+            live
             | "PhashBands" >> beam.FlatMap(
-                lambda r: [(band, light_record(r, "phash")) for band in dd.phash_bands(r["phash"], md)]
-                if r["phash"] and not r["reject_reasons"] else [])
+                lambda b: [(band, b) for band in dd.phash_bands(b.phash, md)] if b.phash and b.ok else [])
             | "GroupByBand" >> beam.GroupByKey()
-            | "NearLosers" >> beam.FlatMap(lambda kv: dd.near_losers(kv[1], md))
-            | "NearByShard" >> by_shard(lambda lw: lw[0], n_shards)
-        )
+            | "NearLosers" >> beam.FlatMap(near_decisions, md)))
     else:
         keyed["near"] = empty | "NoNear" >> beam.Map(lambda x: x)
 
+    n_shards_pc = p | "ShardCount" >> beam.Create([n_shards])
     results = (
-        common.group_by_shard(keyed, n_shards)
-        | "WriteShards" >> beam.ParDo(WriteShardsDoFn(cfg), beam.pvalue.AsSingleton(n_shards))
+        common.group_by_shard(keyed, n_shards_pc)
+        | "WriteShards" >> beam.ParDo(WriteShardsDoFn(cfg, n_rows, n_shards), beam.pvalue.AsSingleton(clip_cutoff))
     )
+    model_records = (
+        units[UNITS_TAG]
+        | "UnitModels" >> beam.FlatMap(lambda rec: [json.dumps(rec["models"], sort_keys=True)] if rec["models"] else [])
+    )
+    model_records = common.collect_model_records(model_records)
+    n_inputs = units.briefs | "CountInputs" >> beam.combiners.Count.Globally()
     return common.write_manifest(results, WriteManifestDoFn(cfg, beam_options), n_inputs, model_records,
                                  clip_cutoff)
 
 
-def count_inputs(splits: list[ingest.Split]) -> int:
-    """The input rows, counted by the driver before the pipeline runs: what the finished run must account for.
-
-    Parquet row groups from their footers; text files by one streaming pass each, files side by side (on gs://
-    the pass is mostly waiting on reads)."""
+def count_inputs(splits: list[ingest.Split]) -> list[int]:
+    """The rows of each input split, counted by the driver before the pipeline runs: what the finished run must
+    account for. Parquet row groups from their footers; text files by one streaming pass each, files side by
+    side (on gs:// the pass is mostly waiting on reads)."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(splits)))) as pool:
-        return sum(pool.map(ingest.count_rows, splits))
+        return list(pool.map(ingest.count_rows, splits))
 
 
 def prepare(recipe: CurateRecipe, count: bool = True) -> Plan:
     """Everything that must succeed before any work: inputs found, readable, with the right columns; the plan
-    holds the input splits and (``count``) the rows they hold."""
+    holds the cut into work units, made from the rows the input splits hold (``count``; a dry run counts
+    nothing and has no units)."""
     files = ingest.expand_inputs(recipe.input)
     ingest.preflight(files, recipe.input)
     splits = ingest.plan_splits(files)
-    n_inputs = count_inputs(splits) if count else None
+    uplan = UnitPlan(tuple(splits), tuple(count_inputs(splits)), recipe.input.rows_per_unit) if count else None
     n_files = len({s.file.path for s in splits})
-    return Plan(splits, n_inputs, f"curate: {n_files} input file(s), {len(splits)} split(s)"
-                + (f", {n_inputs} rows" if n_inputs is not None else "") + f" -> {recipe.output.path}")
+    what = (f", {uplan.n_rows} rows in {uplan.n_units} unit(s) of up to {uplan.rows_per_unit}" if uplan is not None
+            else "")
+    return Plan(uplan, uplan.n_rows if uplan is not None else None,
+                f"curate: {n_files} input file(s), {len(splits)} split(s){what} -> {recipe.output.path}",
+                units=uplan)
 
 
 PIPELINE = common.Pipeline("curate", prepare, build, format_funnel)

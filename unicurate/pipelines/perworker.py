@@ -228,13 +228,18 @@ class ModelDoFn(beam.DoFn):
         self.model = None
         self._load_to_count, self._reported = built, False
 
-    def started(self):
+    def loaded(self) -> Any:
+        """The process's model object, once its load has finished (counted once)."""
         if self.model is None:
             self.model = self._holder.value.result()
-        self.span.mark()
         if self._load_to_count:
             self._load_to_count = False
             self.loads.inc()
+        return self.model
+
+    def started(self):
+        self.loaded()
+        self.span.mark()
         if not self._reported:
             self._reported = True
             yield beam.pvalue.TaggedOutput(self.MODELS_TAG, json.dumps(self.records(), sort_keys=True))

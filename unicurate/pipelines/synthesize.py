@@ -1,19 +1,19 @@
-"""The Beam synthesize pipeline.
+"""The Beam synthesize pipeline, in work units (``unicurate.units``).
 
-    kept shards of a curate run ─ read rows ─ reshuffle ─ BatchElements
-        ─ SynthesizeDoFn (one Synthesizer per worker process: GroundingDINO + SAM + CLIP + inpainter)
-        ─ image results keyed by shard ─ group by shard (common) ─ write subject/ edit/ rejected/ images/ shards
-        ─ manifest.json (last)
+    units of kept images of a curate run ─ SynthesizeUnits: per unit, resumed (valid completion record) or
+        synthesized (one Synthesizer per worker process: GroundingDINO + SAM + CLIP + inpainter) into its
+        images/subject/edit/rejected unit files ─ unit records
+    final shards (``output.images_per_shard`` consecutive images each) ─ WriteShards: each kind's rows streamed
+        out of the unit files ─ subject/ edit/ rejected/ images/ ─ manifest.json (pending, last)
 
-Every curated image ends in exactly one ``images`` row (produced, no_object,
-all_rejected or image_error); its samples and rejections share its shard
-index, so a shard's four files describe the same images.
+Every curated image ends in exactly one ``images`` row (produced, no_object, all_rejected or image_error); its
+samples and rejections share its shard index, so a shard's four files describe the same images.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
@@ -21,36 +21,36 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from unicurate.config import SynthesizeRecipe
+from unicurate.download.ingest import InputError
 from unicurate.manifests import curated
 from unicurate.manifests import manifest as mf
-from unicurate.models import zoo
-from unicurate.download.ingest import InputError
-from unicurate.pipelines import common, perworker
-from unicurate.pipelines.common import Plan, by_shard, collect_model_records, shard_count, with_model_hints
 from unicurate.manifests.funnel import format_synthesis_funnel
-from unicurate.schema import (CURATED_SCHEMA_VERSION, EDIT_TYPES, KEPT, SYNTHESIS_DIRS, SYNTHESIS_SCHEMA_VERSION,
-                              SYNTHESIS_SCHEMAS, shard_name)
+from unicurate.models import zoo
+from unicurate.pipelines import common, perworker
+from unicurate.pipelines.common import Plan, collect_model_records, shard_count, with_model_hints
+from unicurate.schema import CURATED_SCHEMA_VERSION, KEPT, SYNTHESIS_DIRS, SYNTHESIS_SCHEMA_VERSION, \
+    SYNTHESIS_SCHEMAS, shard_name
+from unicurate.units import folder, store
+from unicurate.units import synthesize as us
+from unicurate.units.plan import KeptShard, Unit, UnitPlan
 
 log = logging.getLogger("unicurate")
 _NS = perworker.NAMESPACE
-MODELS_TAG = perworker.ModelDoFn.MODELS_TAG
-READ_COLUMNS = ["key", "caption", "image", "width", "height"]
 
 
 # ------------------------------------------------------------------ input
 @dataclass(frozen=True)
 class KeptImages:
-    """What a synthesize run reads: the kept shards of a curate run, the selected keys (``input.max_images``;
-    None: all), and the manifest's ``source`` record of that run."""
+    """What a synthesize run reads: the cut of the kept images of a curate run into units (None in a dry run),
+    and the manifest's ``source`` record of that run."""
 
-    paths: list[str]
-    keys: Optional[list[str]]
+    units: Optional[UnitPlan]
     source: dict
 
 
 def prepare(recipe: SynthesizeRecipe, count: bool = True) -> Plan:
-    """Check the curate run; the plan holds its kept images and their number (from its manifest: ``count`` costs
-    nothing here, so they are always counted)."""
+    """Check the curate run; the plan holds its kept images (``input.max_images``: the first N by key) cut into
+    units, counted from its manifest (with ``max_images``: from the shards' key columns)."""
     src = recipe.input.path
     try:
         cur = mf.read_manifest(src)
@@ -70,124 +70,112 @@ def prepare(recipe: SynthesizeRecipe, count: bool = True) -> Plan:
     if missing:
         raise InputError(f"input.path: {len(missing)} kept shard(s) listed in the manifest are missing, e.g. "
                          f"{missing[0]}; check the folder with `unicurate validate {src}`")
-    keys = None
+    counts = [s["rows"] for s in shards]
+    max_key = None
     if recipe.input.max_images is not None:
-        all_keys = sorted(k for p in paths for k in _read_column(p, "key"))
-        keys = all_keys[: recipe.input.max_images]
-    n_inputs = len(keys) if keys is not None else sum(s["rows"] for s in shards)
+        keys = [_read_column(p, "key") for p in paths]
+        chosen = sorted(k for ks in keys for k in ks)[: recipe.input.max_images]
+        max_key = chosen[-1] if chosen else None
+        counts = [sum(1 for k in ks if max_key is not None and k <= max_key) for ks in keys]
+    splits = tuple(KeptShard(p, max_key) for p in paths)
+    uplan = UnitPlan(splits, tuple(counts), recipe.input.rows_per_unit)
     source = {"path": src, "recipe_hash": cur.get("recipe_hash"), "kept": cur["counts"]["kept"],
               "uncalibrated": bool(cur.get("uncalibrated"))}
-    return Plan(KeptImages(paths, keys, source), n_inputs,
-                f"synthesize: {n_inputs} kept image(s) in {len(paths)} shard(s) of {src} -> {recipe.output.path}")
+    return Plan(KeptImages(uplan, source), uplan.n_rows,
+                f"synthesize: {uplan.n_rows} kept image(s) in {len(paths)} shard(s) of {src}, {uplan.n_units} "
+                f"unit(s) of up to {uplan.rows_per_unit} -> {recipe.output.path}", units=uplan)
 
 
 def _read_column(path: str, column: str) -> list:
     return curated.read_table(path, [column]).column(column).to_pylist()
 
 
-def read_kept_shard(path: str, keys: Optional[frozenset]) -> Iterator[dict]:
-    """The kept rows of one curated shard (``keys``: only those), 64 at a time in memory."""
-    for row in curated.iter_rows(path, READ_COLUMNS, batch_size=64):
-        if keys is None or row["key"] in keys:
-            yield row
-
-
-# ------------------------------------------------------------------ model stage
+# ------------------------------------------------------------------ units
 def _describe(c: dict, rate: float) -> str:
     return f"{c['images']} images synthesized, {c['samples']} samples, {rate:.2f} images/s"
 
 
-class SynthesizeDoFn(perworker.ModelDoFn):
-    """Runs a Synthesizer on batches of curated rows; models load once per worker process."""
+class SynthesizeUnitsDoFn(perworker.ModelDoFn):
+    """Each unit: resumed when its completion record is valid for this data recipe and its files intact, else
+    synthesized into its files (:class:`unicurate.units.synthesize.UnitSynthesizer`). Yields its record; models
+    load once per worker process, on a background thread."""
 
-    def __init__(self, recipe: SynthesizeRecipe, cpu_threads: Optional[int] = None):
+    def __init__(self, recipe: SynthesizeRecipe, recipe_hash: str, cpu_threads: Optional[int] = None):
         super().__init__(tag="synthesizer", stage="synthesize", cpu_threads=cpu_threads)
-        self.recipe = recipe
+        self.recipe, self.recipe_hash = recipe, recipe_hash
         self.images = Metrics.counter(_NS, "images")
         self.samples = Metrics.counter(_NS, "samples")
+        self.curated = Metrics.counter(_NS, "units_curated")
+        self.resumed = Metrics.counter(_NS, "units_resumed")
 
     def build(self):
         from unicurate.synthesis.synthesizer import Synthesizer
 
         return Synthesizer(self.recipe, runtime=self.runtime(self.recipe.models))
 
-    def records(self) -> list[dict]:
-        return self.model.records
+    def setup(self):
+        super().setup()
+        self.plan = folder.read_plan(self.recipe.output.path)
+        self.worker = us.UnitSynthesizer(self.recipe, self.loaded)
 
-    def process(self, batch: list[dict]) -> Iterator:
-        yield from self.started()
-        results = self.model.process(batch)
+    def process(self, unit: Unit) -> Iterator[dict]:
         self.span.mark()
-        self.batches.inc()
-        self.images.inc(len(results))
-        n = sum(len(r.subject) + len(r.edit) for r in results)
-        self.samples.inc(n)
-        perworker.progress("synthesize", _describe, every=5.0).add(images=len(results), samples=n)
-        for res in results:
-            yield {"image": res.image, "subject": res.subject, "edit": res.edit, "rejected": res.rejected}
+        out_dir = self.recipe.output.path
+        record = store.read_record(out_dir, unit.index)
+        if store.record_fits(record, unit, self.recipe_hash) and store.file_intact(out_dir, record):
+            self.resumed.inc()
+        else:
+            def on_batch(images: int, samples: int) -> None:
+                self.batches.inc()
+                self.images.inc(images)
+                self.samples.inc(samples)
+                perworker.progress("synthesize", _describe, every=5.0).add(images=images, samples=samples)
 
-
-# ------------------------------------------------------------------ funnel
-def funnel_part(results: list[dict]) -> dict:
-    """Counts over some image results (merged with :func:`merge_funnel`)."""
-    c: Counter = Counter()
-    for res in results:
-        img = res["image"]
-        c["images"] += 1
-        c[f"status:{img['status']}"] += 1
-        c["detections"] += img["detections"]
-        c["objects_accepted"] += img["objects_accepted"]
-        c["subjects"] += len(res["subject"])
-        for e in res["edit"]:
-            c[f"edit:{e['edit_type']}"] += 1
-        for rj in res["rejected"]:
-            scope = "object" if rj["kind"] == "object" else f"edit:{rj['edit_type']}"
-            c[f"rejected:{scope}"] += 1
-            for code in rj["reject_reasons"]:
-                c[f"reason:{scope}:{code}"] += 1
-    return dict(c)
-
-
-def merge_funnel(parts) -> dict:
-    c: Counter = Counter()
-    for p in parts:
-        c.update(p)
-    statuses = {k.split(":", 1)[1]: v for k, v in c.items() if k.startswith("status:")}
-    edits = {}
-    for t in EDIT_TYPES:
-        made, rej = c.get(f"edit:{t}", 0), c.get(f"rejected:edit:{t}", 0)
-        reasons = {k.rsplit(":", 1)[1]: v for k, v in sorted(c.items()) if k.startswith(f"reason:edit:{t}:")}
-        if made or rej:
-            edits[t] = {"written": made, "rejected": rej, "reasons": reasons}
-    obj_reasons = {k.rsplit(":", 1)[1]: v for k, v in sorted(c.items()) if k.startswith("reason:object:")}
-    return {
-        "images": c.get("images", 0),
-        "image_status": {s: statuses.get(s, 0) for s in ("produced", "no_object", "all_rejected", "image_error")},
-        "objects": {"detected": c.get("detections", 0), "accepted": c.get("objects_accepted", 0),
-                    "rejected": c.get("rejected:object", 0), "reasons": obj_reasons},
-        "subjects": c.get("subjects", 0),
-        "edits": edits,
-    }
+            record = self.worker.run(self.plan, unit, self.recipe_hash, on_batch)
+            self.curated.inc()
+        yield record
+        self.span.mark()
 
 
 # ------------------------------------------------------------------ writing
 class WriteSynShardsDoFn(beam.DoFn):
-    def __init__(self, recipe: SynthesizeRecipe):
-        self.recipe = recipe
+    """One final shard: the rows of its images (consecutive positions) of each kind, streamed out of the unit
+    files, written to images/ subject/ edit/ rejected/."""
 
-    def process(self, item, n_shards: int) -> Iterator[dict]:
-        index, grouped = item
-        results = sorted(grouped["rows"], key=lambda r: r["image"]["source_key"])
-        out_dir = self.recipe.output.path
-        name = shard_name(index, n_shards)
-        rg = self.recipe.output.row_group_rows
-        rows = {"images": [r["image"] for r in results]}
-        for kind in ("subject", "edit", "rejected"):
-            rows[kind] = [x for r in results for x in sorted(r[kind], key=lambda x: x["key"])]
-        infos = {}
+    def __init__(self, recipe: SynthesizeRecipe, n_rows: int, n_shards: int):
+        self.recipe, self.n_rows, self.n_shards = recipe, n_rows, n_shards
+
+    def setup(self):
+        perworker.fast_exit_when_done()
+        self.plan = folder.read_plan(self.recipe.output.path)
+
+    def process(self, index: int) -> Iterator[dict]:
+        out = self.recipe.output
+        start, stop = min(index * out.images_per_shard, self.n_rows), min((index + 1) * out.images_per_shard,
+                                                                         self.n_rows)
+        name = shard_name(index, self.n_shards)
+        infos, written = {}, {}
         for kind in SYNTHESIS_DIRS:
-            infos[kind] = mf.write_shard(out_dir, f"{kind}/{name}", rows[kind], SYNTHESIS_SCHEMAS[kind], rg).to_json()
-        yield {"shards": infos, "funnel": funnel_part(results)}
+            counted = []
+            with mf.ShardWriter(out.path, f"{kind}/{name}", SYNTHESIS_SCHEMAS[kind], out.row_group_rows) as w:
+                for row in store.rows_between(out.path, self.plan, start, stop, rel=us.unit_rel(kind)):
+                    row.pop(store.POS)
+                    w.write(row)
+                    counted.append(_funnel_fields(kind, row))
+                infos[kind] = w.close().to_json()
+            written[kind] = counted
+        if len(written["images"]) != stop - start:
+            raise RuntimeError(f"shard {index}: read {len(written['images'])} image rows from the unit files, "
+                               f"expected {stop - start}")
+        yield {"shards": infos, "funnel": us.funnel_part(written["images"], written["subject"], written["edit"],
+                                                         written["rejected"])}
+
+
+def _funnel_fields(kind: str, row: dict) -> dict:
+    """What of a written row the funnel counts (not its images)."""
+    keep = {"images": ("status", "detections", "objects_accepted"), "subject": (), "edit": ("edit_type",),
+            "rejected": ("kind", "edit_type", "reject_reasons")}[kind]
+    return {k: row.get(k) for k in keep}
 
 
 class WriteSynManifestDoFn(common.WriteManifestDoFn):
@@ -198,7 +186,7 @@ class WriteSynManifestDoFn(common.WriteManifestDoFn):
         self.source = source
 
     def merge_funnel(self, parts) -> dict:
-        return merge_funnel(parts)
+        return us.merge_funnel(parts)
 
     def unloaded_models(self) -> list[dict]:
         return zoo.unloaded_records(zoo.synthesis_specs(self.recipe), "not loaded: the input had no kept images")
@@ -209,33 +197,35 @@ class WriteSynManifestDoFn(common.WriteManifestDoFn):
 
 def build(p: beam.Pipeline, recipe: SynthesizeRecipe, plan: Plan, beam_options: dict):
     """Add the synthesize pipeline to ``p`` (``plan.inputs``: :class:`KeptImages`); returns the PCollection holding
-    the manifest path."""
-    m = recipe.models
+    the pending manifest's path."""
     kept: KeptImages = plan.inputs
-    n_shards = p | "ShardCount" >> beam.Create([shard_count(plan.expected_rows, recipe.output.images_per_shard)])
-    wanted = frozenset(kept.keys) if kept.keys is not None else None
-    rows = (
-        p
-        | "KeptShards" >> beam.Create(kept.paths, reshuffle=True)
-        | "ReadKeptRows" >> beam.FlatMap(read_kept_shard, wanted)
-    )
-    # what the pipeline read, recorded as counts.inputs: the driver checks it against its own count (n_inputs)
-    n_read = rows | "CountInputs" >> beam.combiners.Count.Globally()
+    uplan = kept.units
+    n_rows = uplan.n_rows if uplan is not None else 0
+    n_shards = shard_count(n_rows, recipe.output.images_per_shard)
     cpu_threads = perworker.cpu_threads_per_process(beam_options)
-    results = (
-        rows
-        | "SpreadImages" >> beam.Reshuffle()
-        | "BatchImages" >> beam.BatchElements(min_batch_size=m.batch_bounds[0], max_batch_size=m.batch_bounds[1])
-        | "Synthesize" >> with_model_hints(beam.ParDo(SynthesizeDoFn(recipe, cpu_threads)), recipe).with_outputs(
-            MODELS_TAG, main="results")
+    records = (
+        p
+        | "Units" >> beam.Create(uplan.units() if uplan is not None else [], reshuffle=True)
+        | "Synthesize" >> with_model_hints(beam.ParDo(SynthesizeUnitsDoFn(recipe, recipe.recipe_hash(),
+                                                                          cpu_threads)), recipe)
     )
-    keyed = {"rows": results.results | "ByShard" >> by_shard(lambda r: r["image"]["source_key"], n_shards)}
+    # the images the units hold, recorded as counts.inputs: the driver checks it against its own count
+    n_read = records | "UnitImages" >> beam.Map(lambda r: r["rows"]) | "CountInputs" >> beam.CombineGlobally(sum)
+    model_records = collect_model_records(
+        records | "UnitModels" >> beam.FlatMap(lambda r: [_json(r["models"])] if r["models"] else []))
     written = (
-        common.group_by_shard(keyed, n_shards)
-        | "WriteShards" >> beam.ParDo(WriteSynShardsDoFn(recipe), beam.pvalue.AsSingleton(n_shards))
+        records
+        | "AllUnitsDone" >> beam.combiners.Count.Globally()
+        | "ShardIndexes" >> beam.FlatMap(lambda _n: range(n_shards))
+        | "SpreadShards" >> beam.Reshuffle()
+        | "WriteShards" >> beam.ParDo(WriteSynShardsDoFn(recipe, n_rows, n_shards))
     )
     return common.write_manifest(written, WriteSynManifestDoFn(recipe, beam_options, kept.source), n_read,
-                                 collect_model_records(results[MODELS_TAG]))
+                                 model_records)
+
+
+def _json(obj) -> str:
+    return json.dumps(obj, sort_keys=True)
 
 
 PIPELINE = common.Pipeline("synthesize", prepare, build, format_synthesis_funnel)

@@ -4,6 +4,8 @@ exactly once; until then its folder reads as unfinished (no manifest), and a fai
 
 from __future__ import annotations
 
+from typing import Optional
+
 from unicurate.manifests import manifest as mf
 from unicurate.manifests.validate import check_run
 
@@ -12,7 +14,7 @@ class RunCheckFailed(RuntimeError):
     """A finished pipeline's output does not hold every input row exactly once: the run is not declared done."""
 
 
-def check_and_publish(out_dir: str, expected_inputs: int, result, pipeline) -> dict:
+def check_and_publish(out_dir: str, expected_inputs: int, result, pipeline, extra: Optional[dict] = None) -> dict:
     """Publish the pending manifest a finished pipeline wrote, once the driver has compared its own count of the
     input rows (``expected_inputs``, made before the pipeline) with that manifest and with the rows the written
     shards hold; returns the manifest.
@@ -28,6 +30,7 @@ def check_and_publish(out_dir: str, expected_inputs: int, result, pipeline) -> d
     problems = check_run(out_dir, manifest, expected_inputs)
     if problems:
         _fail_check(out_dir, expected_inputs, manifest, problems, element_counts(result, pipeline))
+    manifest.update(extra or {})
     mf.publish_manifest(out_dir, manifest)
     return manifest
 

@@ -28,6 +28,7 @@ from unicurate.run.dryrun import write_job_description
 from unicurate.manifests.funnel import counters
 from unicurate.run.options import Launch, absolutise
 from unicurate.run.watchdog import WorkerDied, fail_when_a_worker_dies
+from unicurate.units import folder as units_folder
 
 log = logging.getLogger("unicurate")
 
@@ -35,10 +36,14 @@ PIPELINES: dict[str, Pipeline] = {p.name: p for p in (curate.PIPELINE, synthesiz
 
 
 def run(recipe, beam_args: Optional[list[str]] = None, say: Callable[[str], None] = print, dry_run: bool = False,
-        job_file: Optional[str] = None) -> dict:
+        job_file: Optional[str] = None, restart: bool = False, progress: bool = False) -> dict:
     """Run the recipe's pipeline to completion; returns the manifest (with ``dry_run``: the job description,
-    written to ``job_file``). Every check that can fail before work (options, models, inputs) runs before the
-    output folder is touched."""
+    written to ``job_file``). Every check that can fail before work (options, models, inputs, the work units
+    already in the output folder) runs before the output folder is touched.
+
+    A pipeline cut into work units resumes: the units a killed or failed run finished are not redone
+    (``restart``: they are discarded first). ``progress``: a progress bar over the units while the run goes.
+    """
     pipeline = PIPELINES[recipe.pipeline]
     launch = Launch(absolutise(recipe), beam_args, dry_run)
     recipe = launch.recipe
@@ -48,27 +53,40 @@ def run(recipe, beam_args: Optional[list[str]] = None, say: Callable[[str], None
     with sample_web as read_from:  # with a sample web: reads its url list, and may reach its server
         plan = pipeline.prepare(read_from, not dry_run)  # input problems stop the run here, before any work
         recipe = read_from.model_copy(update={"input": recipe.input})  # recorded: the path a run writes
+        say(plan.headline)
+        claim = None
+        if plan.units is not None and not dry_run:
+            claim = units_folder.claim(recipe.output.path, plan.units, recipe, restart, launch.recipe)  # may refuse
+            say(claim.line())
         if not dry_run:
             mark_unfinished(recipe.output.path)  # inputs are fine: from here on the folder is being rewritten
-        say(plan.headline)
         say(launch.describe())
-        p = beam.Pipeline(options=launch.options)
+        p = beam.Pipeline(runner=launch.engine(), options=launch.options)
         pipeline.build(p, recipe, plan, launch.beam_options())
         if dry_run:
             return write_job_description(p, launch, recipe, models, warnings, job_file, say)
-        return execute(p, recipe.output.path, plan.expected_rows)
+        extra = {"engine": launch.engine_name()}
+        if claim is None:
+            return execute(p, recipe.output.path, plan.expected_rows, extra)
+        with units_folder.Watch(recipe.output.path, claim, show=progress):
+            manifest = execute(p, recipe.output.path, plan.expected_rows, dict(extra, units={
+                "rows_per_unit": plan.units.rows_per_unit, "count": plan.units.n_units,
+                "found_done": len(claim.done)}))
+        say(claim.final_line(manifest["_metrics"]))
+        units_folder.finish(recipe.output.path, recipe.output.keep_units, say)
+        return manifest
 
 
 def run_curate(recipe, beam_args: Optional[list[str]] = None, say: Callable[[str], None] = print,
-               dry_run: bool = False, job_file: Optional[str] = None) -> dict:
+               dry_run: bool = False, job_file: Optional[str] = None, **kwargs) -> dict:
     """:func:`run` for a curate recipe."""
-    return run(_expect(recipe, "curate"), beam_args, say, dry_run, job_file)
+    return run(_expect(recipe, "curate"), beam_args, say, dry_run, job_file, **kwargs)
 
 
 def run_synthesize(recipe, beam_args: Optional[list[str]] = None, say: Callable[[str], None] = print,
-                   dry_run: bool = False, job_file: Optional[str] = None) -> dict:
+                   dry_run: bool = False, job_file: Optional[str] = None, **kwargs) -> dict:
     """:func:`run` for a synthesize recipe."""
-    return run(_expect(recipe, "synthesize"), beam_args, say, dry_run, job_file)
+    return run(_expect(recipe, "synthesize"), beam_args, say, dry_run, job_file, **kwargs)
 
 
 def _expect(recipe, kind: str):
@@ -77,9 +95,9 @@ def _expect(recipe, kind: str):
     return recipe
 
 
-def execute(pipeline: beam.Pipeline, out_dir: str, expected_inputs: int) -> dict:
-    """Run a built pipeline to completion, check it, publish its manifest; returns the manifest with the elapsed
-    time and the Beam metrics.
+def execute(pipeline: beam.Pipeline, out_dir: str, expected_inputs: int, extra: Optional[dict] = None) -> dict:
+    """Run a built pipeline to completion, check it, publish its manifest (with the driver's ``extra`` fields:
+    the engine that ran it, the work units); returns the manifest with the elapsed time and the Beam metrics.
 
     The pipeline's last stage writes a pending manifest; the run counts as done only once the driver has compared
     its own count of the input rows (``expected_inputs``, made before the pipeline) with that manifest and with
@@ -104,7 +122,7 @@ def execute(pipeline: beam.Pipeline, out_dir: str, expected_inputs: int) -> dict
         else:
             os.environ[LOCAL_DRIVER_ENV] = before
     elapsed = time.monotonic() - start
-    manifest = check_and_publish(out_dir, expected_inputs, result, pipeline)
+    manifest = check_and_publish(out_dir, expected_inputs, result, pipeline, extra or {})
     manifest["_elapsed_seconds"] = elapsed
     manifest["_metrics"] = counters(result) if result is not None else {}
     return manifest

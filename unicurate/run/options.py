@@ -197,6 +197,30 @@ class Launch:
             say(f"WARNING (dry run): {msg}")
         return list(self.problems)
 
+    def engine(self):
+        """The runner the pipeline is handed. Dataflow: None (the options name it). Locally: Beam's FnApiRunner,
+        chosen here, in the mode and with the worker count of the options. Left to itself, Beam's DirectRunner first
+        tries the PrismRunner, which downloads a binary on first use and runs with other parallelism and memory;
+        an engine no test or benchmark of unicurate runs."""
+        if self.remote:
+            return None
+        from apache_beam.portability.api import beam_provision_api_pb2
+        from apache_beam.runners.portability.fn_api_runner import fn_runner
+        from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+        # what the DirectRunner hands the FnApiRunner: the options, for the worker processes
+        encoded = JobServiceHandle.encode_pipeline_options(self.options.get_all_options())
+        return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
+            beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
+
+    def engine_name(self) -> str:
+        """The engine as the run's first lines and its manifest name it."""
+        if self.remote:
+            return DATAFLOW
+        n = int(self.opts.get("direct_num_workers", 1))
+        mode = self.opts.get("direct_running_mode", "in_memory")
+        return f"FnApiRunner ({mode}, {n} worker{'s' if n != 1 else ''})"
+
     def describe(self) -> str:
         if self.remote:
             o = self.options.get_all_options()
@@ -205,8 +229,7 @@ class Launch:
                     f"image {o.get('sdk_container_image')}, machine {o.get('machine_type') or 'default'}"
                     + (f", {gpu[0]}" if gpu else "")
                     + (", dry run (nothing is submitted)" if self.dry_run else ""))
-        return (f"runner: {self.opts.get('runner', 'DirectRunner')}, workers: {self.opts.get('direct_num_workers', 1)}, "
-                f"mode: {self.opts.get('direct_running_mode', 'in_memory')}"
+        return (f"runner: Beam's local {self.engine_name()}, on this machine"
                 + (", dry run (nothing runs)" if self.dry_run else ""))
 
     def beam_options(self) -> dict:
