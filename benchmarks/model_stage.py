@@ -18,8 +18,9 @@ once as a ``.safetensors`` file and loaded by both through open_clip.
   start to manifest (as ``unicurate run`` prints it: includes Beam start-up, the
   model load in each worker, reading, decoding, preprocessing and writing).
 
-Reports images/s for each, the ratio pipeline/raw, the model stage's own wall
-time (first batch to last batch across workers), and peak RSS per process.
+Reports images/s for each, the ratio pipeline/raw, the wall time of the units
+stage (reading, decoding, preprocessing and the forwards of every work unit, first
+unit start to last unit end across workers), and peak RSS per process.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def raw(weights: str, shard: str, images: int, batch: int, device: str) -> dict:
     from unicurate.models.runtime import Runtime, select_device
 
     dev, precision = select_device(device)
-    dtype = Runtime(dev, precision).dtype()
+    dtype = Runtime(dev, precision).dtype
     # QuickGELU, as unicurate's CLIP loader builds it (the default profile's OpenAI weights use it)
     model, _, preprocess = open_clip.create_model_and_transforms(ARCH, pretrained=weights, force_quick_gelu=True)
     model = model.eval().to(device=dev, dtype=dtype)
@@ -157,7 +158,7 @@ def pipeline(weights: Path, shard: Path, images: int, batch: int, processes: int
         raise RuntimeError(f"the pipeline scored {scored} of {images} images:\n{log[-3000:]}")
     pipeline_s, stages = parse_run_log(log)
     pipeline_s = pipeline_s or wall
-    model_s = stages.get("model scoring")
+    model_s = stages.get("work units")
     return {"images": manifest["counts"]["inputs"], "scored": scored, "seconds": round(pipeline_s, 2),
             "wall_seconds": round(wall, 2), "images_per_s": round(images / pipeline_s, 2),
             "model_stage_seconds": model_s,
@@ -192,10 +193,10 @@ def print_table(r: dict) -> None:
         [f"unicurate pipeline ({b['processes']} worker(s))", b["images"], f"{b['seconds']:.1f}",
          f"{b['images_per_s']:.1f}", f"driver {b['peak_rss_mb']['driver']:.0f}; workers "
          + (", ".join(f"{m:.0f}" for m in b["peak_rss_mb"]["workers"]) or "in driver")],
-        ["  of which the model stage", "", f"{b['model_stage_seconds'] or 0:.1f}",
+        ["  of which the units stage (decode + preprocess + forward)", "", f"{b['model_stage_seconds'] or 0:.1f}",
          f"{b['model_stage_images_per_s'] or 0:.1f}", ""],
     ]))
-    print(f"ratio pipeline / raw forward: {r['ratio']:.2f}x (model stage alone: {r['stage_ratio'] or 0:.2f}x; "
+    print(f"ratio pipeline / raw forward: {r['ratio']:.2f}x (units stage alone: {r['stage_ratio'] or 0:.2f}x; "
           f"{r['device']}/{r['precision']}, batch {r['batch']})")
 
 

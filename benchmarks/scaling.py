@@ -57,7 +57,7 @@ def run_once(stage_set: str, workers: int, images: int, workdir: Path, unicurate
     wall, log, mem = run_measured(cmd, workdir)
     pipeline_s, stages = parse_run_log(log)
     pipeline_s = pipeline_s or wall
-    fetch_s = stages.get("download+decode+rules")
+    fetch_s = stages.get("work units")
     manifest = json.loads((out / "manifest.json").read_text())
     check = subprocess.run(unicurate + ["validate", str(out)], capture_output=True, text=True, env=bench_env())
     if check.returncode != 0:

@@ -1,20 +1,19 @@
 """Resumable curate runs, as a user sees them (the resume benchmark's harness at toy size).
 
 A run killed with SIGKILL (its whole process group) once some of its work units are done, then rerun with the
-same command, downloads at most one unit's urls again and writes the same bytes as a run never interrupted; the
-units/ folder goes once the manifest is published (unless output.keep_units); a rerun with a changed recipe
-refuses to mix with the old units unless told ``--restart``.
+same command, downloads at most one unit's urls again (one worker: one unit in flight) and writes the same bytes as
+a run never interrupted; the units/ folder goes once the manifest is published. Kept units, a changed recipe and
+``--restart``: tests/test_units.py.
 """
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 
 from benchmarks import resume
-from benchmarks.common import corpus, serve, validate_output
+from benchmarks.common import corpus, serve
 
 IMAGES, UNIT, MODE, THREADS = 120, 20, "in_memory", 8
 UNITS = math.ceil(IMAGES / UNIT)
@@ -37,7 +36,8 @@ def resumed(site):
     return resume.measure(recipe, base, root, IMAGES, UNIT, MODE, THREADS, timeout=120)
 
 
-def test_killed_run_resumes_without_downloading_again_and_writes_the_same_bytes(resumed):
+def test_killed_run_resumes_without_downloading_again_and_writes_the_same_bytes(site, resumed):
+    root = site[0]
     r, checks = resumed, resumed["checks"]
     assert r["reference"]["exit"] == 0, r["reference"].get("log_tail")
     assert r["reference"]["units_line"] == f"units: 0/{UNITS} done (0 resumed)"
@@ -53,35 +53,5 @@ def test_killed_run_resumes_without_downloading_again_and_writes_the_same_bytes(
     assert checks["validates"], r["validate"]
     assert r["shards"] > 0 and r["differing_shards"] == [] and checks["byte_identical_to_reference"]
     assert r["pass"]
-
-
-def test_kept_units_and_a_changed_recipe(site, resumed):
-    """units/ goes once the manifest is published, unless output.keep_units; a rerun with a changed data recipe
-    is refused (the units stay as they were) until told --restart, which starts over."""
-    root, base, recipe = site
-    for out in (resume.OUT, resume.REF):  # the resumed run and the uninterrupted one
+    for out in (resume.OUT, resume.REF):  # published: the units are gone (output.keep_units: tests/test_units.py)
         assert (root / out / "manifest.json").exists() and not (root / out / "units").exists()
-    out = root / "kept-units"
-    run = resume.run_to_end(resume.run_command(recipe, out, UNIT, MODE, "--set", "output.keep_units=true"), root)
-    assert run["exit"] == 0, run["log"][-3000:]
-    records = sorted((out / "units").glob("unit-*.json"))
-    assert [p.name for p in records] == [f"unit-{i:06d}.json" for i in range(UNITS)]
-    assert all((out / "units" / f"unit-{i:06d}.parquet").exists() for i in range(UNITS))
-    first = json.loads(records[0].read_text())
-    assert first["unit"] == 0 and first["first_row"] == 0 and first["rows"] == UNIT
-    assert validate_output(out)[0]
-
-    changed = ["--set", "filters.min_width=100"]
-    refused = resume.run_to_end(resume.run_command(recipe, out, UNIT, MODE, *changed), root)
-    assert refused["exit"] == 2 and "--restart" in refused["log"], refused["log"][-3000:]
-    assert "filters.min_width: 64 then, 100 now" in refused["log"]
-    assert sorted((out / "units").glob("unit-*.json")) == records  # left as they were
-    assert (out / "manifest.json").exists()
-    resume.counted({}, base)
-    restarted = resume.counted(resume.run_to_end(resume.run_command(recipe, out, UNIT, MODE, *changed,
-                                                                    "--restart"), root), base)
-    assert restarted["exit"] == 0, restarted["log"][-3000:]
-    assert restarted["units_line"] == f"units: 0/{UNITS} done (0 resumed)"
-    assert restarted["requests"] == IMAGES  # everything again
-    assert validate_output(out)[0] and not (out / "units").exists()
-    assert json.loads((out / "manifest.json").read_text())["recipe"]["filters"]["min_width"] == 100

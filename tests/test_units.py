@@ -14,10 +14,11 @@ from unicurate.config import InputConfig, parse_recipe
 from unicurate.download import ingest
 from unicurate.manifests.validate import validate
 from unicurate.run.execute import run_curate
-from unicurate.schema import CURATED_SCHEMA, SCORE_COLUMNS
+from unicurate.schema import CURATED_SCHEMA, SCORE_COLUMNS, SYNTHESIS_DIRS
 from unicurate.units import folder, store
-from unicurate.units.plan import Unit, UnitPlan, cut
+from unicurate.units.plan import Unit, UnitPlan
 
+from benchmarks.common import shard_hashes
 from conftest import base_recipe
 
 
@@ -40,7 +41,9 @@ def test_the_cut_covers_every_input_row_once_in_input_order(mixed_inputs, rows_p
     whole = [(r["input_file"], r["input_row"], r["url"], r["error"])
              for s in splits for r in ingest.read_split(s, mixed_inputs)]
     assert len(whole) == 38
-    plan = cut(splits, rows_per_unit)
+    from unicurate.pipelines.curate import count_inputs
+
+    plan = UnitPlan(tuple(splits), tuple(count_inputs(splits)), rows_per_unit)
     assert plan.n_rows == 38 and plan.n_units == -(-38 // rows_per_unit)
     seen, positions = [], []
     for unit in plan.units():
@@ -125,17 +128,35 @@ def test_units_of_another_recipe_are_not_mixed(web_input, tmp_path):
     msg = str(err.value)
     assert "filters.min_width: 64 then, 65 now" in msg and "--restart" in msg and store.RECIPE_NAME in msg
     assert (out / "manifest.json").exists()  # refused before anything was touched
-    recut = parse_recipe(base_recipe(web_input, out, input={"rows_per_unit": 30}))
-    with pytest.raises(folder.UnitsMismatch, match="Set input.rows_per_unit to 20 to resume"):
-        run_curate(recut, say=lambda _m: None)
+    # another unit size (or worker count) resumes the units with the cut that made them
+    recut = parse_recipe(base_recipe(web_input, out, input={"rows_per_unit": 30}, output={"keep_units": True}))
+    lines: list[str] = []
+    m = run_curate(recut, say=lines.append)
+    assert "units: resuming the cut of the run that made them, 20 rows per unit" in lines
+    assert m["units"]["rows_per_unit"] == 20 and m["_metrics"].get("units_resumed") == m["units"]["count"]
     # the saved recipe resumes them; --restart starts over
     saved = (out / store.UNITS_DIR / store.RECIPE_NAME).read_text()
     from unicurate.config import load_recipe
 
     again = run_curate(load_recipe(str(out / store.UNITS_DIR / store.RECIPE_NAME)), say=lambda _m: None)
     assert again["_metrics"].get("units_resumed") == again["units"]["count"] and "min_width: 64" in saved
-    fresh = run_curate(changed, say=lambda _m: None, restart=True)
-    assert fresh["_metrics"].get("units_curated") == fresh["units"]["count"] and validate(str(out)).ok
+    # the command line's --restart (a refused rerun says to use it): the units go, everything is redone
+    import yaml
+
+    from conftest import unicurate
+
+    path = tmp_path / "changed.yaml"
+    path.write_text(yaml.safe_dump(base_recipe(web_input, out, input={"rows_per_unit": 20},
+                                               filters={"min_width": 65})))
+    refused = unicurate("run", str(path))
+    assert refused.returncode == 2 and "--restart" in refused.stderr, refused.stderr
+    fresh = unicurate("run", str(path), "--restart")
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    n_units = again["units"]["count"]
+    assert f"units: 0/{n_units} done (0 resumed)" in fresh.stdout
+    assert f"units: {n_units}/{n_units} done (0 resumed, {n_units} processed)" in fresh.stdout
+    assert validate(str(out)).ok and not (out / store.UNITS_DIR).exists()
+    assert json.loads((out / "manifest.json").read_text())["recipe"]["filters"]["min_width"] == 65
 
 
 def test_the_local_engine_is_chosen_and_never_downloads(web_input, make_recipe, tmp_path, no_network, monkeypatch):
@@ -162,13 +183,6 @@ def test_the_local_engine_is_chosen_and_never_downloads(web_input, make_recipe, 
     assert launch.engine_name() == "FnApiRunner (multi_processing, 2 workers)"
 
 
-def _shard_digests(out) -> dict[str, str]:
-    import hashlib
-
-    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(out.glob("*/part-*.parquet"))}
-
-
 def test_a_synthesis_run_resumes_its_units(scored, tmp_path):
     """Synthesis is cut into units of source images too: a unit whose record is gone, or whose file was damaged,
     is redone; the others are taken as they are; the shards are the bytes an uninterrupted run writes."""
@@ -184,7 +198,8 @@ def test_a_synthesis_run_resumes_its_units(scored, tmp_path):
 
     ref = tmp_path / "ref"
     first = run_synthesize(recipe(ref), say=lambda _m: None)
-    assert first["units"]["count"] == 3 and first["_metrics"].get("units_curated") == 3
+    assert first["units"]["count"] == 3 and first["_metrics"].get("units_processed") == 3
+    assert len(shard_hashes(ref, SYNTHESIS_DIRS)) == 4 * 2  # 6 images, 4 per shard: 2 shards of each kind
     assert not (ref / store.UNITS_DIR).exists() and validate(str(ref)).ok
     out = tmp_path / "resumed"
     run_synthesize(recipe(out, keep_units=True), say=lambda _m: None)
@@ -194,7 +209,7 @@ def test_a_synthesis_run_resumes_its_units(scored, tmp_path):
     lines: list[str] = []
     again = run_synthesize(recipe(out, keep_units=True), say=lines.append)
     assert "units: 2/3 done (2 resumed)" in lines  # the driver's view: two records fit
-    assert again["_metrics"].get("units_resumed") == 1 and again["_metrics"].get("units_curated") == 2
-    assert "units: 3/3 done (1 resumed, 2 curated)" in lines
-    assert validate(str(out)).ok and _shard_digests(out) == _shard_digests(ref)
+    assert again["_metrics"].get("units_resumed") == 1 and again["_metrics"].get("units_processed") == 2
+    assert "units: 3/3 done (1 resumed, 2 processed)" in lines
+    assert validate(str(out)).ok and shard_hashes(out, SYNTHESIS_DIRS) == shard_hashes(ref, SYNTHESIS_DIRS)
     assert again["counts"] == first["counts"] and again["funnel"] == first["funnel"]

@@ -50,8 +50,9 @@ class InputConfig(_Section):
     )
     rows_per_unit: int = Field(
         10_000, ge=1, description="rows per work unit (img2dataset's number_sample_per_shard): the input is cut "
-                                  "into units of this many rows in input order; a finished unit is kept under "
-                                  "OUT/units/ with a completion record, so a rerun of the same command skips it"
+                                  "into units of this many rows in input order (a smaller local input: one unit per "
+                                  "worker process); a finished unit is kept under OUT/units/ with a completion "
+                                  "record, so a rerun of the same command skips it"
     )
     image_col: str | None = Field(
         None, description="parquet inputs: column of already-downloaded encoded images (`image` in a unicurate "

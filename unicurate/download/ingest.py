@@ -391,7 +391,6 @@ class RowMaker:
             "source": self.file.source,
             "input_file": self.file.path,
             "input_row": row_number,
-            "order": (self.file.index, row_number),
             "metadata": json.dumps(metadata, default=str, ensure_ascii=False, sort_keys=True) if metadata else None,
             "reject_reasons": reasons,
             "error": error,

@@ -36,13 +36,12 @@ def counters(result) -> dict:
         return {}
 
 
-STAGE_LABELS = {"read": "read inputs", "units": "units (download+decode+rules+models)", "fetch": "download+decode+rules",
-                "model": "model scoring",
+STAGE_LABELS = {"units": "work units",
                 "synthesize": "synthesis", "write": "write shards"}
 
 
 def stage_times(metrics: dict) -> str:
-    """'stage wall time: download+decode+rules 4.61 s, ...' (first start to last end over all workers)."""
+    """'stage wall time: work units 4.61 s, ...' (first start to last end over all workers)."""
     parts = [f"{label} {metrics[f'{k}_seconds']:.2f} s" for k, label in STAGE_LABELS.items()
              if metrics.get(f"{k}_seconds") is not None]
     return f"  (stage wall time, first batch start to last batch end over all workers: {', '.join(parts)})" \

@@ -1,17 +1,15 @@
 """What every pipeline graph is made of, written once: the pipeline protocol the runner drives (:class:`Pipeline`,
-:class:`Plan`), the shard layout (count, index of a row, one grouping per shard), the model stage's resource hints
-and records, and the manifest writer that ends every graph.
+:class:`Plan`), the shard layout (count, one grouping per shard), the model stage's resource hints and records,
+and the manifest writer that ends every graph.
 
-    rows ─ by_shard ─┐
-    (other keyed) ───┼─ group_by_shard (every index 0..N-1 gets a group) ─ write shards ─ write_manifest (last)
-    shard slots ─────┘
+    (index, decision) ─┐
+    shard slots ───────┴─ group_by_shard (every index 0..N-1 gets a group) ─ write shards ─ write_manifest (last)
 """
 
 from __future__ import annotations
 
 import json
 import math
-import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
@@ -58,16 +56,6 @@ def shard_count(n_rows: int, rows_per_shard: int) -> int:
     return max(1, math.ceil(n_rows / rows_per_shard))
 
 
-def shard_of(key: str, n_shards: int) -> int:
-    """A row's shard: a stable hash of its key, so a rerun puts it in the same file."""
-    return zlib.crc32(key.encode()) % n_shards
-
-
-def by_shard(key_of: Callable[[Any], str], n_shards: beam.PCollection) -> beam.PTransform:
-    """Elements -> (shard index, element), the index from ``key_of(element)`` (``n_shards``: a singleton)."""
-    return beam.Map(lambda x, n: (shard_of(key_of(x), n), x), beam.pvalue.AsSingleton(n_shards))
-
-
 def group_by_shard(keyed: dict[str, beam.PCollection], n_shards: beam.PCollection) -> beam.PCollection:
     """(shard index, {name: values}) for each shard of ``n_shards`` (a singleton), from PCollections of
     (index, value) named by ``keyed``. Every index gets a group, so part-i-of-N is written for each i even when
@@ -94,10 +82,11 @@ def with_model_hints(transform, recipe):
     return transform.with_resource_hints(**hints) if hints else transform
 
 
-def collect_model_records(tagged: beam.PCollection) -> beam.PCollection:
-    """The records the model DoFns reported (``perworker.ModelDoFn.MODELS_TAG``), once each, as one list."""
+def collect_model_records(blobs: beam.PCollection) -> beam.PCollection:
+    """The model records the work units reported (JSON lists, as their completion records hold them), once each,
+    as one list."""
     return (
-        tagged
+        blobs
         | "DistinctModelRecords" >> beam.Distinct()
         | "ModelRecords" >> beam.combiners.ToList()
     )

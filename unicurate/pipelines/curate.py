@@ -10,8 +10,8 @@
         files, row group by row group, decisions applied ─ kept/ + rejected/ ─ manifest.json (pending, last)
 
 Image bytes never cross a shuffle: they stay in the unit files until the final shards are written. A final shard
-holds the rows of consecutive input positions (``output.rows_per_shard`` of them), so its rows come from one or two
-units and its contents are the same whatever ran where.
+holds the rows of consecutive input positions (``output.rows_per_shard`` of them), read from the units that hold
+them, so its contents are the same whatever ran where.
 """
 
 from __future__ import annotations
@@ -65,11 +65,11 @@ class CurateUnitsDoFn(perworker.ModelDoFn):
         super().__init__(tag="scorer", stage="units", cpu_threads=cpu_threads)
         self.recipe, self.recipe_hash = recipe, recipe_hash
         self._fetcher_handle = shared.Shared()
-        self.curated = Metrics.counter(_NS, "units_curated")
+        self.processed = Metrics.counter(_NS, "units_processed")
         self.resumed = Metrics.counter(_NS, "units_resumed")
         self.fetched = Metrics.counter(_NS, "fetched")
-        self.model_counters = {name: Metrics.counter(_NS, name) for name in ("model_batches", "model_rows",
-                                                                           "score_errors")}
+        self.model_counters = {"model_batches": self.batches, "model_rows": Metrics.counter(_NS, "model_rows"),
+                               "score_errors": Metrics.counter(_NS, "score_errors")}
 
     def build(self):
         if not self.recipe.filters.model_filters():
@@ -113,11 +113,11 @@ class CurateUnitsDoFn(perworker.ModelDoFn):
 
             before = dict(self.curator.counts)
             record, briefs = self.curator.run(self.plan, unit, self.recipe_hash, fetched)
-            self.curated.inc()
+            self.processed.inc()
             for name, counter in self.model_counters.items():
                 counter.inc(self.curator.counts.get(name, 0) - before.get(name, 0))
         yield beam.pvalue.TaggedOutput(UNITS_TAG, record)
-        yield from briefs
+        yield from map(tuple, briefs)  # plain tuples: Beam codes them compactly (a NamedTuple pickles its class)
         self.span.mark()
 
     def teardown(self):
@@ -125,26 +125,56 @@ class CurateUnitsDoFn(perworker.ModelDoFn):
 
 
 # ------------------------------------------------------------------ run-wide decisions on briefs
+# briefs travel as plain tuples (``tuple(uc.Brief)``); each step reads them as ``uc.Brief``
+_brief = uc.Brief._make
+
+
+def by_url(t: tuple) -> tuple[str, tuple]:
+    """(url key, the brief without its key): what the grouping by url shuffles."""
+    b = _brief(t)
+    return b.key, (b.pos, b.sha256, b.phash, b.ok, b.clip_score)
+
+
 def split_repeats(item) -> Iterator:
     """Briefs sharing a url key (same source and url): the first in input order goes on; each later one becomes a
     repeat decision (position, (occurrence number, key of the first))."""
-    _, briefs = item
-    briefs = sorted(briefs, key=lambda b: b.pos)
-    yield briefs[0]
-    for n, b in enumerate(briefs[1:], 1):
-        yield beam.pvalue.TaggedOutput(REPEATS_TAG, (b.pos, (n, briefs[0].key)))
+    key, rest = item
+    rest = sorted(rest)  # by position
+    pos, sha256, phash, ok, clip_score = rest[0]
+    yield tuple(uc.Brief(pos, key, sha256, phash, ok, clip_score))
+    for n, later in enumerate(rest[1:], 1):
+        yield beam.pvalue.TaggedOutput(REPEATS_TAG, (later[0], (n, key)))
 
 
-def with_cutoff(b: uc.Brief, cutoff: Optional[float], decider) -> uc.Brief:
+def clip_scores(t: tuple) -> list[float]:
+    b = _brief(t)
+    return [b.clip_score] if b.clip_score is not None else []
+
+
+def with_cutoff(t: tuple, cutoff: Optional[float], decider) -> tuple:
     """The brief with the CLIP top-fraction cutoff applied to ``ok``."""
+    b = _brief(t)
     if cutoff is None or not b.ok or b.clip_score is None:
-        return b
-    return b._replace(ok=not decider.reasons([{"clip_score": b.clip_score}], clip_min_score=cutoff)[0])
+        return t
+    return tuple(b._replace(ok=not decider.reasons([{"clip_score": b.clip_score}], clip_min_score=cutoff)[0]))
+
+
+def sha_group(t: tuple) -> list[tuple[str, tuple]]:
+    """(sha256, (position, key, ok)): what the grouping by sha256 shuffles."""
+    b = _brief(t)
+    return [(b.sha256, (b.pos, b.key, b.ok))] if b.sha256 else []
+
+
+def phash_bands(t: tuple, max_distance: int) -> list[tuple[tuple, tuple]]:
+    """(band, (position, key, pHash)) of a row that passed: what the grouping by pHash band shuffles."""
+    b = _brief(t)
+    return [(band, (b.pos, b.key, b.phash)) for band in dd.phash_bands(b.phash, max_distance)] \
+        if b.phash and b.ok else []
 
 
 def exact_decisions(item) -> Iterator[tuple[int, str]]:
     """(loser position, key of the kept copy) for briefs sharing a sha256."""
-    recs = [dd.Rec(b.pos, b.key, b.ok, b.sha256) for b in item[1]]
+    recs = [dd.Rec(pos, key, ok, item[0]) for pos, key, ok in item[1]]
     pos_of = {r.key: r.order for r in recs}
     for loser, winner in dd.exact_losers(recs):
         yield pos_of[loser], winner
@@ -152,7 +182,7 @@ def exact_decisions(item) -> Iterator[tuple[int, str]]:
 
 def near_decisions(item, max_distance: int) -> Iterator[tuple[int, tuple]]:
     """(loser position, (winner position, winner key)) for briefs sharing a pHash band."""
-    recs = [dd.Rec(b.pos, b.key, b.ok, b.phash) for b in item[1]]
+    recs = [dd.Rec(pos, key, True, phash) for pos, key, phash in item[1]]
     pos_of = {r.key: r.order for r in recs}
     for loser, winner in dd.near_losers(recs, max_distance):
         yield pos_of[loser], winner
@@ -227,10 +257,10 @@ class WriteManifestDoFn(common.WriteManifestDoFn):
 
 
 def build(p: beam.Pipeline, recipe: CurateRecipe, plan: Plan, beam_options: dict):
-    """Add the curate pipeline to ``p`` (``plan.inputs``: the :class:`UnitPlan`, None in a dry run); returns the
+    """Add the curate pipeline to ``p`` (``plan.units``: the :class:`UnitPlan`, None in a dry run); returns the
     PCollection holding the pending manifest's path."""
     cfg = recipe
-    uplan: Optional[UnitPlan] = plan.inputs
+    uplan: Optional[UnitPlan] = plan.units
     n_rows = uplan.n_rows if uplan is not None else 0
     n_shards = common.shard_count(n_rows, cfg.output.rows_per_shard)
     decider = _decider(cfg)
@@ -243,7 +273,7 @@ def build(p: beam.Pipeline, recipe: CurateRecipe, plan: Plan, beam_options: dict
     )
     firsts = (
         units.briefs
-        | "KeyByUrl" >> beam.Map(lambda b: (b.key, b))
+        | "KeyByUrl" >> beam.Map(by_url)
         | "GroupRepeatedUrls" >> beam.GroupByKey()
         | "SplitRepeats" >> beam.FlatMap(split_repeats).with_outputs(REPEATS_TAG, main="firsts")
     )
@@ -251,7 +281,7 @@ def build(p: beam.Pipeline, recipe: CurateRecipe, plan: Plan, beam_options: dict
     if c is not None and c.keep_top_fraction is not None:
         clip_cutoff = (
             firsts.firsts
-            | "ClipScores" >> beam.FlatMap(lambda b: [b.clip_score] if b.clip_score is not None else [])
+            | "ClipScores" >> beam.FlatMap(clip_scores)
             | "ClipQuantiles" >> beam.ApproximateQuantiles.Globally(QUANTILES + 1)
             | "ClipCutoff" >> beam.Map(cutoff_from_quantiles, c.keep_top_fraction)
         )
@@ -271,7 +301,7 @@ def build(p: beam.Pipeline, recipe: CurateRecipe, plan: Plan, beam_options: dict
     if dcfg.exact:
         keyed["exact"] = by_shard("Exact", (
             live
-            | "ShaGroups" >> beam.FlatMap(lambda b: [(b.sha256, b)] if b.sha256 else [])
+            | "ShaGroups" >> beam.FlatMap(sha_group)
             | "GroupBySha" >> beam.GroupByKey()
             | "ExactLosers" >> beam.FlatMap(exact_decisions)))
     else:
@@ -280,8 +310,7 @@ def build(p: beam.Pipeline, recipe: CurateRecipe, plan: Plan, beam_options: dict
         md = dcfg.max_distance
         keyed["near"] = by_shard("Near", (
             live
-            | "PhashBands" >> beam.FlatMap(
-                lambda b: [(band, b) for band in dd.phash_bands(b.phash, md)] if b.phash and b.ok else [])
+            | "PhashBands" >> beam.FlatMap(phash_bands, md)
             | "GroupByBand" >> beam.GroupByKey()
             | "NearLosers" >> beam.FlatMap(near_decisions, md)))
     else:
@@ -297,7 +326,9 @@ def build(p: beam.Pipeline, recipe: CurateRecipe, plan: Plan, beam_options: dict
         | "UnitModels" >> beam.FlatMap(lambda rec: [json.dumps(rec["models"], sort_keys=True)] if rec["models"] else [])
     )
     model_records = common.collect_model_records(model_records)
-    n_inputs = units.briefs | "CountInputs" >> beam.combiners.Count.Globally()
+    # counted after the run-wide grouping by url: a brief lost before it shows as a missing input row
+    n_inputs = ((firsts.firsts, firsts[REPEATS_TAG]) | "RowsAfterGrouping" >> beam.Flatten()
+                | "CountInputs" >> beam.combiners.Count.Globally())
     return common.write_manifest(results, WriteManifestDoFn(cfg, beam_options), n_inputs, model_records,
                                  clip_cutoff)
 
@@ -322,8 +353,8 @@ def prepare(recipe: CurateRecipe, count: bool = True) -> Plan:
     uplan = UnitPlan(tuple(splits), tuple(count_inputs(splits)), recipe.input.rows_per_unit) if count else None
     n_files = len({s.file.path for s in splits})
     what = (f", {uplan.n_rows} rows in {uplan.n_units} unit(s) of up to {uplan.rows_per_unit}" if uplan is not None
-            else "")
-    return Plan(uplan, uplan.n_rows if uplan is not None else None,
+            else f", cut into work units of up to {recipe.input.rows_per_unit} rows when the run starts")
+    return Plan(splits, uplan.n_rows if uplan is not None else None,
                 f"curate: {n_files} input file(s), {len(splits)} split(s){what} -> {recipe.output.path}",
                 units=uplan)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -189,18 +188,14 @@ class Loading:
 class ModelDoFn(beam.DoFn):
     """A DoFn holding one model object per worker process (``shared.Shared``).
 
-    Subclasses give ``build()`` (loads the models with :meth:`runtime`; runs once per process) and
-    ``records()`` (the manifest records of what was loaded). ``started()``,
-    yielded from at the top of ``process``, waits for the load, counts it once
-    (Beam counters only count inside ``process``) and reports the records once
-    per DoFn instance on the ``MODELS_TAG`` output.
+    Subclasses give ``build()`` (loads the models with :meth:`runtime`; runs once per process) and call
+    :meth:`loaded` inside ``process`` when a batch first needs the models: it waits for the load and counts it
+    once (Beam counters only count inside ``process``).
 
-    The load runs on a background thread started in ``setup``: the stages fused
-    before the model (downloads, decoding) start at once instead of waiting the
-    several seconds that importing torch/open_clip and loading weights take.
+    The load runs on a background thread started in ``setup``: the work before the first batch (reading,
+    downloads, decoding) starts at once instead of waiting the several seconds that importing torch/open_clip and
+    loading weights take.
     """
-
-    MODELS_TAG = "models"
 
     def __init__(self, tag: str, stage: str = "model", cpu_threads: Optional[int] = None):
         self.tag = tag
@@ -213,9 +208,6 @@ class ModelDoFn(beam.DoFn):
     def build(self) -> Any:
         raise NotImplementedError
 
-    def records(self) -> list[dict]:
-        raise NotImplementedError
-
     def runtime(self, models_cfg):
         """The model runtime ``build()`` loads with: the recipe's ``models`` section on this worker, its CPU
         threads capped to this process's share of the machine (``cpu_threads``)."""
@@ -226,7 +218,7 @@ class ModelDoFn(beam.DoFn):
     def setup(self):
         self._holder, built = acquire(self._shared, lambda: Loading(self.build), tag=self.tag)
         self.model = None
-        self._load_to_count, self._reported = built, False
+        self._load_to_count = built
 
     def loaded(self) -> Any:
         """The process's model object, once its load has finished (counted once)."""
@@ -236,10 +228,3 @@ class ModelDoFn(beam.DoFn):
             self._load_to_count = False
             self.loads.inc()
         return self.model
-
-    def started(self):
-        self.loaded()
-        self.span.mark()
-        if not self._reported:
-            self._reported = True
-            yield beam.pvalue.TaggedOutput(self.MODELS_TAG, json.dumps(self.records(), sort_keys=True))

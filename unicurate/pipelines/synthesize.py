@@ -41,10 +41,9 @@ _NS = perworker.NAMESPACE
 # ------------------------------------------------------------------ input
 @dataclass(frozen=True)
 class KeptImages:
-    """What a synthesize run reads: the cut of the kept images of a curate run into units (None in a dry run),
-    and the manifest's ``source`` record of that run."""
+    """What a synthesize run reads (besides its cut into units, ``Plan.units``): the manifest's ``source`` record of
+    the curate run."""
 
-    units: Optional[UnitPlan]
     source: dict
 
 
@@ -81,7 +80,7 @@ def prepare(recipe: SynthesizeRecipe, count: bool = True) -> Plan:
     uplan = UnitPlan(splits, tuple(counts), recipe.input.rows_per_unit)
     source = {"path": src, "recipe_hash": cur.get("recipe_hash"), "kept": cur["counts"]["kept"],
               "uncalibrated": bool(cur.get("uncalibrated"))}
-    return Plan(KeptImages(uplan, source), uplan.n_rows,
+    return Plan(KeptImages(source), uplan.n_rows,
                 f"synthesize: {uplan.n_rows} kept image(s) in {len(paths)} shard(s) of {src}, {uplan.n_units} "
                 f"unit(s) of up to {uplan.rows_per_unit} -> {recipe.output.path}", units=uplan)
 
@@ -105,7 +104,7 @@ class SynthesizeUnitsDoFn(perworker.ModelDoFn):
         self.recipe, self.recipe_hash = recipe, recipe_hash
         self.images = Metrics.counter(_NS, "images")
         self.samples = Metrics.counter(_NS, "samples")
-        self.curated = Metrics.counter(_NS, "units_curated")
+        self.processed = Metrics.counter(_NS, "units_processed")
         self.resumed = Metrics.counter(_NS, "units_resumed")
 
     def build(self):
@@ -132,7 +131,7 @@ class SynthesizeUnitsDoFn(perworker.ModelDoFn):
                 perworker.progress("synthesize", _describe, every=5.0).add(images=images, samples=samples)
 
             record = self.worker.run(self.plan, unit, self.recipe_hash, on_batch)
-            self.curated.inc()
+            self.processed.inc()
         yield record
         self.span.mark()
 
@@ -199,7 +198,7 @@ def build(p: beam.Pipeline, recipe: SynthesizeRecipe, plan: Plan, beam_options: 
     """Add the synthesize pipeline to ``p`` (``plan.inputs``: :class:`KeptImages`); returns the PCollection holding
     the pending manifest's path."""
     kept: KeptImages = plan.inputs
-    uplan = kept.units
+    uplan: Optional[UnitPlan] = plan.units
     n_rows = uplan.n_rows if uplan is not None else 0
     n_shards = shard_count(n_rows, recipe.output.images_per_shard)
     cpu_threads = perworker.cpu_threads_per_process(beam_options)

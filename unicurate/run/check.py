@@ -44,7 +44,7 @@ def mark_unfinished(out_dir: str) -> None:
 
 def element_counts(result, pipeline) -> dict[str, int]:
     """Elements of each PCollection as the workers counted them, named by the transform that produced it
-    (``ReadRows``, ``DownloadDecodeFilter``, ``RowsByShard``, ...): where rows went missing when a run's check
+    (``CurateUnits``, ``KeyByUrl``, ``GroupBySha``, ...): where rows went missing when a run's check
     fails. Beam's local runner reports them per PCollection (the public metrics query drops that label);
     {} where the runner does not."""
     from apache_beam.metrics import monitoring_infos as mi

@@ -11,6 +11,7 @@ from typing import Callable
 
 from unicurate.config import RecipeError
 from unicurate.run.check import mark_unfinished
+from unicurate.units import store as units_store
 from unicurate.run.options import is_remote
 from unicurate.sampleweb import SampleWeb
 
@@ -55,7 +56,9 @@ def sample_web_for(recipe, say: Callable[[str], None], dry_run: bool = False):
                 say(f"sample web (dry run): {len(web.cases)} urls; the job reads its url list from {path} "
                     f"(removed after the dry run); a run writes it to {url_list}")
             else:
-                mark_unfinished(recipe.output.path)  # an earlier run's manifest must not describe another list
+                # an earlier run's manifest, or its work units, must not describe another list (a new port)
+                mark_unfinished(recipe.output.path)
+                units_store.remove(recipe.output.path)
                 path = web.write_input(url_list)
                 read_from = served
                 say(f"sample web: {len(web.cases)} urls served on {web.base_url}, url list in {path}")

@@ -10,6 +10,7 @@ A pipeline is one entry of :data:`PIPELINES` (``unicurate.pipelines.common.Pipel
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -56,7 +57,15 @@ def run(recipe, beam_args: Optional[list[str]] = None, say: Callable[[str], None
         say(plan.headline)
         claim = None
         if plan.units is not None and not dry_run:
+            cut = plan.units.for_workers(launch.local_workers())  # a small input: one unit per local worker
+            if cut is not plan.units:
+                say(f"units: {cut.n_units} of {cut.rows_per_unit} rows, one per worker process (fewer rows than "
+                    f"input.rows_per_unit = {plan.units.rows_per_unit} per worker)")
+                plan = dataclasses.replace(plan, units=cut)
             claim = units_folder.claim(recipe.output.path, plan.units, recipe, restart, launch.recipe)  # may refuse
+            if claim.plan.rows_per_unit != plan.units.rows_per_unit:
+                say(f"units: resuming the cut of the run that made them, {claim.plan.rows_per_unit} rows per unit")
+                plan = dataclasses.replace(plan, units=claim.plan)
             say(claim.line())
         if not dry_run:
             mark_unfinished(recipe.output.path)  # inputs are fine: from here on the folder is being rewritten

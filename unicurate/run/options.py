@@ -213,11 +213,15 @@ class Launch:
         return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
             beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
 
+    def local_workers(self) -> int:
+        """The worker processes (or threads) of a local run; 0 on Dataflow."""
+        return 0 if self.remote else int(self.opts.get("direct_num_workers", 1))
+
     def engine_name(self) -> str:
         """The engine as the run's first lines and its manifest name it."""
         if self.remote:
             return DATAFLOW
-        n = int(self.opts.get("direct_num_workers", 1))
+        n = self.local_workers()
         mode = self.opts.get("direct_running_mode", "in_memory")
         return f"FnApiRunner ({mode}, {n} worker{'s' if n != 1 else ''})"
 

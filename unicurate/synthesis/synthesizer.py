@@ -127,6 +127,11 @@ class Synthesizer:
 
         self._pool: deque = deque(maxlen=max(4, 2 * recipe.models.batch_size))
 
+    def reset_partners(self) -> None:
+        """Forget the earlier batches' images: a work unit starts with none, so its edits do not depend on the unit
+        this process ran before it (a resumed run writes what an uninterrupted one does)."""
+        self._pool.clear()
+
     # ---------------------------------------------------------------- per batch
     def process(self, rows: Sequence[dict]) -> list[ImageResult]:
         r = self.recipe

@@ -16,6 +16,9 @@ import time
 from collections import Counter
 from typing import Callable, Iterator, NamedTuple, Optional
 
+import numpy as np
+import pyarrow as pa
+
 from unicurate.download import ingest
 from unicurate.filters import rules
 from unicurate.schema import (CURATED_COLUMNS, CURATED_SCHEMA, KEPT, REASON_STAGE, REJECTED, SCORE_COLUMNS, Reason,
@@ -85,10 +88,16 @@ def reaches_models(row: dict) -> bool:
     return not any(REASON_STAGE[Reason(r)] in early for r in row["reject_reasons"])
 
 
+_FLOAT32 = {f.name for f in CURATED_SCHEMA if pa.types.is_float32(f.type)}
+
+
 def add_scores(row: dict, result: dict) -> None:
+    """A row's scores, as its unit file will hold them (float32 columns rounded to float32 here, so the decisions
+    made now on the row's brief are the ones made later on the row read back)."""
     for c in SCORE_COLUMNS:
         if c in result:
-            row[c] = result[c]
+            v = result[c]
+            row[c] = float(np.float32(v)) if c in _FLOAT32 and isinstance(v, float) else v
     if result["score_error"]:
         row["reject_reasons"] = list(row["reject_reasons"]) + [Reason.SCORE_ERROR.value]
         row["error"] = result["score_error"] if not row.get("error") else f"{row['error']}; {result['score_error']}"

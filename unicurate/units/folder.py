@@ -4,6 +4,7 @@ run's manifest is published (kept with ``output.keep_units``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,19 +27,13 @@ def plan_path(out_dir: str) -> str:
     return mf.join(out_dir, store.UNITS_DIR, store.PLAN_NAME)
 
 
-_PLANS: dict[str, tuple[str, UnitPlan]] = {}  # per process: the plan of each output folder, by its recipe hash
-
-
 def read_plan(out_dir: str) -> UnitPlan:
-    """The cut the driver wrote for the run in ``out_dir`` (read once per worker process)."""
+    """The cut the driver wrote for the run in ``out_dir`` (each DoFn reads it once, in ``setup``)."""
     obj = store.read_json(plan_path(out_dir))
     if not isinstance(obj, dict) or "plan" not in obj:
         raise RuntimeError(f"{plan_path(out_dir)} is missing or unreadable: the run's driver writes it before the "
                            "pipeline starts; rerun the command")
-    cached = _PLANS.get(out_dir)
-    if cached is None or cached[0] != obj["recipe_hash"]:
-        cached = _PLANS[out_dir] = (obj["recipe_hash"], UnitPlan.from_json(obj["plan"]))
-    return cached[1]
+    return UnitPlan.from_json(obj["plan"])
 
 
 @dataclass
@@ -52,10 +47,10 @@ class Claim:
         return f"units: {len(self.done)}/{self.plan.n_units} done ({len(self.done)} resumed)"
 
     def final_line(self, metrics: dict) -> str:
-        """Once the run is done: how many units its workers resumed and curated (their counters)."""
+        """Once the run is done: how many units its workers resumed and processed (their counters)."""
         n = self.plan.n_units
         return (f"units: {n}/{n} done ({metrics.get('units_resumed', 0)} resumed, "
-                f"{metrics.get('units_curated', 0)} curated)")
+                f"{metrics.get('units_processed', 0)} processed)")
 
 
 def _flat(d, prefix: str = "") -> dict:
@@ -86,6 +81,8 @@ def claim(out_dir: str, plan: UnitPlan, recipe, restart: bool = False, given=Non
     old = store.read_json(plan_path(out_dir))
     if isinstance(old, dict) and old.get("plan") is not None:
         _refuse_mixing(out_dir, old, plan, recipe, recipe_hash)
+        # the units are resumed with the cut that made them, whatever rows_per_unit or worker count says now
+        plan = dataclasses.replace(plan, rows_per_unit=int(old["plan"]["rows_per_unit"]))
     for path in store.leftovers(out_dir):  # temporary files of unit writes an interrupted run left behind
         mf.delete_if_exists(path)
     mf.write_json_atomic(plan_path(out_dir), {"recipe_hash": recipe_hash, "data_recipe": recipe.data_recipe(),
@@ -100,17 +97,25 @@ def _refuse_mixing(out_dir: str, old: dict, plan: UnitPlan, recipe, recipe_hash:
            f"the recipe that made them: {mf.join(units, store.RECIPE_NAME)}.")
     if old.get("recipe_hash") != recipe_hash:
         why = _differences(old.get("data_recipe") or {}, recipe.data_recipe())
-        if not why and old.get("inputs") != recipe.input_files():
-            why = [f"the input files differ: {old.get('inputs')} then, {recipe.input_files()} now"]
-        raise UnitsMismatch(f"{units} holds work units of another data recipe (recipe hash "
-                            f"{str(old.get('recipe_hash'))[:12]}, this run's is {recipe_hash[:12]}); mixing them "
-                            f"would make an output no single recipe made. What changed:\n  " + "\n  ".join(why or
-                            ["(the recipe hash)"]) + f"\n{how}")
-    cut = old["plan"]
-    if cut.get("rows_per_unit") != plan.rows_per_unit or cut.get("n_rows") != plan.n_rows:
-        raise UnitsMismatch(f"{units} holds units of {cut.get('rows_per_unit')} rows over {cut.get('n_rows')} input "
-                            f"rows; this run cuts {plan.rows_per_unit} over {plan.n_rows}. Set input.rows_per_unit "
-                            f"to {cut.get('rows_per_unit')} to resume them, or rerun with --restart to start over.")
+        if why:
+            raise UnitsMismatch(f"{units} holds work units of another data recipe (recipe hash "
+                                f"{str(old.get('recipe_hash'))[:12]}, this run's is {recipe_hash[:12]}); mixing them "
+                                f"would make an output no single recipe made. What changed:\n  " + "\n  ".join(why)
+                                + f"\n{how}")
+        change = _input_change(old.get("inputs") or [], recipe.input_files())
+        raise UnitsMismatch(f"{units} holds work units of other input files ({change}): they cannot be resumed. "
+                            "Rerun with --restart to start over.")
+    if old["plan"].get("n_rows") != plan.n_rows:
+        raise UnitsMismatch(f"{units} holds work units over {old['plan'].get('n_rows')} input rows, but the inputs "
+                            f"hold {plan.n_rows} rows now: they changed. Rerun with --restart to start over.")
+
+
+def _input_change(old: list, new: list, limit: int = 3) -> str:
+    changed = [f"{o.get('name')} ({o.get('bytes')} bytes) then, {n.get('name')} ({n.get('bytes')} bytes) now"
+               for o, n in zip(old, new) if o != n][:limit]
+    if len(old) != len(new):
+        changed.append(f"{len(old)} file(s) then, {len(new)} now")
+    return "; ".join(changed) or "their identity differs"
 
 
 def _write_recipe(out_dir: str, recipe) -> None:
@@ -147,10 +152,12 @@ def finish(out_dir: str, keep: bool, say: Callable[[str], None]) -> None:
 
 class Watch:
     """While the pipeline runs: a progress bar over the input rows (tqdm: rows/s and ETA), advanced as completion
-    records appear in the units folder (a listing every ``every`` seconds, local or gs://)."""
+    records appear in the units folder (a listing every ``every`` seconds; default 2 s locally, 30 s on gs://,
+    where a listing of many units costs requests)."""
 
-    def __init__(self, out_dir: str, claim_: Claim, show: bool, every: float = 2.0):
-        self.out_dir, self.claim, self.show, self.every = out_dir, claim_, show, every
+    def __init__(self, out_dir: str, claim_: Claim, show: bool, every: Optional[float] = None):
+        self.out_dir, self.claim, self.show = out_dir, claim_, show
+        self.every = every if every is not None else (30.0 if "://" in out_dir else 2.0)
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self.seen = set(claim_.done)
@@ -165,8 +172,9 @@ class Watch:
         from tqdm import tqdm
 
         plan = self.claim.plan
+        # disable=None: no bar when stderr is not a terminal (CI logs, pipes); the units lines still say it
         with tqdm(total=plan.n_rows, initial=sum(self.claim.done.values()), unit=" rows", unit_scale=True,
-                  dynamic_ncols=True, mininterval=1.0, desc=self._desc(), leave=True) as bar:
+                  dynamic_ncols=True, mininterval=1.0, desc=self._desc(), leave=True, disable=None) as bar:
             while True:
                 stopping = self._stop.wait(self.every)
                 new = [i for i in store.record_files(self.out_dir) if i < plan.n_units and i not in self.seen]

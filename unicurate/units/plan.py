@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
 from unicurate.download import ingest
@@ -43,23 +44,24 @@ class UnitPlan:
     splits: tuple
     counts: tuple[int, ...]
     rows_per_unit: int
+    # the position of each split's first row, and the total: computed once (a plan may have millions of splits)
+    starts: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    n_rows: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def n_rows(self) -> int:
-        return sum(self.counts)
+    def __post_init__(self):
+        object.__setattr__(self, "starts", tuple(itertools.accumulate(self.counts, initial=0))[:-1])
+        object.__setattr__(self, "n_rows", sum(self.counts))
 
     @property
     def n_units(self) -> int:
         return math.ceil(self.n_rows / self.rows_per_unit)
 
-    @property
-    def starts(self) -> list[int]:
-        """The position of each split's first row."""
-        out, at = [], 0
-        for n in self.counts:
-            out.append(at)
-            at += n
-        return out
+    def for_workers(self, workers: int) -> "UnitPlan":
+        """This cut, or, when it has fewer units than ``workers`` (a small input), a cut into one unit per worker: a
+        unit runs on one worker process, so fewer units would leave processes idle."""
+        if workers <= 1 or self.n_units >= workers or self.n_rows == 0:
+            return self
+        return dataclasses.replace(self, rows_per_unit=max(1, math.ceil(self.n_rows / workers)))
 
     def unit(self, index: int) -> Unit:
         first = index * self.rows_per_unit
@@ -79,7 +81,7 @@ class UnitPlan:
     def pieces(self, unit: Unit) -> list[tuple[ingest.Split, int, int, int]]:
         """(split, rows to skip in it, rows to take, position of the first taken row) covering the unit."""
         starts = self.starts
-        out = []
+        out: list[tuple] = []
         i = bisect.bisect_right(starts, unit.first) - 1
         at = unit.first
         while at < unit.stop and i < len(self.splits):
@@ -127,13 +129,3 @@ def _split_from_json(s: dict):
     f = ingest.InputFile(s["index"], s["path"], s["format"], s["source"])
     return ingest.Split(f, s["row_group"], s["first_row"], s["split_rows"])
 
-
-def cut(splits: list[ingest.Split], rows_per_unit: int, counts: Optional[list[int]] = None) -> UnitPlan:
-    """The plan for ``splits``; ``counts``: their rows (default: counted here, files side by side: parquet from
-    the footers, text files by one streaming pass each; on gs:// the pass is mostly waiting on reads)."""
-    if counts is None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=max(1, min(16, len(splits)))) as pool:
-            counts = list(pool.map(ingest.count_rows, splits))
-    return UnitPlan(tuple(splits), tuple(counts), rows_per_unit)

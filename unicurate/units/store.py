@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from unicurate import __version__
 from unicurate.manifests import manifest as mf
 from unicurate.units.plan import Unit, UnitPlan
 
@@ -51,7 +52,9 @@ def writer(out_dir: str, unit: Unit, schema: pa.Schema, row_group_rows: int,
 
 
 def write_record(out_dir: str, record: dict) -> None:
-    mf.write_json_atomic(record_path(out_dir, record["unit"]), record)
+    """Write a unit's completion record (with the unicurate version that made it: units of another version are
+    redone, not mixed)."""
+    mf.write_json_atomic(record_path(out_dir, record["unit"]), {**record, "unicurate": __version__})
 
 
 def read_json(path: str) -> Optional[Any]:
@@ -70,9 +73,10 @@ def read_record(out_dir: str, index: int) -> Optional[dict]:
 
 
 def record_fits(record: Optional[dict], unit: Unit, recipe_hash: str) -> bool:
-    """The record says this unit was finished with this data recipe."""
+    """The record says this unit was finished with this data recipe, by this version of unicurate."""
     return (isinstance(record, dict) and record.get("unit") == unit.index and record.get("first_row") == unit.first
             and record.get("rows") == unit.rows and record.get("recipe_hash") == recipe_hash
+            and record.get("unicurate") == __version__
             and isinstance(record.get("files"), list) and bool(record["files"]))
 
 
@@ -96,17 +100,18 @@ def _intact(out_dir: str, info: dict) -> bool:
     return size == info.get("bytes") and sha.hexdigest() == info.get("sha256")
 
 
-def _open(out_dir: str, rel: str) -> pq.ParquetFile:
+def _open(out_dir: str, rel: str):
     from apache_beam.io.filesystems import FileSystems
 
-    return pq.ParquetFile(FileSystems.open(mf.join(out_dir, *rel.split("/")), mime_type="application/octet-stream",
-                                           compression_type="uncompressed"))
+    return FileSystems.open(mf.join(out_dir, *rel.split("/")), mime_type="application/octet-stream",
+                            compression_type="uncompressed")
 
 
 def read_columns(out_dir: str, unit: Unit, columns: list[str], rel: Callable[[int], str] = unit_rel) -> pa.Table:
     """Some columns of a unit file (no image bytes unless asked for)."""
-    pf = _open(out_dir, rel(unit.index))
-    return pf.read(columns=[c for c in columns if c in pf.schema_arrow.names])
+    with _open(out_dir, rel(unit.index)) as fh:
+        pf = pq.ParquetFile(fh)
+        return pf.read(columns=[c for c in columns if c in pf.schema_arrow.names])
 
 
 def rows_between(out_dir: str, plan: UnitPlan, start: int, stop: int,
@@ -114,16 +119,17 @@ def rows_between(out_dir: str, plan: UnitPlan, start: int, stop: int,
     """The rows of positions start..stop-1 (``pos``), in order, read from the unit files (``rel``: a unit's file)
     one row group at a time: only the row groups whose ``pos`` statistics overlap the range are read."""
     for unit in plan.units_between(start, stop):
-        pf = _open(out_dir, rel(unit.index))
-        meta = pf.metadata
-        leaf = next(i for i in range(meta.num_columns) if meta.schema.column(i).path == POS)
-        for rg in range(meta.num_row_groups):
-            st = meta.row_group(rg).column(leaf).statistics
-            if st is not None and st.has_min_max and (st.max < start or st.min >= stop):
-                continue
-            for row in pf.read_row_group(rg).to_pylist():
-                if start <= row[POS] < stop:
-                    yield row
+        with _open(out_dir, rel(unit.index)) as fh:
+            pf = pq.ParquetFile(fh)
+            meta = pf.metadata
+            leaf = next(i for i in range(meta.num_columns) if meta.schema.column(i).path == POS)
+            for rg in range(meta.num_row_groups):
+                st = meta.row_group(rg).column(leaf).statistics
+                if st is not None and st.has_min_max and (st.max < start or st.min >= stop):
+                    continue
+                for row in pf.read_row_group(rg).to_pylist():
+                    if start <= row[POS] < stop:
+                        yield row
 
 
 def leftovers(out_dir: str) -> list[str]:

@@ -2,7 +2,8 @@
 of ``models.batch_size`` and written to four unit files (images, subject, edit, rejected; each row with the
 position of its source image), then a completion record; and the funnel counts of a set of written rows.
 
-Batches are cut in input order, so a unit synthesizes the same images together whichever worker runs it."""
+Batches are cut in input order and a unit starts with no partner images from earlier batches, so a unit
+synthesizes the same way whichever worker runs it, after whatever unit."""
 
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ class UnitSynthesizer:
         """Synthesize ``unit`` into its files and write its completion record; returns the record."""
         start = time.monotonic()
         out = self.recipe.output
+        self.synthesizer().reset_partners()
         writers = {kind: store.writer(out.path, unit, SYNTHESIS_SCHEMAS[kind], out.row_group_rows,
                                       rel=unit_rel(kind)) for kind in SYNTHESIS_DIRS}
         try:
