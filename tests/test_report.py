@@ -65,8 +65,10 @@ def assert_drawn(img) -> None:
 def test_curated_report_renders_in_chromium(scored, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(scored[0], out)
-    kept0 = first_shard(out, "kept").name
-    rewrite_shard(out, f"kept/{kept0}", lambda rows: [dict(rows[0], caption=HOSTILE)] + rows[1:])
+    # the hostile caption on each kept shard's smallest key: the report samples kept rows by key
+    for shard in sorted((out / "kept").glob("part-*.parquet")):
+        rewrite_shard(out, f"kept/{shard.name}", lambda rows: [
+            dict(r, caption=HOSTILE) if rows and r["key"] == min(x["key"] for x in rows) else r for r in rows])
     s = st.stats(str(out))
     path = write_report(str(out))
     assert path == out / "report.html"

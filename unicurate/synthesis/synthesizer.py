@@ -275,8 +275,10 @@ class Synthesizer:
         v = v or {}
         keep = self.recipe.output.keep_rejected_images and e is not None
         etype = e.edit_type if e is not None else edit_type
-        img_shape = e.source.shape[:2] if e is not None else None
-        box = ed.normalised_box(obj.box, img_shape[1], img_shape[0]) if img_shape else None
+        # the box in the source image's size (an edit that never ran, e.g. no partner, has the row's size): a null
+        # in the fixed-size box column would make the Parquet file unreadable (pyarrow rejects it on read)
+        img_shape = e.source.shape[:2] if e is not None else (row.get("height"), row.get("width"))
+        box = ed.normalised_box(obj.box, img_shape[1], img_shape[0]) if all(img_shape) else [0.0, 0.0, 0.0, 0.0]
         return {"key": f"{row['key']}-e{obj.index}-{etype}", "source_key": row["key"], "object_index": obj.index,
                 "kind": "edit", "edit_type": etype, "reject_reasons": list(reasons), "error": error,
                 "phrase": tp.clean_phrase(obj.phrase), "box": box,
