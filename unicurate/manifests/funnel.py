@@ -75,17 +75,24 @@ def format_funnel(manifest: dict) -> str:
         if manifest.get("clip_score_cutoff") is not None:
             lines.append(f"  (clip_score keep_top_fraction cutoff: {manifest['clip_score_cutoff']:.4f})")
     met = manifest.get("_metrics") or {}
-    if met.get("model_loads"):
-        lines.append(f"  (models loaded {met['model_loads']} time(s), once per worker process; "
-                     f"{met.get('model_batches', 0)} batches, {met.get('model_rows', 0)} rows scored, "
-                     f"{met.get('score_errors', 0)} score errors)")
-    times = stage_times(met)
-    if times:
-        lines.append(times)
+    lines += _run_lines(met, "  ", f"{met.get('model_batches', 0)} batches, {met.get('model_rows', 0)} rows scored, "
+                                   f"{met.get('score_errors', 0)} score errors")
     c = manifest["counts"]
     lines.append("")
     lines.append(f"kept {c['kept']} + rejected {c['rejected']} = {c['kept'] + c['rejected']} of {c['inputs']} inputs")
     return "\n".join(lines)
+
+
+def _run_lines(met: dict, indent: str, batches: str) -> list[str]:
+    """How the run went, from its Beam counters: the model loads (and ``batches``, what they served), the stage
+    wall times."""
+    lines = []
+    if met.get("model_loads"):
+        lines.append(f"{indent}(models loaded {met['model_loads']} time(s), once per worker process; {batches})")
+    times = stage_times(met)
+    if times:
+        lines.append(times)
+    return lines
 
 
 def format_synthesis_funnel(manifest: dict) -> str:
@@ -105,12 +112,7 @@ def format_synthesis_funnel(manifest: dict) -> str:
         reasons = ", ".join(f"{k} {v}" for k, v in e["reasons"].items())
         lines.append(f"{t:<12}{e['written']:>9}{e['rejected']:>10}  {reasons}")
     met = manifest.get("_metrics") or {}
-    if met.get("model_loads"):
-        lines.append(f"(models loaded {met['model_loads']} time(s), once per worker process; "
-                     f"{met.get('model_batches', 0)} batches)")
-    times = stage_times(met)
-    if times:
-        lines.append(times)
+    lines += _run_lines(met, "", f"{met.get('model_batches', 0)} batches")
     c = manifest["counts"]
     lines.append("")
     lines.append(f"{c['inputs']} input images -> {c['images']} image rows; {c['subject']} subject samples, "
