@@ -217,7 +217,9 @@ def cmd_export(args) -> int:
     from unicurate.manifests.stats import StatsError
 
     try:
-        em = export(args.dir, args.format, args.to, kept_only=args.kept_only, max_count=args.max_count, say=_say)
+        em = export(args.dir, args.format, args.to, kept_only=args.kept_only, max_count=args.max_count, say=_say,
+                    layout=args.layout, edit_types=args.edit_types.split(",") if args.edit_types else None,
+                    embeddings=args.embeddings)
     except (ExportError, StatsError) as exc:
         _err(str(exc))
         return EXIT_USAGE
@@ -422,6 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, help="destination folder (new, empty, or an earlier export)")
     p.add_argument("--kept-only", action="store_true", help="curated runs: only kept rows (default: kept + rejected)")
     p.add_argument("--max-count", type=int, default=10_000, help="samples per WebDataset tar (default 10000)")
+    layouts = "; ".join(f"{f.name}: {', '.join(f.layouts)}" for f in FORMATS.values() if len(f.layouts) > 1)
+    p.add_argument("--layout", help=f"the format's file layout ({layouts}; default: the first)")
+    p.add_argument("--edit-types", help="synthesis runs: only these edit types, comma-separated (default: all)")
+    p.add_argument("--embeddings", action="store_true",
+                   help="curated runs written with output.embeddings: also DEST/embeddings/ (clip-retrieval layout)")
 
     p = sub.add_parser("models", help="list or fetch the models of a profile")
     msub = p.add_subparsers(dest="models_command", required=True)

@@ -18,13 +18,14 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
 from unicurate import __version__
 from unicurate.declared import declarations
-from unicurate.manifests.export._base import ExportError, ExportFormat, Source, check_key, inside, tables
+from unicurate.manifests.export._base import (ExportError, ExportFormat, ExportOptions, Source, check_key, inside,
+                                              tables)
 
-__all__ = ["EXPORT_MANIFEST", "FORMATS", "ExportError", "ExportFormat", "check_key", "export"]
+__all__ = ["EXPORT_MANIFEST", "FORMATS", "ExportError", "ExportFormat", "ExportOptions", "check_key", "export"]
 
 EXPORT_MANIFEST = "unicurate-export.json"
 
@@ -59,8 +60,28 @@ def _prepare_dest(dest: Path) -> None:
             entry.unlink()
 
 
+def _check_options(form: ExportFormat, manifest: dict, options: ExportOptions) -> None:
+    """The options fit the format and the output folder (before anything is read or written)."""
+    kind = manifest["kind"]
+    if kind not in form.kinds:
+        raise ExportError(f"--format {form.name} exports {' and '.join(form.kinds)} runs; this is a {kind} run")
+    if options.layout is not None and options.layout not in form.layouts:
+        raise ExportError(f"--layout {options.layout}: {form.name} has the layout(s) {', '.join(form.layouts)}")
+    if options.edit_types is not None:
+        from unicurate.schema import EDIT_TYPES
+
+        if kind != "synthesis":
+            raise ExportError("--edit-types selects edit types of a synthesis run; this is a curated run")
+        unknown = sorted(set(options.edit_types) - set(EDIT_TYPES))
+        if unknown:
+            raise ExportError(f"--edit-types: unknown {', '.join(unknown)}; edit types: {', '.join(EDIT_TYPES)}")
+    if options.embeddings and not manifest.get("embeddings"):
+        raise ExportError("--embeddings: this run wrote no embeddings (curate with output.embeddings: true)")
+
+
 def export(out_dir: str, fmt: str, to: str, kept_only: bool = False, max_count: int = 10_000,
-           say: Callable[[str], None] = lambda m: None) -> dict:
+           say: Callable[[str], None] = lambda m: None, *, layout: Optional[str] = None,
+           edit_types: Optional[Sequence[str]] = None, embeddings: bool = False) -> dict:
     """Export ``out_dir`` to ``to`` in ``fmt``; returns the export manifest (also written to DEST)."""
     from unicurate.manifests import stats as st
     from unicurate.models.resolver import sha256_file
@@ -70,8 +91,12 @@ def export(out_dir: str, fmt: str, to: str, kept_only: bool = False, max_count: 
     if "://" in to:
         raise ExportError(f"--to {to}: exports are written to a local folder; copy it to the bucket afterwards "
                           "(gsutil -m cp -r / gcloud storage cp -r)")
-    FORMATS[fmt].check_installed()
+    form = FORMATS[fmt]
+    form.check_installed()
     manifest = st.load_manifest(out_dir)
+    options = ExportOptions(kept_only, max_count, layout, tuple(edit_types) if edit_types is not None else None,
+                            embeddings)
+    _check_options(form, manifest, options)
     dest = Path(to).absolute()
     src = Path(out_dir).absolute() if "://" not in out_dir else None
     if src is not None and (os.path.commonpath([os.path.realpath(src), os.path.realpath(dest)])
@@ -81,7 +106,12 @@ def export(out_dir: str, fmt: str, to: str, kept_only: bool = False, max_count: 
         for key in st.scan(out_dir, manifest, table.folders, ["key"]).collect()["key"].to_list():
             check_key(key)
     _prepare_dest(dest)
-    counts = FORMATS[fmt].write(Source(out_dir, manifest, kept_only), dest, max_count, say)
+    source = Source(out_dir, manifest, options)
+    counts = form.write(source, dest, say)
+    if embeddings:
+        from unicurate.manifests.export import _embeddings
+
+        _embeddings.copy(source, dest, say)
     files = []
     for path in sorted(p for p in dest.rglob("*") if p.is_file()):
         inside(dest, path)
@@ -95,6 +125,8 @@ def export(out_dir: str, fmt: str, to: str, kept_only: bool = False, max_count: 
         "source": {"path": str(out_dir), "kind": manifest["kind"], "schema_version": manifest.get("schema_version"),
                    "recipe_hash": manifest.get("recipe_hash"), "uncalibrated": bool(manifest.get("uncalibrated"))},
         "kept_only": bool(kept_only) if manifest["kind"] == "curated" else None,
+        "layout": layout or form.layouts[0], "edit_types": list(options.edit_types or []) or None,
+        "embeddings": bool(embeddings),
         "counts": counts, "files": files,
     }
     (dest / EXPORT_MANIFEST).write_text(json.dumps(em, indent=2) + "\n", encoding="utf-8")

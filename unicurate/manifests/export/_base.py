@@ -83,12 +83,29 @@ def typed_columns(table: Table, fmt: str, type_of: Callable[[pa.DataType], Optio
 
 # ------------------------------------------------------------------ reading
 @dataclass(frozen=True)
+class ExportOptions:
+    """What the command line chose, beyond format and DEST. ``layout``: one of the format's ``layouts`` (its
+    first is the default); ``edit_types``: for a synthesis run, only these edit types (None: all);
+    ``embeddings``: copy the run's CLIP embeddings (``OUT/embeddings/``) into DEST/embeddings/."""
+
+    kept_only: bool = False
+    max_count: int = 10_000
+    layout: Optional[str] = None
+    edit_types: Optional[tuple[str, ...]] = None
+    embeddings: bool = False
+
+
+@dataclass(frozen=True)
 class Source:
-    """The output folder being exported."""
+    """The output folder being exported, and the options of this export."""
 
     out_dir: str
     manifest: dict
-    kept_only: bool
+    options: ExportOptions = ExportOptions()
+
+    @property
+    def kept_only(self) -> bool:
+        return self.options.kept_only
 
     @property
     def synthesis(self) -> bool:
@@ -99,14 +116,16 @@ class Source:
 
     def shards(self, table: Table) -> Iterator[list[dict]]:
         """Rows of each of the table's shards, one shard at a time, each with every column of the table's
-        schema."""
+        schema (edit rows: only the chosen edit types)."""
         from unicurate.manifests import curated
         from unicurate.manifests import manifest as mf
         from unicurate.manifests import stats as st
 
         read = curated.read_rows if table.kind == "curated" else mf.read_rows
+        wanted = self.options.edit_types if table.kind == "edit" else None
         for path in st.shard_paths(self.out_dir, self.manifest, table.folders):
-            yield read(path)
+            rows = read(path)
+            yield rows if wanted is None else [r for r in rows if r["edit_type"] in wanted]
 
 
 # ------------------------------------------------------------------ formats
@@ -117,13 +136,17 @@ class ExportFormat:
     ``module`` is the optional library its writer imports and ``requires`` the
     distribution that provides it (both in the ``export`` extra); ``write``
     writes every table of the source under DEST and returns rows per table.
+    ``kinds``: the output folders it exports (``curated``, ``synthesis``);
+    ``layouts``: the ``--layout`` values it knows, its default first.
     """
 
     name: str
     title: str
     module: str
     requires: str
-    write: Callable[[Source, Path, int, Say], dict[str, int]]  # (source, DEST, max_count, say)
+    write: Callable[[Source, Path, Say], dict[str, int]]  # (source with its options, DEST, say)
+    kinds: tuple[str, ...] = ("curated", "synthesis")
+    layouts: tuple[str, ...] = ("default",)
 
     def check_installed(self) -> None:
         """Fail before anything is written when the format's library is missing."""

@@ -54,7 +54,7 @@ def _columns(table: Table, features, rows: list[dict]) -> dict[str, list]:
     return cols
 
 
-def write(source: Source, dest: Path, max_count: int, say: Say) -> dict[str, int]:
+def write(source: Source, dest: Path, say: Say) -> dict[str, int]:
     import datasets as hf
 
     hf.disable_progress_bars()

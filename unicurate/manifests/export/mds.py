@@ -60,7 +60,7 @@ def sample(table: Table, row: dict) -> dict[str, Any]:
     return out
 
 
-def write(source: Source, dest: Path, max_count: int, say: Say) -> dict[str, int]:
+def write(source: Source, dest: Path, say: Say) -> dict[str, int]:
     from streaming import MDSWriter
 
     def open_sink(folder: Path, table: Table):

@@ -42,11 +42,11 @@ def sample(table: Table, row: dict) -> dict[str, Any]:
     return s
 
 
-def write(source: Source, dest: Path, max_count: int, say: Say) -> dict[str, int]:
+def write(source: Source, dest: Path, say: Say) -> dict[str, int]:
     import webdataset as wds
 
     def open_sink(folder: Path, table: Table):
-        return wds.ShardWriter(str(folder / f"{table.name}-%06d.tar"), maxcount=max_count, verbose=0,
+        return wds.ShardWriter(str(folder / f"{table.name}-%06d.tar"), maxcount=source.options.max_count, verbose=0,
                                encoder=False, mtime=0)
 
     return write_samples(source, dest, say, open_sink, sample)
