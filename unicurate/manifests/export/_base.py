@@ -137,7 +137,9 @@ class ExportFormat:
     distribution that provides it (both in the ``export`` extra); ``write``
     writes every table of the source under DEST and returns rows per table.
     ``kinds``: the output folders it exports (``curated``, ``synthesis``);
-    ``layouts``: the ``--layout`` values it knows, its default first.
+    ``layouts``: the ``--layout`` values it knows, its default first;
+    ``check(manifest, options)``: its own refusals (an ExportError), made
+    before anything is written.
     """
 
     name: str
@@ -147,6 +149,7 @@ class ExportFormat:
     write: Callable[[Source, Path, Say], dict[str, int]]  # (source with its options, DEST, say)
     kinds: tuple[str, ...] = ("curated", "synthesis")
     layouts: tuple[str, ...] = ("default",)
+    check: Optional[Callable[[dict, "ExportOptions"], None]] = None
 
     def check_installed(self) -> None:
         """Fail before anything is written when the format's library is missing."""
