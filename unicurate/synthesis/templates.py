@@ -10,6 +10,8 @@ on the row, so a trainer can balance or hold out phrasings.
 from __future__ import annotations
 
 import hashlib
+import re
+import string
 from typing import Optional, Sequence
 
 # named hues for recolor (OpenCV hue scale 0-179) and the RGB we show them as
@@ -28,6 +30,43 @@ def render(kind: str, bank: Sequence[str], seed_text: str, **slots) -> tuple[str
     """(template_id, instruction): a template of ``kind``'s ``bank`` chosen by ``seed_text``, slots filled."""
     i = choose(seed_text, len(bank), salt=kind)
     return f"{kind}/{i}", bank[i].format(**slots)
+
+
+def renderings(bank: Sequence[str], template_id: Optional[str], instruction: str, **known) -> list[str]:
+    """``instruction`` and every other template of ``bank`` filled with the same slots (the alternative phrasings).
+
+    The inverse of :func:`render`: the slots are read back by matching ``instruction`` against the template
+    ``template_id`` names (``"remove/2"``: ``bank[2]``), with the ``known`` slots (the row's phrase) fixed, so
+    one other slot per template is read back exactly. Only ``[instruction]`` when the id names no template of
+    the bank or the instruction is not that template's rendering (the bank changed since the run).
+    """
+    try:
+        template = bank[int((template_id or "").rpartition("/")[2])]
+    except (IndexError, ValueError):
+        return [instruction]
+    pattern, read = [], set()
+    for literal, name, _, _ in string.Formatter().parse(template):
+        pattern.append(re.escape(literal))
+        if name in known:
+            pattern.append(re.escape(str(known[name])))
+        elif name is not None:
+            if not name.isidentifier():  # positional or indexed fields are not read back
+                return [instruction]
+            pattern.append(f"(?P={name})" if name in read else f"(?P<{name}>.*)")
+            read.add(name)
+    m = re.fullmatch("".join(pattern), instruction, re.DOTALL)
+    slots = {**known, **(m.groupdict() if m else {})}
+    if m is None or template.format(**slots) != instruction:
+        return [instruction]
+    out = [instruction]
+    for t in bank:
+        try:
+            text = t.format(**slots)
+        except KeyError:  # a template naming a slot the chosen one does not have
+            continue
+        if text not in out:
+            out.append(text)
+    return out
 
 
 def where_phrase(box_norm) -> str:
