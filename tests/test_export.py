@@ -134,7 +134,8 @@ def test_synthesis_exports_triplets_and_subjects(synthesized, tmp_path, fmt):
             assert json.loads(s["json"])["edit_type"] == edits[key]["edit_type"]
         subs = {s["__key__"]: s for s in wds.WebDataset(sorted(glob.glob(str(dest / "subject" / "*.tar"))),
                                                           shardshuffle=False)}
-        assert {k: s["ref.png"] for k, s in subs.items()} == {k: r["reference_image"] for k, r in subjects.items()}
+        ext = {k: "jpg" if r["image_format"] in ("jpg", "jpeg") else r["image_format"] for k, r in subjects.items()}
+        assert {k: s[f"ref.{ext[k]}"] for k, s in subs.items()} == {k: r["reference_image"] for k, r in subjects.items()}
     elif fmt == "mds":
         from streaming import StreamingDataset
 
@@ -324,7 +325,7 @@ def test_every_format_is_a_module_named_as_its_cli_choice():
     from unicurate.manifests.export import FORMATS
 
     modules = sorted(p.stem for p in Path(ex.__file__).parent.glob("*.py") if not p.stem.startswith("_"))
-    assert sorted(FORMATS) == modules == ["hf", "mds", "webdataset"]
+    assert sorted(FORMATS) == modules == ["bagel", "hf", "mds", "omnigen", "webdataset"]
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     fmt = next(a for a in sub.choices["export"]._actions if a.dest == "format")
     assert fmt.choices == list(FORMATS)

@@ -327,7 +327,11 @@ def cmd_demo(args, beam_args: list[str]) -> int:
     _say(f"      unicurate stats {out}            (funnel, reasons, score quantiles; --json)")
     _say(f"      unicurate report {out}           (HTML report; also for {syn_out})")
     _say(f"      unicurate whatif {out} --set 'clip_score>=0' --set 'aesthetic_score>=-0.228'")
-    _say(f"      unicurate export {out} --format webdataset|mds|hf --to EXPORT_DIR")
+    from unicurate.manifests.export import FORMATS
+
+    for kind, where in (("curated", out), ("synthesis", syn_out)):
+        names = "|".join(f.name for f in FORMATS.values() if kind in f.kinds)
+        _say(f"      unicurate export {where} --format {names} --to EXPORT_DIR")
     return EXIT_OK
 
 
@@ -423,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=list(FORMATS))
     p.add_argument("--to", required=True, help="destination folder (new, empty, or an earlier export)")
     p.add_argument("--kept-only", action="store_true", help="curated runs: only kept rows (default: kept + rejected)")
-    p.add_argument("--max-count", type=int, default=10_000, help="samples per WebDataset tar (default 10000)")
+    p.add_argument("--max-count", type=int, default=10_000, help="rows per WebDataset tar / img2dataset shard (default 10000)")
     layouts = "; ".join(f"{f.name}: {', '.join(f.layouts)}" for f in FORMATS.values() if len(f.layouts) > 1)
     p.add_argument("--layout", help=f"the format's file layout ({layouts}; default: the first)")
     p.add_argument("--edit-types", help="synthesis runs: only these edit types, comma-separated (default: all)")

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
 from unicurate.filters import registry as filter_registry
+from unicurate.filters.semantic_dedup import SemanticDedupConfig
 from unicurate.sections import Section as _Section
 from unicurate.synthesis.edit_types import NAMES as EDIT_TYPE_NAMES
 
@@ -80,6 +81,9 @@ class OutputConfig(_Section):
     keep_rejected_images: bool = Field(False, description="store image bytes of rejected rows too")
     keep_units: bool = Field(False, description="keep OUT/units/ (the work units' files and completion records) "
                                                 "once the manifest is written; default: remove them")
+    embeddings: bool = Field(False, description="write the CLIP image and caption embeddings (float16, unit norm) "
+                                                "of every scored row to OUT/embeddings/ in clip-retrieval's layout, "
+                                                "row-aligned with the shards; needs filters.clip_score")
 
 
 class DownloadConfig(_Section):
@@ -167,6 +171,8 @@ class _FiltersBase(_Section):
         True, description="reject captions with undecodable bytes (U+FFFD) or control characters (invalid_caption)"
     )
     dedup: DedupConfig = Field(default_factory=DedupConfig)
+    semantic_dedup: Optional[SemanticDedupConfig] = Field(
+        None, description=(SemanticDedupConfig.__doc__ or "").strip() + " Absent or null: not run.")
 
     @field_validator("max_aspect_ratio", mode="before")
     @classmethod
@@ -178,6 +184,13 @@ class _FiltersBase(_Section):
     def _word_bounds(self):
         if self.caption_max_words is not None and self.caption_max_words < self.caption_min_words:
             raise ValueError("caption_max_words must be >= caption_min_words")
+        return self
+
+    @model_validator(mode="after")
+    def _semantic_needs_clip(self):
+        if self.semantic_dedup is not None and getattr(self, "clip_score", None) is None:
+            raise ValueError("semantic_dedup ranks and compares rows by CLIP: add a clip_score section "
+                             "(`clip_score: {}` only records the score)")
         return self
 
     def model_filters(self) -> list[str]:
@@ -462,6 +475,17 @@ class CurateRecipe(_Recipe):
 
     def _input_patterns(self) -> list[str]:
         return self.input.paths
+
+    @model_validator(mode="after")
+    def _embeddings_need_clip(self):
+        if self.output.embeddings and self.filters.clip_score is None:
+            raise ValueError("output.embeddings writes the CLIP embeddings of filters.clip_score: add a clip_score "
+                             "section (`clip_score: {}` only records the score)")
+        return self
+
+    def wants_embeddings(self) -> bool:
+        """Whether the units keep each scored row's CLIP embeddings (for OUT/embeddings/ or semantic dedup)."""
+        return self.output.embeddings or self.filters.semantic_dedup is not None
 
     @model_validator(mode="before")
     @classmethod

@@ -63,6 +63,8 @@ _CORE_REASONS: tuple[tuple[Stage, str, str], ...] = (
     (Stage.SCORE, "score_error", "the stored image could not be prepared for the models (message in `error`)"),
     (Stage.DEDUP, "duplicate", "same image bytes (sha256) as an earlier row"),
     (Stage.DEDUP, "near_duplicate", "perceptual hash within the distance of an earlier row"),
+    (Stage.DEDUP, "semantic_duplicate", "CLIP image embedding within filters.semantic_dedup.threshold cosine of a "
+                                        "kept row with a higher clip_score (SemDeDup; `duplicate_of` names it)"),
 )
 
 
@@ -247,7 +249,7 @@ SUBJECT_FIELDS: list[pa.Field] = [
     pa.field("phrase", pa.string()),
     pa.field("box", _BOX),
     pa.field("mask", pa.binary()),  # PNG, 1 bit, target image size
-    pa.field("reference_image", pa.binary()),  # the subject cut out on a neutral background (PNG)
+    pa.field("reference_image", pa.binary()),  # the subject cut out on a neutral background (image_format)
     pa.field("target_image", pa.binary()),  # the full curated image
     pa.field("image_format", pa.string()),
     pa.field("width", pa.int32()),

@@ -8,7 +8,8 @@ it to :meth:`ClipScoreFilter.decide` as ``min_score``.
 The normalised image embedding is returned as the ``clip_embedding`` column so
 the heads that read it (aesthetic, CLIP NSFW) run without a second CLIP pass;
 a recipe with such a head but no ``clip_score`` section runs CLIP for the
-embedding only.
+embedding only. The caption's embedding is ``clip_text_embedding``; both are
+kept in the units when the recipe writes embeddings or runs semantic dedup.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class ClipScoreFilter(Filter):
         columns=(Column("clip_score", pa.float32(), "cosine(image, caption) of the recipe's CLIP model"),),
         reasons=(LOW_CLIP_SCORE,),
         thresholds=(Threshold("clip_score", ">=", "min_score", replaces=("keep_top_fraction",)),),
-        provides=("clip_embedding",),
+        provides=("clip_embedding", "clip_text_embedding"),
     ))
     input_key = "clip_input"
 
@@ -83,6 +84,7 @@ class ClipScoreFilter(Filter):
         if self.with_text:
             txt = self.model.encode_texts([row.get("caption") or "" for row in batch])
             cols["clip_score"] = [float(v) for v in np.sum(emb * txt, axis=1)]
+            cols["clip_text_embedding"] = list(txt)
         return cols
 
     def decide(self, columns, thresholds=None) -> list[list[str]]:

@@ -69,7 +69,7 @@ def decide_rows(filters_cfg, rows: Sequence[Mapping[str, Any]], clip_min_score: 
 class ModelScorer:
     """Loads the recipe's models once and scores batches of rows (dicts with ``image`` bytes, ``caption``)."""
 
-    def __init__(self, filters_cfg, models_cfg, located=None, runtime=None):
+    def __init__(self, filters_cfg, models_cfg, located=None, runtime=None, keep: Sequence[str] = ()):
         from unicurate.models import handlers, zoo
         from unicurate.models.runtime import Runtime
 
@@ -82,6 +82,7 @@ class ModelScorer:
         self.filters = build_filters(filters_cfg, models, threads=min(4, models_cfg.preprocess_threads))
         self._image_readers = [f for f in self.filters if f.input_key]  # the filters a row's image is decoded for
         self._pool = ThreadPoolExecutor(models_cfg.preprocess_threads, thread_name_prefix="unicurate-prep")
+        self.keep = tuple(keep)  # provided columns returned too (the CLIP embeddings), not only recorded ones
         self.batches = 0
 
     # -------------------------------------------------------------- what the manifest records
@@ -159,7 +160,8 @@ class ModelScorer:
         return True
 
     def score_rows(self, rows: Sequence[Mapping[str, Any]]) -> list[dict]:
-        """Per row: the score columns (None where not computed) and ``score_error`` (None when fine)."""
+        """Per row: the score columns and the ``keep`` columns (absent where not computed) and ``score_error``
+        (None when fine)."""
         results: list[dict] = [{"score_error": None} for _ in rows]
         prepared = list(self._pool.map(self._safe_prepare, rows))
         idx = [i for i, p in enumerate(prepared) if not isinstance(p, str)]
@@ -178,7 +180,7 @@ class ModelScorer:
                 for c, vals in cols.items():
                     for k, v in zip(live, vals):
                         items[k][c] = v
-        columns = [c for f in self.filters for c in f.columns]
+        columns = [c for f in self.filters for c in f.columns] + list(self.keep)
         for k, i in enumerate(idx):
             item = items[k]
             for c in columns:

@@ -3,6 +3,8 @@ the synthesis funnel)."""
 
 from __future__ import annotations
 
+from unicurate.manifests.embeddings import describe as describe_embeddings
+
 
 def _uncalibrated_line(manifest: dict, what: str) -> list[str]:
     if not manifest.get("uncalibrated"):
@@ -80,6 +82,9 @@ def format_funnel(manifest: dict) -> str:
     c = manifest["counts"]
     lines.append("")
     lines.append(f"kept {c['kept']} + rejected {c['rejected']} = {c['kept'] + c['rejected']} of {c['inputs']} inputs")
+    embeddings = describe_embeddings(manifest)
+    if embeddings:
+        lines.append(embeddings)
     return "\n".join(lines)
 
 

@@ -219,6 +219,24 @@ def merge_funnels(parts: Iterable[Mapping]) -> dict:
 
 
 # ---------------------------------------------------------------- manifest
+def write_bytes_atomic(out_dir: str, rel_path: str, data: bytes) -> dict:
+    """Write ``data`` to OUT/rel_path atomically (a temporary name in the same folder, then a rename); returns
+    {path, bytes, sha256}."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    final = join(out_dir, *rel_path.split("/"))
+    parent, name = posixpath.split(rel_path)
+    tmp = join(out_dir, *parent.split("/"), f".tmp-{uuid.uuid4().hex}-{name}") if parent else \
+        join(out_dir, f".tmp-{uuid.uuid4().hex}-{name}")
+    with FileSystems.create(tmp, mime_type="application/octet-stream",
+                            compression_type=CompressionTypes.UNCOMPRESSED) as fh:
+        fh.write(data)
+    delete_if_exists(final)
+    FileSystems.rename([tmp], [final])
+    return {"path": rel_path, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
 def write_json_atomic(path: str, obj: Any) -> None:
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
@@ -268,6 +286,15 @@ def open_parquet(path: str) -> pq.ParquetFile:
 def read_rows(path: str) -> list[dict]:
     """Every row of one shard, as dicts."""
     return open_parquet(path).read().to_pylist()
+
+
+def read_bytes(out_dir: str, rel_path: str) -> bytes:
+    """The bytes of OUT/rel_path (local or gs://), as stored."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(join(out_dir, *rel_path.split("/")), compression_type=CompressionTypes.UNCOMPRESSED) as fh:
+        return fh.read()
 
 
 def read_manifest(out_dir: str, name: str = MANIFEST_NAME) -> dict:

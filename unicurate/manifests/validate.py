@@ -82,6 +82,7 @@ def validate(out_dir: str, check_rows: bool = True) -> Report:
     present = _present_vs_listed(rep, mf.SHARD_DIRS, listed)
 
     seen_keys: dict[str, str] = {}
+    keys_of: dict[str, list[str]] = {}  # shard -> its keys in order (the embedding files are checked against them)
     for rel, shard in listed.items():
         if rel not in present:
             continue
@@ -91,6 +92,7 @@ def validate(out_dir: str, check_rows: bool = True) -> Report:
             continue
         if check_rows:
             table = pf.read(columns=["key", "status", "reject_reasons"])
+            keys_of[rel] = table.column("key").to_pylist()
             want = rel.split("/")[0]
             for key, status, reasons in zip(
                 table.column("key").to_pylist(), table.column("status").to_pylist(),
@@ -109,6 +111,7 @@ def validate(out_dir: str, check_rows: bool = True) -> Report:
                     rep.add(f"{rel}: row {key} has unknown reason code(s) {bad}")
             rep.rows += len(table)
 
+    _check_embeddings(rep, out_dir, manifest, keys_of, check_rows)
     counts = manifest.get("counts", {})
     inputs = counts.get("inputs")
     if inputs is None:
@@ -122,6 +125,57 @@ def validate(out_dir: str, check_rows: bool = True) -> Report:
         if counts.get(sub) is not None and counts[sub] != totals[sub]:
             rep.add(f"{mf.MANIFEST_NAME}: counts.{sub} = {counts[sub]} but its {sub} shards hold {totals[sub]} rows")
     return rep
+
+
+def _check_embeddings(rep: Report, out_dir: str, manifest: dict, keys_of: dict[str, list[str]],
+                      check_rows: bool) -> None:
+    """The embedding files (``output.embeddings``): each listed file present with its size and sha256; with
+    ``check_rows``, each file set's keys in its shard's order (every row of a kept shard, the scored rows of a
+    rejected one) and as many vectors as keys."""
+    from unicurate.manifests import embeddings as emb
+
+    shards = manifest.get("shards", {})
+    for status, entry in emb.entries(manifest):
+        files = entry.get("files") or {}
+        intact = True
+        for kind in emb.KINDS:
+            f = files.get(kind)
+            if not isinstance(f, dict):
+                rep.add(f"{mf.MANIFEST_NAME}: embeddings.{status} set {entry.get('index')} lists no {kind} file")
+                intact = False
+                continue
+            try:
+                sha, size = _sha256_of(mf.join(out_dir, *f["path"].split("/")))
+            except Exception as exc:  # noqa: BLE001 - missing or unreadable
+                rep.add(f"{f['path']}: listed in the manifest but cannot be read ({type(exc).__name__})")
+                intact = False
+                continue
+            if size != f.get("bytes") or sha != f.get("sha256"):
+                rep.add(f"{f['path']}: {size} bytes, sha256 {sha[:12]}...: not the file the manifest lists "
+                        f"({f.get('bytes')} bytes, {str(f.get('sha256'))[:12]}...)")
+                intact = False
+        index = entry.get("index")
+        listed = shards.get(status, [])
+        if not intact or not check_rows or not isinstance(index, int) or not 0 <= index < len(listed):
+            continue
+        shard_rel = listed[index]["path"]
+        if shard_rel not in keys_of:
+            continue
+        keys, vectors = emb.read(out_dir, entry)
+        for kind, arr in vectors.items():
+            if len(arr) != len(keys):
+                rep.add(f"{files[kind]['path']}: {len(arr)} vectors for {len(keys)} metadata rows")
+        shard_keys = keys_of[shard_rel]
+        aligned = keys == shard_keys if status == KEPT else _in_order(keys, shard_keys)
+        if not aligned or len(keys) != entry.get("rows"):
+            what = "every row of" if status == KEPT else "rows of"
+            rep.add(f"{files['metadata']['path']}: its keys are not {what} {shard_rel} in order")
+
+
+def _in_order(sub: list[str], full: list[str]) -> bool:
+    """``sub`` is a subsequence of ``full``."""
+    it = iter(full)
+    return all(k in it for k in sub)
 
 
 def _unfinished_details(out_dir: str) -> list[str]:

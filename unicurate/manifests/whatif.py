@@ -27,6 +27,7 @@ import polars as pl
 from unicurate.filters import dedup as dd
 from unicurate.filters.registry import Threshold, thresholds_by_column
 from unicurate.manifests import curated
+from unicurate.manifests import embeddings as emb
 from unicurate.manifests import manifest as mf
 from unicurate.manifests import stats as st
 from unicurate.manifests.validate import check_run
@@ -39,7 +40,7 @@ SETTABLE = thresholds_by_column()
 _SET_RE = re.compile(r"^\s*([a-z_]+)\s*(>=|<=|=)\s*(\S+)\s*$")
 # reasons a what-if decides again; every other reason a row has stays
 MODEL_REASONS = frozenset(r.value for r in Reason if REASON_STAGE[r] == Stage.SCORE and r != Reason.SCORE_ERROR)
-DEDUP_REASONS = frozenset({Reason.DUPLICATE.value, Reason.NEAR_DUPLICATE.value})
+DEDUP_REASONS = frozenset({Reason.DUPLICATE.value, Reason.NEAR_DUPLICATE.value, Reason.SEMANTIC_DUPLICATE.value})
 _CHUNK = 50_000
 
 
@@ -174,6 +175,11 @@ def recompute(out_dir: str, manifest: dict, settings: Sequence[Setting]) -> tupl
         elif k in near and not reasons[i]:
             reasons[i].append(Reason.NEAR_DUPLICATE.value)
             dup_of[i] = near[k][1]
+    if cfg.filters.semantic_dedup is not None:
+        scores = df["clip_score"].to_list()
+        for i, winner in _semantic_losers(out_dir, manifest, cfg.filters.semantic_dedup, keys, order, scores, reasons):
+            reasons[i].append(Reason.SEMANTIC_DUPLICATE.value)
+            dup_of[i] = winner
     result = pl.DataFrame({
         "key": keys,
         "old_status": df["status"],
@@ -183,6 +189,29 @@ def recompute(out_dir: str, manifest: dict, settings: Sequence[Setting]) -> tupl
     }).with_columns(pl.when(pl.col("reject_reasons").list.len() == 0).then(pl.lit(KEPT))
                     .otherwise(pl.lit(REJECTED)).alias("status"))
     return cfg, result
+
+
+def _semantic_losers(out_dir: str, manifest: dict, cfg, keys: list[str], order: list[tuple], scores: list,
+                     reasons: list[list[str]]) -> list[tuple[int, str]]:
+    """(row index, key of the kept copy) of semantic duplicates among the rows nothing else rejects, by the
+    pipeline's own functions on the embeddings the run wrote (``output.embeddings``)."""
+    from unicurate.filters import semantic_dedup as sd
+
+    if not manifest.get("embeddings"):
+        raise WhatIfError("this run used semantic_dedup without output.embeddings: its image embeddings were not "
+                          "kept, so semantic duplicates cannot be decided again; rerun it with output.embeddings: "
+                          "true (its work units are reused when kept with output.keep_units)")
+    vectors = _vectors_by_key(out_dir, manifest) or {}
+    image = emb.VECTORS["img_emb"]
+    members = [sd.Member(order[i], k, scores[i], vectors[k][image]) for i, k in enumerate(keys)
+               if not reasons[i] and k in vectors]
+    centroids = sd.train_centroids([(m.key, m.embedding) for m in members if sd.in_sample(m.key, len(members), cfg)],
+                                   len(members), cfg)
+    clusters: dict[int, list] = defaultdict(list)
+    for m, c in zip(members, sd.assign(members, centroids)):
+        clusters[c].append(m)
+    row = {o: i for i, o in enumerate(order)}
+    return [(row[pos], winner) for ms in clusters.values() for pos, winner in sd.cluster_losers(ms, cfg.threshold)]
 
 
 def _plan(out_dir: str, exprs: Sequence[str]) -> tuple:
@@ -280,7 +309,9 @@ def _apply(out_dir, manifest, settings, new_recipe, res: pl.DataFrame, new_out: 
     listed = {sh["path"] for sub in (KEPT, REJECTED) for sh in manifest["shards"].get(sub, [])}
     names = sorted({rel.split("/", 1)[1] for rel in listed})
     funnel_parts = []
-    for name in names:  # a key's shard index depends only on the key and the shard count: same names
+    vectors = _vectors_by_key(out_dir, manifest)  # the source's embeddings, re-cut along the new shards
+    embedding_sets = {KEPT: [], REJECTED: []}
+    for index, name in enumerate(names):  # a key's shard index depends only on the key and the shard count
         rows = [row for sub in (KEPT, REJECTED) if f"{sub}/{name}" in listed
                 for row in curated.read_rows(mf.join(out_dir, sub, name))]  # every column: nulls for absent ones
         kept, rejected = [], []
@@ -296,8 +327,15 @@ def _apply(out_dir, manifest, settings, new_recipe, res: pl.DataFrame, new_out: 
             info = mf.write_shard(new_out, f"{sub}/{name}", part, CURATED_SCHEMA, rg)
             shards[sub].append(info.to_json())
             funnel_parts.append(mf.funnel_counts(r["reject_reasons"] for r in part))
+            if vectors is not None:
+                writer = emb.EmbeddingWriter(str(new_out), sub, index)
+                for r in part:
+                    writer.add({**r, **vectors.get(r["key"], {})})
+                embedding_sets[sub].append(writer.close())
         say(f"wrote {name}: {len(kept)} kept, {len(rejected)} rejected")
     stale = mf.remove_stale_shards(new_out, {s["path"] for sub in shards.values() for s in sub})
+    stale += emb.remove_stale(str(new_out), {f["path"] for sets in embedding_sets.values() for e in sets
+                                             for f in e["files"].values()})
     n_kept = sum(s["rows"] for s in shards[KEPT])
     n_rej = sum(s["rows"] for s in shards[REJECTED])
     clip = recipe.filters.clip_score
@@ -313,6 +351,7 @@ def _apply(out_dir, manifest, settings, new_recipe, res: pl.DataFrame, new_out: 
         "counts": {"inputs": manifest["counts"]["inputs"], "kept": n_kept, "rejected": n_rej},
         "funnel": mf.merge_funnels(funnel_parts),
         "shards": shards,
+        **({"embeddings": embedding_sets} if vectors is not None else {}),
         "removed_stale_shards": stale,
         "derived_from": {"path": str(out_dir), "recipe_hash": manifest.get("recipe_hash"),
                          "whatif": [s.text() for s in settings], "rows": "copied"},
@@ -324,6 +363,18 @@ def _apply(out_dir, manifest, settings, new_recipe, res: pl.DataFrame, new_out: 
                           "was written: " + "; ".join(problems))
     mf.publish_manifest(str(new_out), new_manifest)
     return new_manifest
+
+
+def _vectors_by_key(out_dir: str, manifest: dict) -> Optional[dict[str, dict]]:
+    """key -> the row's embedding columns, from the run's embedding files (None: it wrote none)."""
+    if not manifest.get("embeddings"):
+        return None
+    out: dict[str, dict] = {}
+    for _status, entry in emb.entries(manifest):
+        keys, arrays = emb.read(out_dir, entry)
+        for i, key in enumerate(keys):
+            out[key] = {column: arrays[kind][i].tobytes() for kind, column in emb.VECTORS.items()}
+    return out
 
 
 def _same_folder(a: str, b: str) -> bool:

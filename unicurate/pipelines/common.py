@@ -133,6 +133,10 @@ class WriteManifestDoFn(beam.DoFn):
     def fields(self, *extra) -> dict:
         return {}
 
+    def from_shards(self, shard_results: list[dict]) -> dict:
+        """Manifest fields made from the shard results beyond shards and funnel (none unless overridden)."""
+        return {}
+
     def process(self, shard_results: list[dict], n_inputs: int, model_records: list[str], *extra) -> Iterator[str]:
         out_dir = self.recipe.output.path
         shards = {d: sorted((r["shards"][d] for r in shard_results), key=lambda s: s["path"]) for d in self.DIRS}
@@ -143,6 +147,7 @@ class WriteManifestDoFn(beam.DoFn):
             "models": models,
             "uncalibrated": any(not m.get("calibrated", True) for m in models),
             **self.fields(*extra),
+            **self.from_shards(shard_results),
             "beam_options": self.beam_options,
             "counts": {"inputs": n_inputs, **{d: sum(s["rows"] for s in shards[d]) for d in self.DIRS}},
             "funnel": self.merge_funnel(r["funnel"] for r in shard_results),

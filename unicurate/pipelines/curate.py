@@ -6,16 +6,21 @@
                                                └─ first rows ─ CLIP cutoff (keep_top_fraction, ApproximateQuantiles)
                                                              ─ exact groups (sha256) ─ decisions
                                                              ─ near groups (pHash bands) ─ decisions
+              └─ (filters.semantic_dedup) the passing rows' image embeddings, less the rows rejected above
+                 ─ SemanticDedup (pipelines/semantic: k-means, clusters, pairwise cosine) ─ decisions
         decisions by final shard ─ CoGroupByKey (common) ─ WriteShards: the shard's rows streamed out of the unit
-        files, row group by row group, decisions applied ─ kept/ + rejected/ ─ manifest.json (pending, last)
+        files, row group by row group, decisions applied ─ kept/ + rejected/ (+ embeddings/ with
+        output.embeddings) ─ manifest.json (pending, last)
 
-Image bytes never cross a shuffle: they stay in the unit files until the final shards are written. A final shard
-holds the rows of consecutive input positions (``output.rows_per_shard`` of them), read from the units that hold
-them, so its contents are the same whatever ran where.
+Image bytes never cross a shuffle: they stay in the unit files until the final shards are written (semantic dedup
+shuffles the image embeddings, float16). A final shard holds the rows of consecutive input positions
+(``output.rows_per_shard`` of them), read from the units that hold them, so its contents are the same whatever ran
+where.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from typing import Iterator, Optional
@@ -27,11 +32,13 @@ from apache_beam.utils import shared
 from unicurate.config import CurateRecipe
 from unicurate.download import ingest
 from unicurate.filters import dedup as dd
+from unicurate.manifests import embeddings as emb
 from unicurate.manifests import manifest as mf
 from unicurate.manifests.funnel import format_funnel
 from unicurate.models import zoo
 from unicurate.pipelines import common, perworker
 from unicurate.pipelines.common import Plan, with_model_hints
+from unicurate.pipelines.semantic import SemanticDedup
 from unicurate.schema import CURATED_SCHEMA, CURATED_SCHEMA_VERSION, KEPT, REJECTED, shard_name
 from unicurate.units import curate as uc
 from unicurate.units import folder, store
@@ -40,6 +47,7 @@ from unicurate.units.plan import Unit, UnitPlan
 log = logging.getLogger("unicurate")
 _NS = perworker.NAMESPACE
 UNITS_TAG = "units"
+MEMBERS_TAG = "members"
 REPEATS_TAG = "repeats"
 QUANTILES = 1000  # cutoff resolution for keep_top_fraction: 0.1% of the run
 
@@ -57,9 +65,10 @@ def _decider(recipe: CurateRecipe):
 
 class CurateUnitsDoFn(perworker.ModelDoFn):
     """Each unit: resumed when its completion record is valid for this data recipe and its file intact, else
-    curated into its file (:class:`unicurate.units.curate.UnitCurator`). Yields the briefs of its rows, and its
-    record on ``UNITS_TAG``. One Fetcher and one set of models per worker process (``shared.Shared``); the models
-    load on a background thread while the first downloads run."""
+    curated into its file (:class:`unicurate.units.curate.UnitCurator`). Yields the briefs of its rows, its
+    record on ``UNITS_TAG`` and, with semantic dedup, its candidates on ``MEMBERS_TAG``. One Fetcher and one set
+    of models per worker process (``shared.Shared``); the models load on a background thread while the first
+    downloads run."""
 
     def __init__(self, recipe: CurateRecipe, recipe_hash: str, cpu_threads: Optional[int] = None):
         super().__init__(tag="scorer", stage="units", cpu_threads=cpu_threads)
@@ -76,7 +85,9 @@ class CurateUnitsDoFn(perworker.ModelDoFn):
             return None
         from unicurate.filters.scoring import ModelScorer
 
-        return ModelScorer(self.recipe.filters, self.recipe.models, runtime=self.runtime(self.recipe.models))
+        keep = tuple(uc.EMBEDDINGS.values()) if self.recipe.wants_embeddings() else ()
+        return ModelScorer(self.recipe.filters, self.recipe.models, runtime=self.runtime(self.recipe.models),
+                           keep=keep)
 
     def setup(self):
         from unicurate.download.fetch import Fetcher
@@ -100,7 +111,7 @@ class CurateUnitsDoFn(perworker.ModelDoFn):
         out_dir = self.recipe.output.path
         record = store.read_record(out_dir, unit.index)
         if store.record_fits(record, unit, self.recipe_hash) and store.file_intact(out_dir, record):
-            briefs = uc.brief_from_file(out_dir, unit, self.decider)
+            briefs, members = uc.brief_from_file(out_dir, unit, self.decider, self.curator.semantic)
             self.resumed.inc()
         else:
             if record is not None:
@@ -112,11 +123,13 @@ class CurateUnitsDoFn(perworker.ModelDoFn):
                 self.fetched.inc()
 
             before = dict(self.curator.counts)
-            record, briefs = self.curator.run(self.plan, unit, self.recipe_hash, fetched)
+            record, briefs, members = self.curator.run(self.plan, unit, self.recipe_hash, fetched)
             self.processed.inc()
             for name, counter in self.model_counters.items():
                 counter.inc(self.curator.counts.get(name, 0) - before.get(name, 0))
         yield beam.pvalue.TaggedOutput(UNITS_TAG, record)
+        for m in members:
+            yield beam.pvalue.TaggedOutput(MEMBERS_TAG, (m.pos, (m.key, m.clip_score, m.embedding)))
         yield from map(tuple, briefs)  # plain tuples: Beam codes them compactly (a NamedTuple pickles its class)
         self.span.mark()
 
@@ -157,6 +170,11 @@ def with_cutoff(t: tuple, cutoff: Optional[float], decider) -> tuple:
     if cutoff is None or not b.ok or b.clip_score is None:
         return t
     return tuple(b._replace(ok=not decider.reasons([{"clip_score": b.clip_score}], clip_min_score=cutoff)[0]))
+
+
+def within_cutoff(member: tuple, cutoff: Optional[float], decider) -> bool:
+    """A semantic dedup candidate (pos, key, clip_score, embedding) passes the CLIP top-fraction cutoff."""
+    return cutoff is None or not decider.reasons([{"clip_score": member[2]}], clip_min_score=cutoff)[0]
 
 
 def sha_group(t: tuple) -> list[tuple[str, tuple]]:
@@ -201,7 +219,8 @@ def cutoff_from_quantiles(quantiles: list, keep_top_fraction: float) -> Optional
 
 class WriteShardsDoFn(beam.DoFn):
     """One final shard: the rows of its positions streamed out of the unit files (a row group at a time), the
-    run-wide decisions applied, written to kept/ and rejected/ (each row group by row group)."""
+    run-wide decisions applied, written to kept/ and rejected/ (each row group by row group), and with
+    ``output.embeddings`` the embedding files of both (``unicurate.manifests.embeddings``)."""
 
     def __init__(self, recipe: CurateRecipe, n_rows: int, n_shards: int):
         self.recipe, self.n_rows, self.n_shards = recipe, n_rows, n_shards
@@ -219,22 +238,29 @@ class WriteShardsDoFn(beam.DoFn):
         for loser, (order, winner) in grouped["near"]:
             if loser not in near or order < near[loser][0]:
                 near[loser] = (order, winner)
-        decisions = uc.Decisions(dict(grouped["repeats"]), dict(grouped["exact"]), near, clip_cutoff)
+        decisions = uc.Decisions(dict(grouped["repeats"]), dict(grouped["exact"]), near, clip_cutoff,
+                                 dict(grouped["semantic"]))
         out = self.recipe.output
         start, stop = shard_range(index, out.rows_per_shard, self.n_rows)
         name = shard_name(index, self.n_shards)
         reasons = []
+        vectors = {s: emb.EmbeddingWriter(out.path, s, index) for s in (KEPT, REJECTED)} if out.embeddings else None
         with mf.ShardWriter(out.path, f"{KEPT}/{name}", CURATED_SCHEMA, out.row_group_rows) as kept, \
                 mf.ShardWriter(out.path, f"{REJECTED}/{name}", CURATED_SCHEMA, out.row_group_rows) as rejected:
             for row in store.rows_between(out.path, self.plan, start, stop):
                 row = uc.final_row(row, decisions, self.decider, out.keep_rejected_images)
                 (kept if row["status"] == KEPT else rejected).write(row)
+                if vectors is not None:
+                    vectors[row["status"]].add(row)
                 reasons.append(row["reject_reasons"])
             if len(reasons) != stop - start:
                 raise RuntimeError(f"shard {index}: read {len(reasons)} rows from the unit files, expected "
                                    f"{stop - start} (positions {start}..{stop - 1})")
             shards = {KEPT: kept.close().to_json(), REJECTED: rejected.close().to_json()}
-        yield {"shards": shards, "funnel": mf.funnel_counts(reasons)}
+        result = {"shards": shards, "funnel": mf.funnel_counts(reasons)}
+        if vectors is not None:
+            result["embeddings"] = {s: w.close() for s, w in vectors.items()}
+        yield result
         self.span.mark()
 
 
@@ -255,6 +281,15 @@ class WriteManifestDoFn(common.WriteManifestDoFn):
     def fields(self, clip_cutoff: Optional[float]) -> dict:
         return {"model_filters": self.recipe.filters.model_filters(), "clip_score_cutoff": clip_cutoff}
 
+    def from_shards(self, shard_results: list[dict]) -> dict:
+        """The embedding file sets, by status in shard order (an earlier run's files that are not among them are
+        removed)."""
+        sets = {s: sorted((r["embeddings"][s] for r in shard_results if "embeddings" in r), key=lambda e: e["index"])
+                for s in self.DIRS}
+        listed = {f["path"] for entries in sets.values() for e in entries for f in e["files"].values()}
+        emb.remove_stale(self.recipe.output.path, listed)
+        return {"embeddings": sets} if self.recipe.output.embeddings else {}
+
 
 def build(p: beam.Pipeline, recipe: CurateRecipe, plan: Plan, beam_options: dict):
     """Add the curate pipeline to ``p`` (``plan.units``: the :class:`UnitPlan`, None in a dry run); returns the
@@ -269,7 +304,7 @@ def build(p: beam.Pipeline, recipe: CurateRecipe, plan: Plan, beam_options: dict
         | "Units" >> beam.Create(uplan.units() if uplan is not None else [], reshuffle=True)
         | "CurateUnits" >> with_model_hints(beam.ParDo(CurateUnitsDoFn(
             cfg, cfg.recipe_hash(), perworker.cpu_threads_per_process(beam_options))), cfg).with_outputs(
-            UNITS_TAG, main="briefs")
+            UNITS_TAG, MEMBERS_TAG, main="briefs")
     )
     firsts = (
         units.briefs
@@ -315,6 +350,16 @@ def build(p: beam.Pipeline, recipe: CurateRecipe, plan: Plan, beam_options: dict
             | "NearLosers" >> beam.FlatMap(near_decisions, md)))
     else:
         keyed["near"] = empty | "NoNear" >> beam.Map(lambda x: x)
+    if cfg.filters.semantic_dedup is not None:
+        rejected = ([keyed[k] for k in ("repeats", "exact", "near")]
+                    | "RejectedRunWide" >> beam.Flatten() | "RejectedPositions" >> beam.Map(lambda kv: kv[1][0]))
+        keep = None
+        if c is not None and c.keep_top_fraction is not None:
+            keep = functools.partial(within_cutoff, decider=decider)
+        keyed["semantic"] = by_shard("Semantic", (units[MEMBERS_TAG], rejected) | "SemanticDedup" >> SemanticDedup(
+            cfg.filters.semantic_dedup, keep, clip_cutoff))
+    else:
+        keyed["semantic"] = empty | "NoSemantic" >> beam.Map(lambda x: x)
 
     n_shards_pc = p | "ShardCount" >> beam.Create([n_shards])
     results = (

@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from unicurate.download import ingest
 from unicurate.filters import rules
+from unicurate.filters import semantic_dedup as sd
 from unicurate.schema import (CURATED_COLUMNS, CURATED_SCHEMA, KEPT, REASON_STAGE, REJECTED, SCORE_COLUMNS, Reason,
                               Stage)
 from unicurate.units import store
@@ -44,6 +45,12 @@ class Brief(NamedTuple):
 
 
 BRIEF_COLUMNS = [store.POS, "key", "sha256", "phash", "reject_reasons", *SCORE_COLUMNS]
+
+# what a unit file holds beyond the shard schema: the CLIP embeddings of each scored row (float16 bytes of the unit
+# vector; null unless the recipe writes embeddings or runs semantic dedup), by the ModelScorer column they come from
+EMBEDDINGS = {"clip_image_embedding": "clip_embedding", "clip_text_embedding": "clip_text_embedding"}
+UNIT_SCHEMA = pa.schema(list(CURATED_SCHEMA) + [pa.field(c, pa.binary()) for c in EMBEDDINGS],
+                        metadata=CURATED_SCHEMA.metadata)
 
 
 def make_prefilter(filters_cfg):
@@ -91,13 +98,18 @@ def reaches_models(row: dict) -> bool:
 _FLOAT32 = {f.name for f in CURATED_SCHEMA if pa.types.is_float32(f.type)}
 
 
-def add_scores(row: dict, result: dict) -> None:
+def add_scores(row: dict, result: dict, embeddings: bool = False) -> None:
     """A row's scores, as its unit file will hold them (float32 columns rounded to float32 here, so the decisions
-    made now on the row's brief are the ones made later on the row read back)."""
+    made now on the row's brief are the ones made later on the row read back); with ``embeddings``, its CLIP
+    embeddings too."""
     for c in SCORE_COLUMNS:
         if c in result:
             v = result[c]
             row[c] = float(np.float32(v)) if c in _FLOAT32 and isinstance(v, float) else v
+    if embeddings:
+        for column, provided in EMBEDDINGS.items():
+            if result.get(provided) is not None:
+                row[column] = sd.pack(result[provided])
     if result["score_error"]:
         row["reject_reasons"] = list(row["reject_reasons"]) + [Reason.SCORE_ERROR.value]
         row["error"] = result["score_error"] if not row.get("error") else f"{row['error']}; {result['score_error']}"
@@ -112,6 +124,13 @@ def brief(row: dict, decider) -> Brief:
                  row.get("clip_score"))
 
 
+def member(row: dict, b: Brief) -> Optional[sd.Member]:
+    """The row as a semantic dedup candidate: it passed everything decided within its unit and has an image
+    embedding (None otherwise)."""
+    emb = row.get("clip_image_embedding")
+    return sd.Member(b.pos, b.key, b.clip_score, emb) if b.ok and emb else None
+
+
 class UnitCurator:
     """Curates whole units in one worker process: ``fetcher`` (a :class:`~unicurate.download.fetch.Fetcher`),
     ``scorer()`` (the :class:`~unicurate.filters.scoring.ModelScorer`, waited for only when a row first reaches
@@ -119,24 +138,32 @@ class UnitCurator:
 
     def __init__(self, recipe, fetcher, scorer: Optional[Callable[[], object]], decider):
         self.recipe, self.fetcher, self.scorer, self.decider = recipe, fetcher, scorer, decider
+        self.embeddings = recipe.wants_embeddings()
+        self.semantic = recipe.filters.semantic_dedup is not None
         self.batch_size = recipe.models.batch_size
         self.block_rows = max(4 * self.batch_size, recipe.output.row_group_rows)  # most rows waiting for a batch
         self._scored = False  # a row of this process reached the models: their records go into the unit's record
         self.counts: Counter = Counter()  # batches, rows scored, score errors: what the Beam counters report
 
     def run(self, plan: UnitPlan, unit: Unit, recipe_hash: str,
-            on_fetched: Callable[[bool], None] = lambda ok: None) -> tuple[dict, list[Brief]]:
+            on_fetched: Callable[[bool], None] = lambda ok: None) -> tuple[dict, list[Brief], list[sd.Member]]:
         """Curate ``unit`` into its file under the output folder and write its completion record; returns the
-        record and the briefs of its rows. ``on_fetched(ok)`` is told of every download."""
+        record, the briefs of its rows and its semantic dedup candidates (none unless the recipe runs it).
+        ``on_fetched(ok)`` is told of every download."""
         start = time.monotonic()
         out_dir = self.recipe.output.path
         briefs: list[Brief] = []
+        members: list[sd.Member] = []
         reasons: Counter = Counter()
-        with store.writer(out_dir, unit, CURATED_SCHEMA, self.recipe.output.row_group_rows) as w:
+        with store.writer(out_dir, unit, UNIT_SCHEMA, self.recipe.output.row_group_rows) as w:
             for row in self._rows(plan, unit, on_fetched):
                 w.write(row)
                 reasons.update(row["reject_reasons"])
-                briefs.append(brief(row, self.decider))
+                b = brief(row, self.decider)
+                briefs.append(b)
+                m = member(row, b) if self.semantic else None
+                if m is not None:
+                    members.append(m)
             info = w.close()
         models = self.scorer().model_records() if self._scored else []
         record = {"unit": unit.index, "first_row": unit.first, "rows": unit.rows, "recipe_hash": recipe_hash,
@@ -145,7 +172,7 @@ class UnitCurator:
         if info.rows != unit.rows:
             raise RuntimeError(f"unit {unit.index}: wrote {info.rows} rows, the unit has {unit.rows}")
         store.write_record(out_dir, record)
-        return record, briefs
+        return record, briefs, members
 
     def _rows(self, plan: UnitPlan, unit: Unit, on_fetched: Callable[[bool], None]) -> Iterator[dict]:
         """The unit's rows, finished and scored, in input order."""
@@ -181,28 +208,33 @@ class UnitCurator:
             return
         self._scored = True
         for row, result in zip(batch, self.scorer().score_rows(batch)):
-            add_scores(row, result)
+            add_scores(row, result, self.embeddings)
             self.counts["score_errors"] += bool(result["score_error"])
         self.counts["model_batches"] += 1
         self.counts["model_rows"] += len(batch)
 
 
-def brief_from_file(out_dir: str, unit: Unit, decider) -> list[Brief]:
-    """The briefs of a finished unit, from its file's small columns (a resumed unit)."""
-    table = store.read_columns(out_dir, unit, BRIEF_COLUMNS)
-    return [brief(row, decider) for row in table.to_pylist()]
+def brief_from_file(out_dir: str, unit: Unit, decider, semantic: bool = False) -> tuple[list[Brief], list[sd.Member]]:
+    """The briefs of a finished unit and its semantic dedup candidates (``semantic``), from its file's small
+    columns and the image embeddings (a resumed unit)."""
+    rows = store.read_columns(out_dir, unit, BRIEF_COLUMNS + (["clip_image_embedding"] if semantic else [])).to_pylist()
+    briefs = [brief(row, decider) for row in rows]
+    members = [m for m in (member(r, b) for r, b in zip(rows, briefs)) if m is not None] if semantic else []
+    return briefs, members
 
 
 # ------------------------------------------------------------------ run-wide decisions, applied per row
 class Decisions(NamedTuple):
     """The run-wide decisions for one final shard's rows, by position: ``repeats`` {pos: (occurrence number, key of
     the first row with that url)}, ``exact`` {pos: key of the kept copy}, ``near`` {pos: (position, key) of the earlier
-    near copy}, and the CLIP cutoff (None: no top-fraction filter, or nothing scored)."""
+    near copy}, the CLIP cutoff (None: no top-fraction filter, or nothing scored) and ``semantic`` {pos: key of the
+    kept row it is a semantic copy of}."""
 
     repeats: dict
     exact: dict
     near: dict
     clip_cutoff: Optional[float]
+    semantic: dict
 
 
 def repeat_row(row: dict, occurrence: int, first_key: str) -> dict:
@@ -229,6 +261,9 @@ def final_row(row: dict, decisions: Decisions, decider, keep_rejected_images: bo
     elif pos in decisions.near and not reasons:
         reasons.append(Reason.NEAR_DUPLICATE.value)
         row["duplicate_of"] = decisions.near[pos][1]
+    elif pos in decisions.semantic and not reasons:
+        reasons.append(Reason.SEMANTIC_DUPLICATE.value)
+        row["duplicate_of"] = decisions.semantic[pos]
     row["reject_reasons"] = reasons
     row["status"] = REJECTED if reasons else KEPT
     if reasons and not keep_rejected_images:

@@ -77,6 +77,8 @@ def _check_options(form: ExportFormat, manifest: dict, options: ExportOptions) -
             raise ExportError(f"--edit-types: unknown {', '.join(unknown)}; edit types: {', '.join(EDIT_TYPES)}")
     if options.embeddings and not manifest.get("embeddings"):
         raise ExportError("--embeddings: this run wrote no embeddings (curate with output.embeddings: true)")
+    if form.check is not None:
+        form.check(manifest, options)
 
 
 def export(out_dir: str, fmt: str, to: str, kept_only: bool = False, max_count: int = 10_000,
