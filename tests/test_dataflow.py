@@ -82,7 +82,8 @@ def test_dataflow_config_is_validated():
 
 # ------------------------------------------------------------------ dry run
 def test_curate_dry_run_on_dataflow_writes_the_job_offline(web_input, tmp_path, no_network):
-    data = base_recipe(web_input, "gs://my-bucket/curated", filters=SCORED_FILTERS,
+    data = base_recipe(web_input, "gs://my-bucket/curated", filters={**SCORED_FILTERS, "semantic_dedup": {}},
+                       output={"embeddings": True},
                        runner={"profile": "dataflow", "dataflow": {**DATAFLOW, "gpu": {"type": "nvidia-l4"}}})
     job_file = tmp_path / "job" / "curate.job.json"
     desc = run_curate(parse_recipe(data), say=lambda _m: None, dry_run=True, job_file=str(job_file))
@@ -94,6 +95,8 @@ def test_curate_dry_run_on_dataflow_writes_the_job_offline(web_input, tmp_path, 
     assert [t["name"] for t in written["model_stages"]] == ["CurateUnits/ParDo(CurateUnitsDoFn)"]
     assert {"Units", "CurateUnits", "GroupRepeatedUrls", "GroupBySha", "GroupByShard", "WriteShards",
             "WriteManifest"} <= _transform_names(written)
+    assert {"SemanticDedup/JoinRejected", "SemanticDedup/KMeans", "SemanticDedup/GroupByCluster"} <= {
+        "/".join(t["name"].split("/")[:2]) for t in written["transforms"]}  # semantic dedup runs there too
     # the container image, as the options give it and as the graph's environments carry it
     assert written["container_image"] == IMAGE and written["options"]["sdk_container_image"] == IMAGE
     assert written["environment_images"] == [IMAGE]

@@ -40,12 +40,7 @@ def planted(n_groups: int, copies: int, dim: int = 64, seed: int = 0):
 
 
 def losers_of(members, cfg):
-    centroids = sd.train_centroids([(m.key, m.embedding) for m in members if sd.in_sample(m.key, len(members), cfg)],
-                                   len(members), cfg)
-    clusters: dict[int, list] = {}
-    for m, c in zip(members, sd.assign(members, centroids)):
-        clusters.setdefault(c, []).append(m)
-    return dict(loser for ms in clusters.values() for loser in sd.cluster_losers(ms, cfg.threshold))
+    return dict(sd.decide(members, cfg))
 
 
 def test_each_group_of_copies_keeps_its_best_member():
@@ -64,14 +59,26 @@ def test_each_group_of_copies_keeps_its_best_member():
     assert len(members) - len(losers) == len(set(group))
 
 
-def test_decisions_do_not_depend_on_the_order_rows_arrive_in():
-    members, _ = planted(40, copies=3, seed=1)
-    cfg = sd.SemanticDedupConfig(threshold=0.9, cluster_rows=10, train_rows=100)
+def test_decisions_do_not_depend_on_order_or_batching():
+    """Runners deliver members in any order and cut them into batches of any size: the clusters and the losers stay
+    the same (faiss's BLAS path, from 20 rows a search, rounds differently from its per-row loop: not used)."""
+    members, _ = planted(300, copies=3, seed=1, dim=32)
+    cfg = sd.SemanticDedupConfig(threshold=0.9, cluster_rows=40, train_rows=400)
     first = losers_of(members, cfg)
     shuffled = members[:]
     random.Random(7).shuffle(shuffled)
     assert losers_of(shuffled, cfg) == first
     assert first  # there were copies to find
+    centroids = sd.train_centroids([(m.key, m.embedding) for m in members], len(members), cfg)
+    assert len(centroids) > 1
+    whole = sd.assign(members, centroids)
+    rng, pieces, start = random.Random(3), [], 0
+    while start < len(members):
+        size = rng.choice([1, 3, 19, 20, 64, 257])
+        pieces += sd.assign(members[start:start + size], centroids)
+        start += size
+    assert pieces == whole
+    assert dict(sd.decide(members, cfg)) == first
 
 
 def test_chains_and_ties():
@@ -93,7 +100,7 @@ def test_the_sample_is_drawn_by_key_hash():
     drawn = [k for k in keys if sd.in_sample(k, len(keys), cfg)]
     assert 800 < len(drawn) < 1200
     assert drawn == [k for k in keys if sd.in_sample(k, len(keys), cfg)]
-    assert all(sd.in_sample(k, 500, cfg) for k in keys[:500])  # fewer candidates than train_rows: all train
+    assert all(sd.in_sample(k, 1000, cfg) for k in keys[:1000])  # no more candidates than train_rows: all train
 
 
 def test_recipes_need_clip_for_semantic_dedup_and_embeddings(tmp_path):
@@ -109,25 +116,32 @@ def test_recipes_need_clip_for_semantic_dedup_and_embeddings(tmp_path):
 
 # ------------------------------------------------------------------ the pipeline, on planted near copies
 def planted_images(path, n: int = 36):
-    """Generated scenes; every third has a near copy (cropped by ~1%, re-encoded at quality 85) later in the input.
-    Returns {url: group}."""
+    """Generated scenes; later in the input, every third has a near copy (cropped by ~1%, re-encoded at quality
+    85) and every sixth also an exact copy (same bytes, another caption: another clip_score) and a repeat of its
+    url. Returns the rows (url, group, kind)."""
     from unicurate import sampleweb
 
     rng = np.random.default_rng(1)
-    rows, copies = [], []
+    rows, later = [], []
     for i in range(n):
         img, caption = sampleweb._scene(rng, 320, 240)
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=95)
-        rows.append({"url": f"http://img.test/{i}.jpg", "caption": caption, "image": buf.getvalue(), "group": i})
+        original = {"url": f"http://img.test/{i}.jpg", "caption": caption, "image": buf.getvalue(), "group": i,
+                    "kind": "original"}
+        rows.append(original)
         if i % 3 == 0:
             buf = io.BytesIO()
             img.crop((3, 2, 317, 238)).resize((320, 240)).save(buf, format="JPEG", quality=85)
-            copies.append({"url": f"http://img.test/{i}-copy.jpg", "caption": caption + " again",
-                           "image": buf.getvalue(), "group": i})
-    rows += copies
+            later.append({**original, "url": f"http://img.test/{i}-copy.jpg", "caption": caption + " again",
+                          "image": buf.getvalue(), "kind": "near"})
+        if i % 6 == 0:
+            later.append({**original, "url": f"http://img.test/{i}-same.jpg", "caption": f"picture {i}",
+                          "kind": "exact"})
+            later.append({**original, "kind": "repeat"})
+    rows += later
     pq.write_table(pa.Table.from_pylist(rows), path)
-    return {r["url"]: r["group"] for r in rows}
+    return rows
 
 
 @pytest.fixture(scope="module")
@@ -135,33 +149,55 @@ def semantic_run(tmp_path_factory):
     from unicurate.run.execute import run_curate
 
     base = tmp_path_factory.mktemp("semantic")
-    groups = planted_images(base / "in.parquet")
+    planted = planted_images(base / "in.parquet")
     data = base_recipe(base / "in.parquet", base / "out", input={"image_col": "image", "rows_per_unit": 20},
-                       output={"rows_per_shard": 16, "embeddings": True, "keep_units": True},
-                       filters={"clip_score": {}, "semantic_dedup": {"threshold": THRESHOLD, "cluster_rows": 8}})
+                       output={"rows_per_shard": 16, "embeddings": True, "keep_units": True,
+                               "keep_rejected_images": True},
+                       filters={"clip_score": {}, "aesthetic": {}, "dedup": {"exact": True},
+                                "semantic_dedup": {"threshold": THRESHOLD, "cluster_rows": 8}})
     manifest = run_curate(parse_recipe(data), say=lambda _m: None)
-    return base / "out", manifest, groups, data
+    return base / "out", manifest, planted, data
+
+
+def by_group(out, planted) -> dict[int, list[dict]]:
+    """The output rows of each planted group, each with its planted kind (input order)."""
+    rows = {(r["input_row"]): r for r in output_rows(out, columns=["key", "url", "status", "reject_reasons",
+                                                                  "duplicate_of", "clip_score", "aesthetic_score",
+                                                                  "input_row"])}
+    groups: dict[int, list] = {}
+    for i, p in enumerate(planted):
+        groups.setdefault(p["group"], []).append({**rows[i], "kind": p["kind"]})
+    return groups
 
 
 def test_planted_copies_are_rejected_and_one_of_each_group_kept(semantic_run):
-    out, manifest, groups, _ = semantic_run
-    rows = output_rows(out, columns=["key", "url", "status", "reject_reasons", "duplicate_of", "clip_score"])
-    assert len(rows) == len(groups) == manifest["counts"]["inputs"]
-    by_group: dict[int, list] = {}
-    for r in rows:
-        by_group.setdefault(groups[r["url"]], []).append(r)
-    n_copies = 0
-    for members in by_group.values():
+    """Each group keeps exactly one row: the best clip_score among the rows no other decision rejects (an exact
+    copy loses to the earlier original whatever its score, a repeated url is never a candidate)."""
+    out, manifest, planted, _ = semantic_run
+    assert manifest["counts"]["inputs"] == len(planted)
+    semantic = 0
+    for members in by_group(out, planted).values():
         kept = [r for r in members if r["status"] == "kept"]
         assert len(kept) == 1, members  # one of each group; a distinct image is never a copy
-        best = max(members, key=lambda r: r["clip_score"])
-        assert kept[0]["key"] == best["key"]  # the best clip_score of the group
+        original = members[0]
         for r in members:
+            if r["kind"] == "exact":
+                assert r["reject_reasons"] == ["duplicate"] and r["duplicate_of"] == original["key"]
+            elif r["kind"] == "repeat":
+                assert r["reject_reasons"] == ["duplicate_url"]
+        candidates = [r for r in members if r["kind"] in ("original", "near")]
+        best = max(candidates, key=lambda r: r["clip_score"])
+        assert kept[0]["key"] == best["key"]
+        for r in candidates:
             if r is not best:
                 assert r["reject_reasons"] == ["semantic_duplicate"] and r["duplicate_of"] == best["key"]
-                n_copies += 1
-    assert n_copies == 12
-    assert manifest["funnel"]["reasons"] == {"semantic_duplicate": 12}
+                semantic += 1
+    assert semantic == 12 and manifest["funnel"]["reasons"] == {"semantic_duplicate": 12, "duplicate": 6,
+                                                                  "duplicate_url": 6}
+    exact_scores = [r["clip_score"] for ms in by_group(out, planted).values() for r in ms if r["kind"] == "exact"]
+    best_scores = [max(r["clip_score"] for r in ms if r["kind"] != "repeat")
+                   for ms in by_group(out, planted).values() if any(r["kind"] == "exact" for r in ms)]
+    assert any(e == b for e, b in zip(exact_scores, best_scores))  # an exact copy was its group's best score
 
 
 def test_embeddings_align_with_the_shards(semantic_run):
@@ -171,11 +207,17 @@ def test_embeddings_align_with_the_shards(semantic_run):
     assert validate(str(out)).ok
     scores = {r["key"]: r["clip_score"] for r in output_rows(out, columns=["key", "clip_score"])}
     for status in ("kept", "rejected"):
-        shards, sets = manifest["shards"][status], manifest["embeddings"][status]
-        assert [e["index"] for e in sets] == list(range(len(shards)))
-        for shard, entry in zip(shards, sets):
-            keys, vectors = emb.read(str(out), entry)
-            assert keys == pq.read_table(out / shard["path"], columns=["key"]).column("key").to_pylist()
+        shards, sets = manifest["shards"][status], {e["index"]: e for e in manifest["embeddings"][status]}
+        for index, shard in enumerate(shards):
+            scored = [r["key"] for r in pq.read_table(out / shard["path"], columns=["key", "clip_score"]).to_pylist()
+                      if r["clip_score"] is not None]
+            if not scored:  # a shard without a scored row has no file set (an empty .npy has no dimension)
+                assert index not in sets
+                continue
+            keys, vectors = emb.read(str(out), sets[index])
+            assert keys == scored
+            if status == "kept":
+                assert keys == pq.read_table(out / shard["path"], columns=["key"]).column("key").to_pylist()
             img, txt = (vectors[k].astype(np.float32) for k in ("img_emb", "text_emb"))
             assert vectors["img_emb"].dtype == np.float16 and img.shape == txt.shape == (len(keys), img.shape[1])
             assert np.allclose(np.linalg.norm(img, axis=1), 1, atol=2e-3)
@@ -209,6 +251,30 @@ def test_whatif_decides_semantic_duplicates_as_the_pipeline_did(semantic_run, tm
              for r in output_rows(tmp_path / "applied", columns=["key", "reject_reasons", "duplicate_of"])}
     assert after == before  # the bound keeps every row: the same copies, the same kept members
     assert summary["applied"]["embeddings"] and validate(str(tmp_path / "applied")).ok
+
+
+def test_whatif_that_rejects_a_kept_row_equals_a_fresh_run(semantic_run, tmp_path):
+    """An aesthetic bound that rejects a group's kept row but not its near copy: the copy is kept instead, as a
+    fresh run with that bound keeps it."""
+    from unicurate.manifests.whatif import whatif
+    from unicurate.run.execute import run_curate
+
+    out, _manifest, planted, data = semantic_run
+    groups = by_group(out, planted)
+    pairs = [(k, r) for ms in groups.values() for k in ms if k["status"] == "kept"
+             for r in ms if r["kind"] in ("original", "near") and r is not k
+             and r["aesthetic_score"] > k["aesthetic_score"]]
+    kept, copy = max(pairs, key=lambda p: p[1]["aesthetic_score"] - p[0]["aesthetic_score"])
+    bound = (kept["aesthetic_score"] + copy["aesthetic_score"]) / 2
+    whatif(str(out), [f"aesthetic_score>={bound!r}"], apply_to=str(tmp_path / "applied"))
+    fresh = dict(data, output={**data["output"], "path": str(tmp_path / "fresh")},
+                 filters={**data["filters"], "aesthetic": {"min_score": bound}})
+    run_curate(parse_recipe(fresh), say=lambda _m: None)
+    cols = ["key", "status", "reject_reasons", "duplicate_of"]
+    applied = {r["key"]: r for r in output_rows(tmp_path / "applied", columns=cols)}
+    assert applied == {r["key"]: r for r in output_rows(tmp_path / "fresh", columns=cols)}
+    assert applied[kept["key"]]["reject_reasons"] == ["low_aesthetic"]
+    assert applied[copy["key"]]["status"] == "kept" or applied[copy["key"]]["duplicate_of"] != kept["key"]
 
 
 def test_a_rerun_resumes_every_unit_with_the_same_decisions_and_files(semantic_run):

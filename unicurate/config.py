@@ -172,7 +172,7 @@ class _FiltersBase(_Section):
     )
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     semantic_dedup: Optional[SemanticDedupConfig] = Field(
-        None, description=(SemanticDedupConfig.__doc__ or "").strip() + " Absent or null: not run.")
+        None, description=" ".join((SemanticDedupConfig.__doc__ or "").split()))
 
     @field_validator("max_aspect_ratio", mode="before")
     @classmethod

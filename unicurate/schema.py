@@ -360,3 +360,8 @@ def schema_for(version: str) -> pa.Schema:
 
 def shard_name(index: int, count: int) -> str:
     return f"part-{index:05d}-of-{count:05d}.parquet"
+
+
+def shard_index(name: str) -> int:
+    """The index of a shard from its file name (:func:`shard_name`'s inverse)."""
+    return int(name.removeprefix("part-").split("-of-")[0])

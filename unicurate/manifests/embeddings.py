@@ -8,7 +8,8 @@
 File set ``i`` belongs to shard ``part-i-of-N`` of the same status, in the shard's row order. It holds every row of
 that shard that reached the models and was scored: every kept row, so a kept shard and its files align row for row;
 a rejected shard's rows that were never scored (download, decode and rule rejects, score errors) have no
-embedding, and the metadata names the rows that do. autofaiss, clip-retrieval's ``clip_back`` and NeMo Curator's
+embedding, and the metadata names the rows that do. A shard without a scored row has no file set (an empty .npy
+has no dimension to share with the others). autofaiss, clip-retrieval's ``clip_back`` and NeMo Curator's
 readers take the folders as they are (``img_emb/``, ``text_emb/``, ``metadata/``, files matched by number).
 
 The manifest lists each file set (``embeddings``: status -> [{index, rows, files: {kind: {path, bytes, sha256}}}]);
@@ -64,10 +65,13 @@ class EmbeddingWriter:
             self.vectors[kind].append(blob)
         self.meta.append({c: row.get(c) for c in METADATA_SCHEMA.names})
 
-    def close(self) -> dict:
+    def close(self) -> Optional[dict]:
+        """Write the files; returns the manifest entry (None, and nothing written, when no row was added)."""
+        if not self.meta:
+            return None
         files = {}
         for kind, vectors in self.vectors.items():
-            dim = len(vectors[0]) // 2 if vectors else 0
+            dim = len(vectors[0]) // 2
             files[kind] = mf.write_bytes_atomic(self.out_dir, rel_path(self.status, kind, self.index),
                                                 npy_bytes(vectors, dim))
         buf = io.BytesIO()
@@ -84,17 +88,16 @@ def entries(manifest: dict) -> Iterator[tuple[str, dict]]:
             yield status, entry
 
 
-def read(out_dir: str, entry: dict) -> tuple[list[str], dict[str, np.ndarray]]:
+def read(out_dir: str, entry: dict, kinds=tuple(VECTORS)) -> tuple[list[str], dict[str, np.ndarray]]:
     """The keys of a file set and its vectors by kind (``img_emb``, ``text_emb``: float16 arrays)."""
     vectors = {kind: np.load(io.BytesIO(mf.read_bytes(out_dir, entry["files"][kind]["path"])), allow_pickle=False)
-               for kind in VECTORS}
+               for kind in kinds}
     meta = io.BytesIO(mf.read_bytes(out_dir, entry["files"]["metadata"]["path"]))
     return pq.read_table(meta, columns=["key"]).column("key").to_pylist(), vectors
 
 
-def remove_stale(out_dir: str, keep: set[str]) -> list[str]:
-    """Delete files under OUT/embeddings/ that ``keep`` (relative paths) does not list: an earlier run's with
-    another shard count or without embeddings, and interrupted writes. Returns what was removed."""
+def present(out_dir: str) -> list[str]:
+    """The relative paths of the files under OUT/embeddings/ (temporary files of interrupted writes included)."""
     from apache_beam.io.filesystems import FileSystems
 
     prefix = mf.join(out_dir, EMBEDDINGS_DIR)
@@ -102,11 +105,18 @@ def remove_stale(out_dir: str, keep: set[str]) -> list[str]:
         found = FileSystems.match([mf.join(prefix, "*", "*", "*")])[0].metadata_list
     except Exception:  # noqa: BLE001 - no embeddings folder
         return []
-    rel = {m.path: EMBEDDINGS_DIR + "/" + m.path[len(prefix):].lstrip("/") for m in found}
-    stale = sorted(path for path, r in rel.items() if r not in keep)
+    return sorted(EMBEDDINGS_DIR + "/" + m.path[len(prefix):].lstrip("/") for m in found)
+
+
+def remove_stale(out_dir: str, keep: set[str]) -> list[str]:
+    """Delete files under OUT/embeddings/ that ``keep`` (relative paths) does not list: an earlier run's with
+    another shard count or without embeddings, and interrupted writes. Returns what was removed."""
+    from apache_beam.io.filesystems import FileSystems
+
+    stale = [rel for rel in present(out_dir) if rel not in keep]
     if stale:
-        FileSystems.delete(stale)
-    return [rel[p] for p in stale]
+        FileSystems.delete([mf.join(out_dir, *rel.split("/")) for rel in stale])
+    return stale
 
 
 def describe(manifest: dict) -> Optional[str]:

@@ -86,6 +86,12 @@ class ShardInfo:
         return {"path": self.path, "rows": self.rows, "bytes": self.bytes, "sha256": self.sha256}
 
 
+def _tmp_beside(out_dir: str, rel_path: str) -> str:
+    """A temporary name in the folder of OUT/rel_path (``.tmp-<uuid>-<name>``), for a write renamed into place."""
+    parent, name = posixpath.split(rel_path)
+    return join(out_dir, *(parent.split("/") if parent else []), f".tmp-{uuid.uuid4().hex}-{name}")
+
+
 class ShardWriter:
     """One zstd Parquet file written row group by row group and published atomically: rows are buffered up to
     ``row_group_rows`` and written as one row group, the file goes to a temporary name in the same folder and is
@@ -99,9 +105,7 @@ class ShardWriter:
 
         self.rel_path, self.schema, self.row_group_rows = rel_path, schema, row_group_rows
         self.final = join(out_dir, *rel_path.split("/"))
-        parent, name = posixpath.split(rel_path)
-        self.tmp = join(out_dir, parent, f".tmp-{uuid.uuid4().hex}-{name}") if parent else \
-            join(out_dir, f".tmp-{uuid.uuid4().hex}-{name}")
+        self.tmp = _tmp_beside(out_dir, rel_path)
         self.sink = _HashingFile(FileSystems.create(self.tmp, mime_type="application/octet-stream",
                                                     compression_type=CompressionTypes.UNCOMPRESSED))
         self.writer = pq.ParquetWriter(self.sink, schema, compression="zstd", write_statistics=True)
@@ -226,9 +230,7 @@ def write_bytes_atomic(out_dir: str, rel_path: str, data: bytes) -> dict:
     from apache_beam.io.filesystems import FileSystems
 
     final = join(out_dir, *rel_path.split("/"))
-    parent, name = posixpath.split(rel_path)
-    tmp = join(out_dir, *parent.split("/"), f".tmp-{uuid.uuid4().hex}-{name}") if parent else \
-        join(out_dir, f".tmp-{uuid.uuid4().hex}-{name}")
+    tmp = _tmp_beside(out_dir, rel_path)
     with FileSystems.create(tmp, mime_type="application/octet-stream",
                             compression_type=CompressionTypes.UNCOMPRESSED) as fh:
         fh.write(data)

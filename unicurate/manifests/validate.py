@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import posixpath
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -11,7 +12,7 @@ import pyarrow as pa
 from unicurate.manifests import manifest as mf
 from unicurate.schema import (EDIT_TYPES, IMAGE_STATUSES, KEPT, REASON_CODES, REJECTED, SCHEMAS, SYN_REASON_CODES,
                               SYNTHESIS_DIRS, SYNTHESIS_SCHEMA_VERSION, SYNTHESIS_SCHEMAS, curated_shard_problems,
-                              shard_schema_problems)
+                              shard_index, shard_schema_problems)
 
 
 @dataclass
@@ -134,7 +135,18 @@ def _check_embeddings(rep: Report, out_dir: str, manifest: dict, keys_of: dict[s
     rejected one) and as many vectors as keys."""
     from unicurate.manifests import embeddings as emb
 
-    shards = manifest.get("shards", {})
+    by_index = {(status, shard_index(posixpath.basename(s["path"]))): s
+                for status in (KEPT, REJECTED) for s in manifest.get("shards", {}).get(status, [])}
+    listed_files = {f.get("path") for _, e in emb.entries(manifest) for f in (e.get("files") or {}).values()
+                    if isinstance(f, dict)}
+    for rel in emb.present(out_dir):
+        if rel not in listed_files:
+            rep.add(f"{rel}: not listed in the manifest (left by another run or an interrupted write)")
+    if manifest.get("embeddings"):
+        have = {(status, e.get("index")) for status, e in emb.entries(manifest)}
+        for (status, i), shard in sorted(by_index.items()):
+            if status == KEPT and shard.get("rows") and (status, i) not in have:
+                rep.add(f"{mf.MANIFEST_NAME}: {shard['path']} has {shard['rows']} rows but no embedding files")
     for status, entry in emb.entries(manifest):
         files = entry.get("files") or {}
         intact = True
@@ -154,12 +166,12 @@ def _check_embeddings(rep: Report, out_dir: str, manifest: dict, keys_of: dict[s
                 rep.add(f"{f['path']}: {size} bytes, sha256 {sha[:12]}...: not the file the manifest lists "
                         f"({f.get('bytes')} bytes, {str(f.get('sha256'))[:12]}...)")
                 intact = False
-        index = entry.get("index")
-        listed = shards.get(status, [])
-        if not intact or not check_rows or not isinstance(index, int) or not 0 <= index < len(listed):
+        shard = by_index.get((status, entry.get("index")))
+        if shard is None:
+            rep.add(f"{mf.MANIFEST_NAME}: embeddings.{status} set {entry.get('index')} belongs to no {status} shard")
             continue
-        shard_rel = listed[index]["path"]
-        if shard_rel not in keys_of:
+        shard_rel = shard["path"]
+        if not intact or not check_rows or shard_rel not in keys_of:
             continue
         keys, vectors = emb.read(out_dir, entry)
         for kind, arr in vectors.items():

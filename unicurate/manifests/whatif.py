@@ -32,7 +32,7 @@ from unicurate.manifests import manifest as mf
 from unicurate.manifests import stats as st
 from unicurate.manifests.validate import check_run
 from unicurate.schema import (CURATED_SCHEMA, CURATED_SCHEMA_VERSION, KEPT, REASON_STAGE, REJECTED, SCORE_COLUMNS,
-                              Reason, Stage)
+                              Reason, Stage, shard_index)
 
 # --set SCORE OP VALUE -> (the filter's section, its bounds on SCORE). OP is the direction a row must satisfy to be
 # kept; each filter declares its bounds (unicurate/filters/registry.py)
@@ -194,24 +194,25 @@ def recompute(out_dir: str, manifest: dict, settings: Sequence[Setting]) -> tupl
 def _semantic_losers(out_dir: str, manifest: dict, cfg, keys: list[str], order: list[tuple], scores: list,
                      reasons: list[list[str]]) -> list[tuple[int, str]]:
     """(row index, key of the kept copy) of semantic duplicates among the rows nothing else rejects, by the
-    pipeline's own functions on the embeddings the run wrote (``output.embeddings``)."""
+    pipeline's own functions on the image embeddings the run wrote (``output.embeddings``). Memory: the candidates'
+    image embeddings (float16)."""
     from unicurate.filters import semantic_dedup as sd
 
     if not manifest.get("embeddings"):
         raise WhatIfError("this run used semantic_dedup without output.embeddings: its image embeddings were not "
                           "kept, so semantic duplicates cannot be decided again; rerun it with output.embeddings: "
-                          "true (its work units are reused when kept with output.keep_units)")
-    vectors = _vectors_by_key(out_dir, manifest) or {}
-    image = emb.VECTORS["img_emb"]
-    members = [sd.Member(order[i], k, scores[i], vectors[k][image]) for i, k in enumerate(keys)
-               if not reasons[i] and k in vectors]
-    centroids = sd.train_centroids([(m.key, m.embedding) for m in members if sd.in_sample(m.key, len(members), cfg)],
-                                   len(members), cfg)
-    clusters: dict[int, list] = defaultdict(list)
-    for m, c in zip(members, sd.assign(members, centroids)):
-        clusters[c].append(m)
+                          "true")
+    wanted = {k: i for i, k in enumerate(keys) if not reasons[i]}
+    members = []
+    for _status, entry in emb.entries(manifest):
+        entry_keys, arrays = emb.read(out_dir, entry, kinds=("img_emb",))
+        for k, v in zip(entry_keys, arrays["img_emb"]):
+            if k in wanted:
+                i = wanted[k]
+                members.append(sd.Member(order[i], k, scores[i], v.tobytes()))
+    members.sort(key=lambda m: m.pos)
     row = {o: i for i, o in enumerate(order)}
-    return [(row[pos], winner) for ms in clusters.values() for pos, winner in sd.cluster_losers(ms, cfg.threshold)]
+    return [(row[pos], winner) for pos, winner in sd.decide(members, cfg)]
 
 
 def _plan(out_dir: str, exprs: Sequence[str]) -> tuple:
@@ -309,9 +310,9 @@ def _apply(out_dir, manifest, settings, new_recipe, res: pl.DataFrame, new_out: 
     listed = {sh["path"] for sub in (KEPT, REJECTED) for sh in manifest["shards"].get(sub, [])}
     names = sorted({rel.split("/", 1)[1] for rel in listed})
     funnel_parts = []
-    vectors = _vectors_by_key(out_dir, manifest)  # the source's embeddings, re-cut along the new shards
-    embedding_sets = {KEPT: [], REJECTED: []}
-    for index, name in enumerate(names):  # a key's shard index depends only on the key and the shard count
+    sets = {(status, e["index"]): e for status, e in emb.entries(manifest)}  # the source's embedding files
+    embedding_sets: dict[str, list] = {KEPT: [], REJECTED: []}
+    for name in names:  # the rows of a source shard's kept/ and rejected/ files make the new shard of that name
         rows = [row for sub in (KEPT, REJECTED) if f"{sub}/{name}" in listed
                 for row in curated.read_rows(mf.join(out_dir, sub, name))]  # every column: nulls for absent ones
         kept, rejected = [], []
@@ -327,11 +328,16 @@ def _apply(out_dir, manifest, settings, new_recipe, res: pl.DataFrame, new_out: 
             info = mf.write_shard(new_out, f"{sub}/{name}", part, CURATED_SCHEMA, rg)
             shards[sub].append(info.to_json())
             funnel_parts.append(mf.funnel_counts(r["reject_reasons"] for r in part))
-            if vectors is not None:
+        if sets:  # so do their embeddings, re-cut
+            index = shard_index(name)
+            vectors = _vectors_by_key(out_dir, [sets[s, index] for s in (KEPT, REJECTED) if (s, index) in sets])
+            for sub, part in ((KEPT, kept), (REJECTED, rejected)):
                 writer = emb.EmbeddingWriter(str(new_out), sub, index)
                 for r in part:
                     writer.add({**r, **vectors.get(r["key"], {})})
-                embedding_sets[sub].append(writer.close())
+                entry = writer.close()
+                if entry is not None:
+                    embedding_sets[sub].append(entry)
         say(f"wrote {name}: {len(kept)} kept, {len(rejected)} rejected")
     stale = mf.remove_stale_shards(new_out, {s["path"] for sub in shards.values() for s in sub})
     stale += emb.remove_stale(str(new_out), {f["path"] for sets in embedding_sets.values() for e in sets
@@ -351,7 +357,7 @@ def _apply(out_dir, manifest, settings, new_recipe, res: pl.DataFrame, new_out: 
         "counts": {"inputs": manifest["counts"]["inputs"], "kept": n_kept, "rejected": n_rej},
         "funnel": mf.merge_funnels(funnel_parts),
         "shards": shards,
-        **({"embeddings": embedding_sets} if vectors is not None else {}),
+        **({"embeddings": embedding_sets} if manifest.get("embeddings") else {}),
         "removed_stale_shards": stale,
         "derived_from": {"path": str(out_dir), "recipe_hash": manifest.get("recipe_hash"),
                          "whatif": [s.text() for s in settings], "rows": "copied"},
@@ -365,12 +371,10 @@ def _apply(out_dir, manifest, settings, new_recipe, res: pl.DataFrame, new_out: 
     return new_manifest
 
 
-def _vectors_by_key(out_dir: str, manifest: dict) -> Optional[dict[str, dict]]:
-    """key -> the row's embedding columns, from the run's embedding files (None: it wrote none)."""
-    if not manifest.get("embeddings"):
-        return None
+def _vectors_by_key(out_dir: str, entries: list[dict]) -> dict[str, dict]:
+    """key -> the row's embedding columns, from these embedding file sets."""
     out: dict[str, dict] = {}
-    for _status, entry in emb.entries(manifest):
+    for entry in entries:
         keys, arrays = emb.read(out_dir, entry)
         for i, key in enumerate(keys):
             out[key] = {column: arrays[kind][i].tobytes() for kind, column in emb.VECTORS.items()}

@@ -164,17 +164,22 @@ def clip_scores(t: tuple) -> list[float]:
     return [b.clip_score] if b.clip_score is not None else []
 
 
+def passes_cutoff(clip_score: Optional[float], cutoff: Optional[float], decider) -> bool:
+    """A CLIP score is within the run's top fraction (no cutoff, or no score: nothing to cut)."""
+    if cutoff is None or clip_score is None:
+        return True
+    return not decider.reasons([{"clip_score": clip_score}], clip_min_score=cutoff)[0]
+
+
 def with_cutoff(t: tuple, cutoff: Optional[float], decider) -> tuple:
     """The brief with the CLIP top-fraction cutoff applied to ``ok``."""
     b = _brief(t)
-    if cutoff is None or not b.ok or b.clip_score is None:
-        return t
-    return tuple(b._replace(ok=not decider.reasons([{"clip_score": b.clip_score}], clip_min_score=cutoff)[0]))
+    return tuple(b._replace(ok=passes_cutoff(b.clip_score, cutoff, decider))) if b.ok else t
 
 
 def within_cutoff(member: tuple, cutoff: Optional[float], decider) -> bool:
     """A semantic dedup candidate (pos, key, clip_score, embedding) passes the CLIP top-fraction cutoff."""
-    return cutoff is None or not decider.reasons([{"clip_score": member[2]}], clip_min_score=cutoff)[0]
+    return passes_cutoff(member[2], cutoff, decider)
 
 
 def sha_group(t: tuple) -> list[tuple[str, tuple]]:
@@ -259,7 +264,7 @@ class WriteShardsDoFn(beam.DoFn):
             shards = {KEPT: kept.close().to_json(), REJECTED: rejected.close().to_json()}
         result = {"shards": shards, "funnel": mf.funnel_counts(reasons)}
         if vectors is not None:
-            result["embeddings"] = {s: w.close() for s, w in vectors.items()}
+            result["embeddings"] = {s: entry for s, w in vectors.items() if (entry := w.close()) is not None}
         yield result
         self.span.mark()
 
@@ -284,8 +289,8 @@ class WriteManifestDoFn(common.WriteManifestDoFn):
     def from_shards(self, shard_results: list[dict]) -> dict:
         """The embedding file sets, by status in shard order (an earlier run's files that are not among them are
         removed)."""
-        sets = {s: sorted((r["embeddings"][s] for r in shard_results if "embeddings" in r), key=lambda e: e["index"])
-                for s in self.DIRS}
+        sets = {s: sorted((r["embeddings"][s] for r in shard_results if s in r.get("embeddings", {})),
+                          key=lambda e: e["index"]) for s in self.DIRS}
         listed = {f["path"] for entries in sets.values() for e in entries for f in e["files"].values()}
         emb.remove_stale(self.recipe.output.path, listed)
         return {"embeddings": sets} if self.recipe.output.embeddings else {}
@@ -357,7 +362,7 @@ def build(p: beam.Pipeline, recipe: CurateRecipe, plan: Plan, beam_options: dict
         if c is not None and c.keep_top_fraction is not None:
             keep = functools.partial(within_cutoff, decider=decider)
         keyed["semantic"] = by_shard("Semantic", (units[MEMBERS_TAG], rejected) | "SemanticDedup" >> SemanticDedup(
-            cfg.filters.semantic_dedup, keep, clip_cutoff))
+            cfg.filters.semantic_dedup, keep, clip_cutoff, perworker.cpu_threads_per_process(beam_options)))
     else:
         keyed["semantic"] = empty | "NoSemantic" >> beam.Map(lambda x: x)
 

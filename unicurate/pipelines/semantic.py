@@ -21,10 +21,10 @@ from unicurate.filters import semantic_dedup as sd
 
 
 def _candidates(item) -> Iterator[tuple]:
-    """The member of a position nothing else rejected (the CoGroupByKey's output, flattened)."""
+    """The member of a position nothing else rejected (the CoGroupByKey's output, flattened; one per position)."""
     _pos, grouped = item
     if not grouped["rejected"]:
-        yield from grouped["member"]
+        yield from list(grouped["member"])[:1]
 
 
 def _sampled(member: tuple, n: int, cfg: sd.SemanticDedupConfig) -> list[tuple[str, bytes]]:
@@ -32,7 +32,13 @@ def _sampled(member: tuple, n: int, cfg: sd.SemanticDedupConfig) -> list[tuple[s
     return [(m.key, m.embedding)] if sd.in_sample(m.key, n, cfg) else []
 
 
-def _assigned(batch: list[tuple], centroids) -> list[tuple[int, tuple]]:
+def _train(sample: list, n: int, cfg: sd.SemanticDedupConfig, threads: Optional[int]):
+    sd.set_threads(threads)
+    return sd.train_centroids(sample, n, cfg)
+
+
+def _assigned(batch: list[tuple], centroids, threads: Optional[int]) -> list[tuple[int, tuple]]:
+    sd.set_threads(threads)
     members = [sd.Member(*m) for m in batch]
     return list(zip(sd.assign(members, centroids), batch))
 
@@ -47,11 +53,13 @@ class SemanticDedup(beam.PTransform):
 
     ``members``: (pos, (key, clip_score, packed embedding)) of the rows that passed everything decided within their
     unit; ``rejected``: positions rejected by a run-wide decision since (any value). ``keep``: a predicate on a
-    member tuple (the CLIP top-fraction cutoff, given as a side input ``cutoff``), or None."""
+    member tuple (the CLIP top-fraction cutoff, given as a side input ``cutoff``), or None. ``threads``: faiss's
+    threads per worker process (None: its default, every core)."""
 
-    def __init__(self, cfg: sd.SemanticDedupConfig, keep=None, cutoff: Optional[beam.PCollection] = None):
+    def __init__(self, cfg: sd.SemanticDedupConfig, keep=None, cutoff: Optional[beam.PCollection] = None,
+                 threads: Optional[int] = None):
         super().__init__()
-        self.cfg, self.keep, self.cutoff = cfg, keep, cutoff
+        self.cfg, self.keep, self.cutoff, self.threads = cfg, keep, cutoff, threads
 
     def expand(self, pcolls):
         members, rejected = pcolls
@@ -69,12 +77,12 @@ class SemanticDedup(beam.PTransform):
             candidates
             | "Sample" >> beam.FlatMap(_sampled, beam.pvalue.AsSingleton(n), cfg)
             | "CollectSample" >> beam.combiners.ToList()
-            | "KMeans" >> beam.Map(sd.train_centroids, beam.pvalue.AsSingleton(n), cfg)
+            | "KMeans" >> beam.Map(_train, beam.pvalue.AsSingleton(n), cfg, self.threads)
         )
         return (
             candidates
             | "Batch" >> beam.BatchElements(min_batch_size=256, max_batch_size=4096)
-            | "NearestCentroid" >> beam.FlatMap(_assigned, beam.pvalue.AsSingleton(centroids))
+            | "NearestCentroid" >> beam.FlatMap(_assigned, beam.pvalue.AsSingleton(centroids), self.threads)
             | "GroupByCluster" >> beam.GroupByKey()
             | "ClusterLosers" >> beam.FlatMap(_losers, cfg.threshold)
         )

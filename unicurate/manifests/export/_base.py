@@ -30,6 +30,8 @@ from unicurate.schema import CURATED_SCHEMA, KEPT, REJECTED, SYNTHESIS_SCHEMAS
 
 SAFE_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,199}")  # the whole key (fullmatch: '$' would allow a final \n)
 JSON_COLUMNS = ("metadata", "params", "augmentations")  # string columns holding JSON: objects in JSON metadata
+# a synthesis sample as a trainer's (input image, output image) pair, by table kind
+IMAGE_PAIRS = {"edit": ("source_image", "target_image"), "subject": ("reference_image", "target_image")}
 
 T = TypeVar("T")
 Say = Callable[[str], None]

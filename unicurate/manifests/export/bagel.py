@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from unicurate.manifests.export._base import ExportFormat, Say, Source, Table, check_key, inside
+from unicurate.manifests.export._base import IMAGE_PAIRS, ExportFormat, Say, Source, Table, check_key, inside
 from unicurate.synthesis import subject as sj
 from unicurate.synthesis import templates as tp
 from unicurate.synthesis.edit_types import REGISTRY
@@ -36,7 +36,6 @@ ROW_GROUP_ROWS = 100
 SCHEMA = pa.schema([pa.field("image_list", pa.list_(pa.binary())),
                     pa.field("instruction_list", pa.list_(pa.list_(pa.string()))),
                     pa.field("key", pa.string())])
-IMAGES = {"edit": ("source_image", "target_image"), "subject": ("reference_image", "target_image")}
 DATASET_GROUP = "unified_edit"  # BAGEL's DATASET_REGISTRY name of UnifiedEditIterableDataset
 
 
@@ -55,7 +54,7 @@ def phrasings(table: Table, row: dict) -> list[str]:
 
 def record(table: Table, row: dict) -> dict:
     """One BAGEL row (``image_list``, ``instruction_list``, ``key``) of a source row."""
-    return {"image_list": [row[c] for c in IMAGES[table.kind]], "instruction_list": [phrasings(table, row)],
+    return {"image_list": [row[c] for c in IMAGE_PAIRS[table.kind]], "instruction_list": [phrasings(table, row)],
             "key": check_key(row["key"])}
 
 

@@ -25,11 +25,11 @@ import json
 import re
 from pathlib import Path
 
-from unicurate.manifests.export._base import ExportFormat, Say, Source, Table, check_key, image_ext, inside
+from unicurate.manifests.export._base import (IMAGE_PAIRS, ExportFormat, Say, Source, Table, check_key, image_ext,
+                                              inside)
 
 IMAGE_DIR = "images"
 TASK_TYPES = {"edit": "image_edit", "subject": "subject_driven"}
-INPUT_IMAGE = {"edit": "source_image", "subject": "reference_image"}
 PLACEHOLDER = "<img><|image_1|></img>"
 IMAGE_TAG = re.compile(r"<\|image_\d+\|>")  # OmniGen's processor splits the instruction on these
 
@@ -49,8 +49,8 @@ def sample(dest: Path, table: Table, row: dict) -> dict:
     key = check_key(row["key"])
     return {"task_type": TASK_TYPES[table.kind],
             "instruction": f"{PLACEHOLDER} {IMAGE_TAG.sub('', row['instruction'] or '')}",
-            "input_images": [image_path(dest, row, INPUT_IMAGE[table.kind])],
-            "output_image": image_path(dest, row, "target_image"), "key": key}
+            "input_images": [image_path(dest, row, IMAGE_PAIRS[table.kind][0])],
+            "output_image": image_path(dest, row, IMAGE_PAIRS[table.kind][1]), "key": key}
 
 
 def write(source: Source, dest: Path, say: Say) -> dict[str, int]:
