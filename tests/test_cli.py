@@ -62,7 +62,7 @@ def test_run_with_overrides_prints_funnel_and_validates(web_input, tmp_path):
     r = tmp_path / "r.yaml"
     r.write_text(
         "pipeline: curate\ninput: {path: placeholder.parquet}\noutput: {path: placeholder}\n"
-        "download: {timeout: 0.5, allow_private_networks: true}\n"
+        "download: {timeout: 1.0, allow_private_networks: true}\n"
         "filters: {min_width: 64, min_height: 64, max_aspect_ratio: 3, caption_min_words: 1}\n"
     )
     out = tmp_path / "out"
@@ -182,7 +182,7 @@ def test_failed_pipeline_is_one_clear_message(web_input, tmp_path):
     (out / "kept").write_text("a file where the kept/ folder should be")
     r = tmp_path / "r.yaml"
     r.write_text(f"pipeline: curate\ninput: {{path: {web_input}}}\noutput: {{path: {out}}}\n"
-                 "download: {timeout: 0.5, allow_private_networks: true}\nrunner: {direct_num_workers: 1}\n")
+                 "download: {timeout: 1.0, allow_private_networks: true}\nrunner: {direct_num_workers: 1}\n")
     res = unicurate("run", str(r), cwd=tmp_path)
     assert res.returncode == 1
     assert "the pipeline failed" in res.stderr and "marked unfinished" in res.stderr

@@ -228,7 +228,7 @@ def test_json_lines_with_wrong_types_become_rejected_rows(tmp_path):
 def _recipe(tmp_path: Path, inp: str, out: Path, extra: str = "") -> Path:
     r = tmp_path / "r.yaml"
     r.write_text(f"pipeline: curate\ninput: {{path: '{inp}'{extra}}}\noutput: {{path: '{out}', rows_per_shard: 25}}\n"
-                 "download: {timeout: 0.5, max_seconds: 5, allow_private_networks: true}\n"
+                 "download: {timeout: 1.0, max_seconds: 5, allow_private_networks: true}\n"
                  "filters: {min_width: 64, min_height: 64, max_aspect_ratio: 3.0, caption_min_words: 1}\n"
                  "runner: {direct_num_workers: 1}\n")
     return r

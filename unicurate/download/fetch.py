@@ -163,6 +163,10 @@ class Decoder:
         self.cfg = cfg
         self.resizer = make_resizer(cfg)
         self.compute_phash = compute_phash
+        if compute_phash:  # imported now, not by the first decode while the downloads run (imagehash.phash
+            import imagehash  # noqa: F401 - imports scipy.fftpack on its first call: a stall of a second)
+            import scipy.fftpack  # noqa: F401
+
         if cfg.max_image_pixels > (Image.MAX_IMAGE_PIXELS or 0):
             # PIL raises its own bomb error at 2x its limit; ours is authoritative.
             Image.MAX_IMAGE_PIXELS = cfg.max_image_pixels
