@@ -81,7 +81,8 @@ def test_run_with_overrides_prints_funnel_and_validates(web_input, tmp_path):
 
 
 def test_demo_and_quickstart_multiprocessing(tmp_path):
-    """The README's quickstart: the demo, then the same recipe on two worker processes."""
+    """The README's quickstart: the demo, then the same recipe on two worker processes. The demo, an export, the
+    what-if and the second run are commands in their own processes; the audit commands run in this one."""
     res = unicurate("demo", "--output", str(tmp_path / "demo"), cwd=tmp_path, timeout=300)
     assert res.returncode == 0, res.stderr
     assert "every broken case was rejected with its expected reason" in res.stdout
@@ -94,7 +95,7 @@ def test_demo_and_quickstart_multiprocessing(tmp_path):
     for name in ("clip_score", "aesthetic", "nsfw", "watermark", "text_coverage", "language"):
         assert f"  {name} " in block, name
     assert "once per worker process" in block
-    assert unicurate("validate", str(tmp_path / "demo")).returncode == 0
+    assert cli("validate", str(tmp_path / "demo"))[0] == 0
     # step 2: synthesis on the demo's own kept images, every edit type written, outputs valid
     syn = tmp_path / "demo" / "synthesis"
     sm = json.loads((syn / "manifest.json").read_text())
@@ -105,20 +106,20 @@ def test_demo_and_quickstart_multiprocessing(tmp_path):
         assert sm["funnel"]["edits"].get(etype, {}).get("written", 0) > 0, etype
         assert f"\n{etype} " in res.stdout, etype
     assert "WARNING: UNCALIBRATED models: grounding_dino" in res.stdout
-    ok = unicurate("validate", str(syn))
-    assert ok.returncode == 0 and "one images/ row per input image" in ok.stdout
+    code, said = cli("validate", str(syn))
+    assert code == 0 and "one images/ row per input image" in said
 
     # audit and export the demo's output with the commands the demo prints
     demo = tmp_path / "demo"
     d = json.loads((demo / "manifest.json").read_text())
-    stats = unicurate("stats", str(demo), "--json")
-    assert stats.returncode == 0, stats.stderr
-    s = json.loads(stats.stdout)
+    code, said = cli("stats", str(demo), "--json")
+    assert code == 0, said
+    s = json.loads(said)
     assert (s["rows"], s["kept"]) == (d["counts"]["inputs"], d["counts"]["kept"])
-    assert json.loads(unicurate("stats", str(syn), "--json").stdout)["subjects"] == sm["counts"]["subject"]
+    assert json.loads(cli("stats", str(syn), "--json")[1])["subjects"] == sm["counts"]["subject"]
     for target in (demo, syn):
-        rep = unicurate("report", str(target))
-        assert rep.returncode == 0 and (target / "report.html").stat().st_size > 50_000, rep.stderr
+        code, said = cli("report", str(target))
+        assert code == 0 and (target / "report.html").stat().st_size > 50_000, said
     # the export command the demo prints, then every format (in process: the command is the same function), read
     # back where a trainer's reader is at hand: OpenCLIP's dataset size, the embeddings the demo writes
     from open_clip_train.data import get_dataset_size
@@ -157,13 +158,26 @@ def test_demo_and_quickstart_multiprocessing(tmp_path):
                     cwd=tmp_path, timeout=300)
     assert res.returncode == 0, res.stderr
     assert "FnApiRunner (multi_processing, 2 workers)" in res.stdout
-    assert unicurate("validate", str(tmp_path / "unicurate-demo")).returncode == 0
+    assert cli("validate", str(tmp_path / "unicurate-demo"))[0] == 0
     m = json.loads((tmp_path / "unicurate-demo" / "manifest.json").read_text())
     assert m["engine"] == "FnApiRunner (multi_processing, 2 workers)"
     assert m["recipe"]["filters"]["clip_score"]["min_score"] == clip_t
     assert m["counts"]["kept"] == w["after"]["kept"]
     assert m["funnel"]["reasons"] == {r["reason"]: r["rows"] for r in w["after"]["reasons"]}
     assert m["counts"]["inputs"] == d["counts"]["inputs"]
+
+
+def cli(*args: str) -> tuple[int, str]:
+    """``unicurate ARGS`` in this process (the same command code, without a process start): exit code, stdout."""
+    import contextlib
+    import io
+
+    from unicurate.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(list(args))
+    return code, out.getvalue()
 
 
 def d_kept(out) -> int:

@@ -15,6 +15,7 @@ img2dataset computes it) and a perceptual hash of the stored image.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
 import os
 import threading
@@ -84,7 +85,6 @@ def img2dataset_part(name: str):
     part = _I2D_PARTS.get(name)
     if part is not None:
         return part
-    import importlib
     import importlib.util
     import sys
 
@@ -164,8 +164,8 @@ class Decoder:
         self.resizer = make_resizer(cfg)
         self.compute_phash = compute_phash
         if compute_phash:  # imported now, not by the first decode while the downloads run (imagehash.phash
-            import imagehash  # noqa: F401 - imports scipy.fftpack on its first call: a stall of a second)
-            import scipy.fftpack  # noqa: F401
+            for module in ("imagehash", "scipy.fftpack"):  # imports scipy.fftpack on its first call: a stall)
+                importlib.import_module(module)
 
         if cfg.max_image_pixels > (Image.MAX_IMAGE_PIXELS or 0):
             # PIL raises its own bomb error at 2x its limit; ours is authoritative.
