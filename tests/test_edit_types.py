@@ -21,7 +21,8 @@ from test_synthesis_ops import scene
 
 
 def _slots(template: str) -> set[str]:
-    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+    """The slots a template is filled from (``{a_phrase}`` is ``phrase`` with its article)."""
+    return {name.removeprefix("a_") for _, name, _, _ in string.Formatter().parse(template) if name}
 
 
 def test_every_module_declares_one_complete_edit_type():

@@ -80,13 +80,15 @@ def expected_phrasings(row: dict) -> set[str]:
     """Every template of the row's bank filled from the row's own columns (an oracle independent of the
     read-back in templates.renderings): the slots each edit type renders (edit_types/*.py) from ``params``."""
     if "edit_type" not in row:
-        return {t.format(phrase=row["phrase"], caption=(row["caption"] or "").strip()) for t in sj.TEMPLATES}
+        slots = tp.with_articles({"phrase": row["phrase"], "caption": (row["caption"] or "").strip()})
+        return {t.format(**slots) for t in sj.TEMPLATES}
     p = json.loads(row["params"])
     slots = {"add": lambda: {"where": p["where"]}, "recolor": lambda: {"color": p["color"]},
              "move": lambda: {"direction": tp.direction_phrase(p["dx"], p["dy"])},
              "resize": lambda: {"bigger_smaller": "bigger" if p["scale"] > 1 else "smaller"},
              "replace": lambda: {"other": p["other_phrase"]}}.get(row["edit_type"], dict)()
-    return {t.format(phrase=row["phrase"], **slots) for t in REGISTRY[row["edit_type"]].templates}
+    return {t.format(**tp.with_articles({"phrase": row["phrase"], **slots}))
+            for t in REGISTRY[row["edit_type"]].templates}
 
 
 @pytest.fixture(scope="module")

@@ -227,6 +227,7 @@ class SynReason(str, Enum):
     BOX_TOO_LARGE = "box_too_large"  # box area above quality.max_box_area
     FRAGMENTED = "fragmented"  # largest connected component below quality.min_largest_component share
     TOO_MANY_CONTOURS = "too_many_contours"  # more outer contours than quality.max_contours
+    BAD_PHRASE = "bad_phrase"  # the detected phrase has no word left once cleaned (templates.normalise_phrase)
     # edit level (synthesis/checks.py)
     STILL_DETECTED = "still_detected"  # remove: the phrase is still detected in the edited region
     NOT_DETECTED = "not_detected"  # add: the phrase is not detected in the region it was added to

@@ -163,6 +163,8 @@ class Synthesizer:
             res.image["detections"] = len(objects[i])
             for obj in objects[i]:
                 mm = quality.check_mask(obj.mask, obj.box, obj.pred_iou, obj.stability, r.quality)
+                if tp.normalise_phrase(obj.phrase) is None:  # no instruction could name it
+                    mm.reasons.append(SynReason.BAD_PHRASE.value)
                 if mm.ok:
                     accepted[i].append((obj, mm))
                 else:

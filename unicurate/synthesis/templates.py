@@ -27,9 +27,16 @@ def choose(seed_text: str, n: int, salt: str = "") -> int:
 
 
 def render(kind: str, bank: Sequence[str], seed_text: str, **slots) -> tuple[str, str]:
-    """(template_id, instruction): a template of ``kind``'s ``bank`` chosen by ``seed_text``, slots filled."""
+    """(template_id, instruction): a template of ``kind``'s ``bank`` chosen by ``seed_text``, slots filled. Every
+    text slot also comes with its indefinite article, ``a_<slot>`` ("a red car", "an apple"): a template writes
+    ``{a_phrase}``, never "a {phrase}"."""
     i = choose(seed_text, len(bank), salt=kind)
-    return f"{kind}/{i}", bank[i].format(**slots)
+    return f"{kind}/{i}", bank[i].format(**with_articles(slots))
+
+
+def with_articles(slots: dict) -> dict:
+    """The slots and, for each text slot, ``a_<name>``: the text with its indefinite article."""
+    return {**slots, **{f"a_{k}": with_article(v) for k, v in slots.items() if isinstance(v, str)}}
 
 
 def renderings(bank: Sequence[str], template_id: Optional[str], instruction: str, **known) -> list[str]:
@@ -44,6 +51,7 @@ def renderings(bank: Sequence[str], template_id: Optional[str], instruction: str
         template = bank[int((template_id or "").rpartition("/")[2])]
     except (IndexError, ValueError):
         return [instruction]
+    known = with_articles(known)
     pattern, read = [], set()
     for literal, name, _, _ in string.Formatter().parse(template):
         pattern.append(re.escape(literal))
@@ -94,6 +102,50 @@ def direction_phrase(dx: float, dy: float) -> str:
     return " and ".join(parts) or "slightly"
 
 
+DETERMINERS = frozenset({"a", "an", "the", "this", "that", "these", "those", "some", "any", "my", "your", "his",
+                         "her", "its", "our", "their"})
+# words a noun phrase does not end with: what is left of a cut-off caption ("a cat on a", "bread and")
+_DANGLING = DETERMINERS | frozenset({"and", "or", "of", "on", "in", "at", "with", "to", "for", "from", "by", "over",
+                                     "under", "near", "behind", "next", "is", "are"})
+_QUANTITIES = frozenset({"two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "several", "many",
+                         "few", "some", "multiple", "no"})
+_WORD = re.compile(r"[^\W\d_]", re.UNICODE)  # a letter
+
+
+def normalise_phrase(phrase: Optional[str]) -> Optional[str]:
+    """The noun phrase an instruction names, cleaned: wordpiece marks joined, punctuation trimmed from each word,
+    leading determiners dropped ("the a red car" -> "red car"), a word seen earlier in the phrase dropped
+    ("a line and a triangle" -> "line and triangle"), dangling words at the end dropped ("a cat on a" -> "cat"). None
+    when no word with a letter is left (the object is rejected: ``bad_phrase``)."""
+    text = (phrase or "").replace(" ##", "").replace("##", "")
+    words = [w.strip(".,;:!?\"'()[]{}") for w in text.split()]
+    words = [w for w in words if w]
+    seen: set[str] = set()  # a word is named once: later repeats (leading determiners included) are dropped
+    while words and words[0].lower() in DETERMINERS:
+        seen.add(words.pop(0).lower())
+    unique = []
+    for w in words:
+        if w.lower() not in seen:
+            seen.add(w.lower())
+            unique.append(w)
+    while unique and unique[-1].lower() in _DANGLING:
+        unique.pop()
+    if not any(_WORD.search(w) for w in unique):
+        return None
+    return " ".join(unique)
+
+
+def with_article(phrase: str) -> str:
+    """The phrase with "a" or "an" ("an apple", "a unicorn"); none before a number or a quantity word."""
+    first = phrase.split()[0].lower() if phrase.split() else ""
+    if not first or first[0].isdigit() or first in _QUANTITIES:
+        return phrase
+    vowel_sound = first[0] in "aeiou" and not first.startswith(("uni", "use", "usu", "one", "eu", "ewe")) \
+        or first.startswith(("hour", "honest", "heir", "honour", "honor"))
+    return f"{'an' if vowel_sound else 'a'} {phrase}"
+
+
 def clean_phrase(phrase: Optional[str]) -> str:
-    p = " ".join((phrase or "").replace(" ##", "").replace("##", "").split()).strip(" .,")
-    return p or "object"
+    """:func:`normalise_phrase`, or "object" for a phrase with nothing left (objects with such a phrase are
+    rejected before any instruction names them; this keeps a partner's phrase safe)."""
+    return normalise_phrase(phrase) or "object"

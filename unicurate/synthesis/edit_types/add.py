@@ -10,10 +10,10 @@ from unicurate.synthesis.edit_types._base import EditContext, EditTypeSpec
 from unicurate.synthesis.edit_types.remove import removal
 
 TEMPLATES = (
-    "Add a {phrase} {where}.",
-    "Put a {phrase} {where}.",
-    "Insert a {phrase} {where}.",
-    "Place a {phrase} {where} of the image.",
+    "Add {a_phrase} {where}.",
+    "Put {a_phrase} {where}.",
+    "Insert {a_phrase} {where}.",
+    "Place {a_phrase} {where} of the image.",
 )
 
 

@@ -9,10 +9,10 @@ from unicurate.synthesis import templates as tp
 from unicurate.synthesis.edit_types._base import EditContext, EditTypeSpec, NoPartner
 
 TEMPLATES = (
-    "Replace the {phrase} with a {other}.",
-    "Swap the {phrase} for a {other}.",
-    "Turn the {phrase} into a {other}.",
-    "Put a {other} where the {phrase} is.",
+    "Replace the {phrase} with {a_other}.",
+    "Swap the {phrase} for {a_other}.",
+    "Turn the {phrase} into {a_other}.",
+    "Put {a_other} where the {phrase} is.",
 )
 
 
