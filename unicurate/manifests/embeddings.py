@@ -90,10 +90,14 @@ def entries(manifest: dict) -> Iterator[tuple[str, dict]]:
 
 def read(out_dir: str, entry: dict, kinds=tuple(VECTORS)) -> tuple[list[str], dict[str, np.ndarray]]:
     """The keys of a file set and its vectors by kind (``img_emb``, ``text_emb``: float16 arrays)."""
-    vectors = {kind: np.load(io.BytesIO(mf.read_bytes(out_dir, entry["files"][kind]["path"])), allow_pickle=False)
-               for kind in kinds}
-    meta = io.BytesIO(mf.read_bytes(out_dir, entry["files"]["metadata"]["path"]))
-    return pq.read_table(meta, columns=["key"]).column("key").to_pylist(), vectors
+    return parse({kind: mf.read_bytes(out_dir, entry["files"][kind]["path"]) for kind in (*kinds, "metadata")})
+
+
+def parse(blobs: dict[str, bytes]) -> tuple[list[str], dict[str, np.ndarray]]:
+    """The keys and vectors of a file set's files as read (``metadata`` and vector kinds -> their bytes)."""
+    vectors = {kind: np.load(io.BytesIO(b), allow_pickle=False) for kind, b in blobs.items() if kind in VECTORS}
+    keys = pq.read_table(io.BytesIO(blobs["metadata"]), columns=["key"]).column("key").to_pylist()
+    return keys, vectors
 
 
 def present(out_dir: str) -> list[str]:

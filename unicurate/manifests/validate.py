@@ -150,6 +150,7 @@ def _check_embeddings(rep: Report, out_dir: str, manifest: dict, keys_of: dict[s
     for status, entry in emb.entries(manifest):
         files = entry.get("files") or {}
         intact = True
+        blobs: dict[str, bytes] = {}  # each file read once: checksummed, then parsed
         for kind in emb.KINDS:
             f = files.get(kind)
             if not isinstance(f, dict):
@@ -157,11 +158,12 @@ def _check_embeddings(rep: Report, out_dir: str, manifest: dict, keys_of: dict[s
                 intact = False
                 continue
             try:
-                sha, size = _sha256_of(mf.join(out_dir, *f["path"].split("/")))
+                blobs[kind] = mf.read_bytes(out_dir, f["path"])
             except Exception as exc:  # noqa: BLE001 - missing or unreadable
                 rep.add(f"{f['path']}: listed in the manifest but cannot be read ({type(exc).__name__})")
                 intact = False
                 continue
+            sha, size = hashlib.sha256(blobs[kind]).hexdigest(), len(blobs[kind])
             if size != f.get("bytes") or sha != f.get("sha256"):
                 rep.add(f"{f['path']}: {size} bytes, sha256 {sha[:12]}...: not the file the manifest lists "
                         f"({f.get('bytes')} bytes, {str(f.get('sha256'))[:12]}...)")
@@ -173,7 +175,7 @@ def _check_embeddings(rep: Report, out_dir: str, manifest: dict, keys_of: dict[s
         shard_rel = shard["path"]
         if not intact or not check_rows or shard_rel not in keys_of:
             continue
-        keys, vectors = emb.read(out_dir, entry)
+        keys, vectors = emb.parse(blobs)
         for kind, arr in vectors.items():
             if len(arr) != len(keys):
                 rep.add(f"{files[kind]['path']}: {len(arr)} vectors for {len(keys)} metadata rows")

@@ -198,15 +198,14 @@ def inside(dest: Path, path: Path) -> Path:
     return path
 
 
+def nan_to_none(row: dict) -> dict:
+    """The row with NaN floats as None (JSON has no NaN)."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
+
+
 def json_safe(table: Table, row: dict) -> dict:
     """The row without its binary columns, NaN -> None, JSON strings parsed (JSON metadata)."""
-    out = {}
-    for k, v in row.items():
-        if k in table.binary:
-            continue
-        if isinstance(v, float) and math.isnan(v):
-            v = None
-        out[k] = v
+    out = nan_to_none({k: v for k, v in row.items() if k not in table.binary})
     for k in JSON_COLUMNS:
         if isinstance(out.get(k), str):
             try:

@@ -21,7 +21,6 @@ stats but not in the tar (:func:`img2dataset_status`).
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections import Counter
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any, Optional
 import pyarrow as pa
 
 from unicurate.manifests.export._base import (ExportError, ExportFormat, ExportOptions, Say, Source, Table,
-                                              check_key, image_ext, json_safe, write_samples)
+                                              check_key, image_ext, json_safe, nan_to_none, write_samples)
 from unicurate.schema import Reason, Stage
 
 # member suffix of each column written as its own file, by table kind ("{ext}": the image's own format); a
@@ -112,10 +111,6 @@ def img2dataset_stats(rows: list[dict], start: float, end: float) -> dict:
             "status_dict": dict(Counter(SUCCESS if r["status"] == SUCCESS else r["error_message"] for r in rows))}
 
 
-def _no_nan(meta: dict) -> dict:
-    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in meta.items()}
-
-
 # ------------------------------------------------------------------ writing
 class _Shards:
     """One table's rows into numbered tars of ``max_count`` rows, each opened at its first row; on close, the
@@ -146,7 +141,7 @@ class _Shards:
             self._meta.append(meta)
             if meta["status"] != SUCCESS:
                 return  # in the shard's parquet and stats, not in its tar
-            s = sample(self.table, row, _no_nan(meta))
+            s = sample(self.table, row, nan_to_none(meta))
         self._tar.write(s)
         self.sizes[self._name] += 1
 
